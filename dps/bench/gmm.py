@@ -1,0 +1,112 @@
+"""The Gaussian-mixture posterior benchmark (``shared/GMM_BENCHMARK.md``; MCGdiff, Cardoso et al. 2024).
+
+A 25-component mixture prior in dimension d, a random linear operator (d_y x d) with Gaussian noise,
+and the exact posterior. A sampler is scored by the sliced Wasserstein distance between its samples and
+exact posterior samples; the prior's own samples ("knows nothing about y") and a second exact sample set
+(the metric's noise floor at this sample size) frame the number.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..noise import GaussianNoise
+from ..priors.analytic import GaussianMixturePrior
+from ..solvers.dps import DPSConfig, dps_sample
+
+__all__ = ["GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult"]
+
+
+@dataclass
+class GMMProblem:
+    """One canonical problem: prior, A (d_y, d), sigma_y, the true x* (d,) and y (d_y,), all float64."""
+
+    prior: GaussianMixturePrior
+    A: torch.Tensor
+    sigma_y: float
+    x_star: torch.Tensor
+    y: torch.Tensor
+
+    def posterior(self):
+        return self.prior.posterior(self.A, self.sigma_y, self.y)
+
+
+def mixture_means(d: int) -> torch.Tensor:
+    """(25, d): for i, j in {-2..2} (i outer), the 2-vector (8i, 8j) repeated d/2 times."""
+    if d % 2:
+        raise ValueError(f"the benchmark's dimension must be even, got {d}")
+    pairs = [(8.0 * i, 8.0 * j) for i in range(-2, 3) for j in range(-2, 3)]
+    return torch.tensor(pairs, dtype=torch.float64).repeat(1, d // 2)
+
+
+def gmm_problem(d: int, d_y: int, seed: int) -> GMMProblem:
+    """The canonical problem generator: all draws from one float64 generator, in the documented order."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(25, generator=g, dtype=torch.float64)
+    w = z**2 / (z**2).sum()
+    A0 = torch.randn(d_y, d, generator=g, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(A0, full_matrices=False)
+    s = torch.sort(torch.rand(d_y, generator=g, dtype=torch.float64), descending=True).values
+    A = U @ torch.diag(s) @ Vh[:d_y]
+    sigma_y = float(torch.rand(1, generator=g, dtype=torch.float64) * s.max())
+    prior = GaussianMixturePrior(w, mixture_means(d))
+    k = torch.multinomial(w, 1, generator=g)
+    x_star = prior.means[k[0]] + torch.randn(1, d, generator=g, dtype=torch.float64)[0]
+    y = A @ x_star + sigma_y * torch.randn(d_y, generator=g, dtype=torch.float64)
+    return GMMProblem(prior=prior, A=A, sigma_y=sigma_y, x_star=x_star, y=y)
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_directions: int = 100,
+                       generator: torch.Generator | None = None) -> float:
+    """Mean over random unit directions of the 1-D Wasserstein-1 distance of the projections.
+
+    a, b: (n, d) with the same n (the 1-D W1 of equal-size empirical measures is the mean absolute
+    difference of the sorted projections).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"sample sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    dirs = torch.randn(n_directions, a.shape[1], generator=generator, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    pa = torch.sort(a.double() @ dirs.T, dim=0).values
+    pb = torch.sort(b.double() @ dirs.T, dim=0).values
+    return float((pa - pb).abs().mean(dim=0).mean())
+
+
+@dataclass
+class CellResult:
+    """Per-problem distances for one (d, d_y, steps) cell; means via :meth:`summary`."""
+
+    dps: list[float]
+    prior: list[float]
+    floor: list[float]
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        def stats(v: list[float]) -> dict[str, float]:
+            t = torch.tensor(v, dtype=torch.float64)
+            half = 1.96 * float(t.std()) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+            return {"mean": float(t.mean()), "ci95": half}
+
+        return {"dps": stats(self.dps), "prior": stats(self.prior), "floor": stats(self.floor)}
+
+
+def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000) -> CellResult:
+    """DPS, prior and floor distances to the exact posterior for each problem seed."""
+    out = CellResult([], [], [])
+    for seed in seeds:
+        pb = gmm_problem(d, d_y, seed)
+        post = pb.posterior()
+        g = torch.Generator().manual_seed(10_000 + seed)
+        exact = post.sample(n_samples, g)
+        exact2 = post.sample(n_samples, g)
+        prior_samples = pb.prior.sample(n_samples, g)
+        A = pb.A
+        res = dps_sample(pb.prior, lambda x: x @ A.T, pb.y[None], GaussianNoise(min(pb.sigma_y, 1.0)), config,
+                         num_samples=n_samples, generator=g)
+        samples = res.x[0]
+        gd = torch.Generator().manual_seed(20_000 + seed)
+        out.dps.append(sliced_wasserstein(samples, exact, generator=gd.manual_seed(20_000 + seed)))
+        out.prior.append(sliced_wasserstein(prior_samples, exact, generator=gd.manual_seed(20_000 + seed)))
+        out.floor.append(sliced_wasserstein(exact2, exact, generator=gd.manual_seed(20_000 + seed)))
+    return out

@@ -1,0 +1,134 @@
+"""The one denoiser contract that every prior (network or analytic) follows.
+
+A :class:`Prior` maps a noisy x_t and the integer model timestep t to a :class:`DenoiserOutput`
+holding the predicted noise eps_hat, the Tweedie estimate x0_hat and, for guided-diffusion models with
+learned variance, the variance interpolation values v. Samplers only ever see this contract; checkpoint
+quirks (epsilon vs x0 prediction, learned-variance channels, integer timesteps) live in adapters.
+
+Tweedie (DPS Algorithm 1, line 4), with s_theta = -eps_hat / sqrt(1 - abar_t):
+    x0_hat = (x_t + (1 - abar_t) s_theta) / sqrt(abar_t) = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .schedule import Schedule
+
+__all__ = ["DenoiserOutput", "Prior", "NetworkPrior", "tweedie_x0", "eps_from_x0", "bcast"]
+
+
+@dataclass
+class DenoiserOutput:
+    """What a prior returns for x_t of shape (B, *event_shape).
+
+    :param eps: predicted noise eps_hat, same shape as x_t.
+    :param x0: Tweedie estimate x0_hat = E[x_0 | x_t], same shape as x_t, in the model's space.
+    :param var_values: guided-diffusion's learned-range output v in [-1, 1] (same shape), or None.
+    """
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+    var_values: Optional[torch.Tensor] = None
+
+
+def bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample (B,) tensor to (B, 1, ..., 1) in ``like``'s dtype and device."""
+    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def tweedie_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t); ``abar`` is per sample, shape (B,)."""
+    a = bcast(abar, x)
+    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): the noise that x0 implies."""
+    a = bcast(abar, x)
+    return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+class Prior(nn.Module):
+    """Base class of every prior: ``forward(x_t, t) -> DenoiserOutput``.
+
+    Subclasses set ``self.schedule`` (the T-step training schedule that defines abar_t for the integer
+    timesteps t) and implement :meth:`forward`. ``to_data`` maps the model's space to the data space in
+    which measurements are taken (identity here; images map [-1, 1] to [0, 1]).
+    """
+
+    schedule: Schedule
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t for integer model timesteps t (B,), float64."""
+        return self.schedule.alphas_cumprod.to(t.device)[t]
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def from_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class NetworkPrior(Prior):
+    """Adapter from a noise-prediction network ``network(x, t)`` to the denoiser contract.
+
+    :param network: module whose ``forward(x, timesteps)`` returns (B, C, ...) or, with
+        ``learn_sigma``, (B, 2C, ...) whose second half is guided-diffusion's variance values v.
+    :param schedule: the T-step training schedule of the network.
+    :param prediction: ``"epsilon"`` (the network predicts eps) or ``"x0"`` (it predicts x_0).
+    :param learn_sigma: whether the output carries the extra variance channels.
+    :param data_range: the range of the model's images; ``to_data`` maps it affinely to [0, 1].
+        ``None`` means the model works directly in data space.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        schedule: Schedule,
+        prediction: str = "epsilon",
+        learn_sigma: bool = False,
+        data_range: Optional[tuple[float, float]] = (-1.0, 1.0),
+    ) -> None:
+        super().__init__()
+        if prediction not in ("epsilon", "x0"):
+            raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
+        self.network = network
+        self.schedule = schedule
+        self.prediction = prediction
+        self.learn_sigma = learn_sigma
+        self.data_range = data_range
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        out = self.network(x, t)
+        var_values = None
+        if self.learn_sigma:
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(
+                    f"learn_sigma=True expects {2 * x.shape[1]} output channels, the network gave {out.shape[1]}"
+                )
+            out, var_values = out.chunk(2, dim=1)
+        abar = self.abar(t)
+        if self.prediction == "epsilon":
+            eps, x0 = out, tweedie_x0(x, out, abar)
+        else:
+            eps, x0 = eps_from_x0(x, out, abar), out
+        return DenoiserOutput(eps=eps, x0=x0, var_values=var_values)
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_range is None:
+            return x
+        lo, hi = self.data_range
+        return (x - lo) / (hi - lo)
+
+    def from_data(self, x: torch.Tensor) -> torch.Tensor:
+        if self.data_range is None:
+            return x
+        lo, hi = self.data_range
+        return x * (hi - lo) + lo

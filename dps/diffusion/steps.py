@@ -1,0 +1,98 @@
+"""Reverse steps of the VP diffusion on a (possibly respaced) :class:`Schedule`, and seeded noise.
+
+Step i goes from x_i to x_{i-1} (i = N-1, ..., 0); at i = 0 no noise is added.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .schedule import Schedule
+
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+__all__ = ["Generators", "randn", "ddpm_step", "ddim_step", "ddpm_sigma", "VARIANCES"]
+
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def randn(shape: Sequence[int], generator: Generators, device, dtype) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (B, ...).
+
+    With a list of B generators each sample draws from its own generator, so a sample's noise never
+    depends on the rest of its batch (EDM's practice). A single generator draws the whole batch at once.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def ddpm_sigma(
+    schedule: Schedule, i: int, variance: str = "fixed_small", var_values: Optional[torch.Tensor] = None
+) -> Union[float, torch.Tensor]:
+    """Standard deviation sigma_i of the ancestral step (guided-diffusion's three variance types).
+
+    fixed_small: beta~_i (the posterior variance); fixed_large: beta_i (beta~_1 at i = 0);
+    learned_range: exp(f log beta_i + (1 - f) log beta~_i), f = (v + 1) / 2, with log beta~ clipped at i = 0.
+    """
+    post = schedule.posterior_variance
+    post_log_clipped = torch.log(torch.cat([post[1:2], post[1:]])) if len(schedule) > 1 else torch.log(schedule.betas)
+    if variance == "fixed_small":
+        return float(post[i]) ** 0.5
+    if variance == "fixed_large":
+        large = torch.cat([post[1:2], schedule.betas[1:]]) if len(schedule) > 1 else schedule.betas
+        return float(large[i]) ** 0.5
+    if variance == "learned_range":
+        if var_values is None:
+            raise ValueError("variance='learned_range' needs a prior with learned variance (var_values is None)")
+        frac = (var_values + 1) / 2
+        log_var = frac * float(torch.log(schedule.betas[i])) + (1 - frac) * float(post_log_clipped[i])
+        return torch.exp(0.5 * log_var)
+    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+
+
+def ddpm_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    i: int,
+    noise: torch.Tensor,
+    variance: str = "fixed_small",
+    var_values: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """DDPM ancestral step, DPS Algorithm 1 lines 5-6 (Ho et al. Eq. 7):
+
+    x'_{i-1} = sqrt(alpha_i)(1 - abar_{i-1})/(1 - abar_i) x_i + sqrt(abar_{i-1}) beta_i/(1 - abar_i) x0_hat + sigma_i z,
+    with z = 0 at i = 0. Shapes: x, x0, noise (B, ...).
+    """
+    beta = float(schedule.betas[i])
+    abar = float(schedule.alphas_cumprod[i])
+    abar_prev = float(schedule.alphas_cumprod_prev[i])
+    c_x = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)
+    c_x0 = abar_prev**0.5 * beta / (1 - abar)
+    mean = c_x * x + c_x0 * x0
+    if i == 0:
+        return mean
+    return mean + ddpm_sigma(schedule, i, variance, var_values) * noise
+
+
+def ddim_step(
+    x: torch.Tensor, x0: torch.Tensor, schedule: Schedule, i: int, noise: torch.Tensor, eta: float = 0.0
+) -> torch.Tensor:
+    """DDIM step (Song et al. 2021, Eq. 12) with eps recomputed from x0_hat (so clipping is respected):
+
+    x_{i-1} = sqrt(abar_{i-1}) x0_hat + sqrt(1 - abar_{i-1} - s^2) eps + s z,
+    s = eta sqrt((1 - abar_{i-1}) / (1 - abar_i)) sqrt(1 - abar_i / abar_{i-1}).
+    """
+    abar = float(schedule.alphas_cumprod[i])
+    abar_prev = float(schedule.alphas_cumprod_prev[i])
+    eps = (x - abar**0.5 * x0) / (1 - abar) ** 0.5
+    s = eta * ((1 - abar_prev) / (1 - abar)) ** 0.5 * (1 - abar / abar_prev) ** 0.5
+    out = abar_prev**0.5 * x0 + max(1 - abar_prev - s**2, 0.0) ** 0.5 * eps
+    if i == 0 or s == 0:
+        return out
+    return out + s * noise
+

@@ -1,0 +1,87 @@
+"""Inpainting: y = m * x with a binary mask m (1 = observed), the same pixels in every channel.
+
+The measurement keeps the image's shape; missing pixels are 0. A is an orthogonal projection, so
+A^T = A and A^+ = A.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import LinearOperator
+
+__all__ = ["Inpainting", "box_mask", "random_mask"]
+
+
+def box_mask(size: tuple[int, int], box: Optional[int] = None, margin: Optional[int] = None,
+             centred: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(H, W) mask with a missing square box of side ``box`` (default H/2: 128 at 256 px).
+
+    Random position: the top-left corner is uniform in [margin, H - margin - box] (default margin H/16,
+    16 at 256 px, as the authors' mask generator); ``centred=True`` puts the box in the middle.
+    """
+    H, W = size
+    box = H // 2 if box is None else box
+    margin = H // 16 if margin is None else margin
+    if not 0 < box <= min(H, W) - 2 * margin:
+        raise ValueError(f"box {box} with margin {margin} does not fit a {H}x{W} image")
+    if centred:
+        top, left = (H - box) // 2, (W - box) // 2
+    else:
+        top = int(torch.randint(margin, H - margin - box + 1, (1,), generator=generator))
+        left = int(torch.randint(margin, W - margin - box + 1, (1,), generator=generator))
+    m = torch.ones(H, W)
+    m[top:top + box, left:left + box] = 0
+    return m
+
+
+def random_mask(size: tuple[int, int], missing: float = 0.92, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(H, W) mask with exactly round(missing * H * W) pixels missing, chosen uniformly."""
+    if not 0.0 <= missing < 1.0:
+        raise ValueError(f"missing fraction must be in [0, 1), got {missing}")
+    H, W = size
+    n_missing = round(missing * H * W)
+    idx = torch.randperm(H * W, generator=generator)[:n_missing]
+    m = torch.ones(H * W)
+    m[idx] = 0
+    return m.reshape(H, W)
+
+
+class Inpainting(LinearOperator):
+    """y = m * x for x (B, C, H, W) and a fixed (H, W) mask m.
+
+    Build with :meth:`box` or :meth:`random`, or give a mask directly.
+    """
+
+    name = "inpainting"
+
+    def __init__(self, mask: torch.Tensor, channels: int = 3, kind: str = "custom") -> None:
+        super().__init__()
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
+        self.register_buffer("mask", mask.float())
+        self.config = {"in_shape": [channels, *mask.shape], "kind": kind}
+
+    @classmethod
+    def box(cls, in_shape: tuple[int, int, int] = (3, 256, 256), box: Optional[int] = None,
+            margin: Optional[int] = None, centred: bool = False,
+            generator: Optional[torch.Generator] = None) -> "Inpainting":
+        C, H, W = in_shape
+        return cls(box_mask((H, W), box, margin, centred, generator), C, "box")
+
+    @classmethod
+    def random(cls, in_shape: tuple[int, int, int] = (3, 256, 256), missing: float = 0.92,
+               generator: Optional[torch.Generator] = None) -> "Inpainting":
+        C, H, W = in_shape
+        return cls(random_mask((H, W), missing, generator), C, "random")
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return x * self.mask.to(x.dtype)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.mask.to(y.dtype)
+
+    def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
+        return y * self.mask.to(y.dtype)

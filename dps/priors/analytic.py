@@ -1,0 +1,150 @@
+"""Analytic priors with exact scores at every noise level, behind the same contract as networks.
+
+Under the VP forward process x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps:
+- isotropic Gaussian N(mu, s^2 I)  ->  p_t = N(sqrt(abar_t) mu, (abar_t s^2 + 1 - abar_t) I);
+- mixture sum_k w_k N(mu_k, I)      ->  p_t = sum_k w_k N(sqrt(abar_t) mu_k, I) (unit covariance is kept).
+The exact score gives eps = -sqrt(1 - abar_t) score and the exact Tweedie mean x0_hat.
+
+Both work on any event shape: vectors (d,) or images (C, H, W); samples are (B, *event_shape).
+For a linear operator A (a matrix on the flattened event) with Gaussian noise sigma_y, the posteriors
+are closed form (:meth:`GaussianPrior.posterior`, :meth:`GaussianMixturePrior.posterior`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion.denoiser import DenoiserOutput, Prior, bcast, tweedie_x0
+from ..diffusion.schedule import Schedule, make_schedule
+
+__all__ = ["GaussianPrior", "GaussianMixturePrior", "GaussianPosterior", "MixturePosterior"]
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+@dataclass
+class GaussianPosterior:
+    """N(mean, cov) on the flattened event; mean (D,), cov (D, D)."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    event_shape: tuple[int, ...]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        L = torch.linalg.cholesky(self.cov)
+        z = torch.randn(n, self.mean.numel(), generator=generator, dtype=self.mean.dtype)
+        return (self.mean + z @ L.T).reshape(n, *self.event_shape)
+
+
+@dataclass
+class MixturePosterior:
+    """sum_k weights_k N(means_k, cov) on the flattened event; weights (K,), means (K, D), cov (D, D)."""
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    cov: torch.Tensor
+    event_shape: tuple[int, ...]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        L = torch.linalg.cholesky(self.cov)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        return (self.means[k] + z @ L.T).reshape(n, *self.event_shape)
+
+
+class GaussianPrior(Prior):
+    """x_0 ~ N(mean, std^2 I).
+
+    :param mean: tensor of the event shape, e.g. (d,) or (C, H, W).
+    :param std: the prior standard deviation s.
+    :param schedule: the diffusion's T-step schedule (default: linear, T = 1000).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: float = 1.0, schedule: Schedule | None = None) -> None:
+        super().__init__()
+        self.schedule = schedule if schedule is not None else make_schedule("linear")
+        self.register_buffer("mean", mean.clone())
+        self.std = float(std)
+        self.event_shape = tuple(mean.shape)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        abar = self.abar(t)
+        a = bcast(abar, x)
+        var_t = a * self.std**2 + 1 - a
+        score = -(x - a.sqrt() * self.mean.to(x)) / var_t
+        eps = -(1 - a).sqrt() * score
+        return DenoiserOutput(eps=eps, x0=tweedie_x0(x, eps, abar))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, *self.event_shape, generator=generator, dtype=self.mean.dtype)
+        return self.mean + self.std * z
+
+    def posterior(self, A: torch.Tensor, sigma_y: float, y: torch.Tensor) -> GaussianPosterior:
+        """Exact p(x | y) for y = A x + sigma_y n; A (d_y, D), y (d_y,).
+
+        C = (I / s^2 + A^T A / sigma_y^2)^-1,  m = C (mu / s^2 + A^T y / sigma_y^2).
+        """
+        A = A.to(self.mean.dtype)
+        D = A.shape[1]
+        precision = torch.eye(D, dtype=A.dtype) / self.std**2 + A.T @ A / sigma_y**2
+        C = torch.linalg.inv(precision)
+        C = (C + C.T) / 2
+        m = C @ (self.mean.reshape(-1) / self.std**2 + A.T @ y.reshape(-1).to(A.dtype) / sigma_y**2)
+        return GaussianPosterior(mean=m, cov=C, event_shape=self.event_shape)
+
+
+class GaussianMixturePrior(Prior):
+    """x_0 ~ sum_k w_k N(mu_k, I) (unit-covariance components, as in the MCGdiff benchmark).
+
+    :param weights: (K,) mixture weights (normalised here).
+    :param means: (K, *event_shape) component means.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, schedule: Schedule | None = None) -> None:
+        super().__init__()
+        if weights.ndim != 1 or means.shape[0] != weights.shape[0]:
+            raise ValueError("weights must be (K,) and means (K, *event_shape)")
+        self.schedule = schedule if schedule is not None else make_schedule("linear")
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("means", means.clone())
+        self.event_shape = tuple(means.shape[1:])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        abar = self.abar(t)
+        a = bcast(abar, _flat(x))  # (B, 1)
+        xf, mu = _flat(x), _flat(self.means).to(x)  # (B, D), (K, D)
+        centres = a.sqrt().unsqueeze(1) * mu.unsqueeze(0)  # (B, K, D)
+        logits = self.weights.to(x).log() - 0.5 * ((xf.unsqueeze(1) - centres) ** 2).sum(-1)
+        r = torch.softmax(logits, dim=1)  # responsibilities (B, K)
+        score = (r.unsqueeze(-1) * centres).sum(1) - xf
+        eps = (-(1 - a).sqrt() * score).reshape(x.shape)
+        return DenoiserOutput(eps=eps, x0=tweedie_x0(x, eps, abar))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, *self.event_shape, generator=generator, dtype=self.means.dtype)
+        return self.means[k] + z
+
+    def posterior(self, A: torch.Tensor, sigma_y: float, y: torch.Tensor) -> MixturePosterior:
+        """Exact p(x | y) for y = A x + sigma_y n (GMM_BENCHMARK.md):
+
+        C = (I + A^T A / sigma_y^2)^-1,  m_k = C (A^T y / sigma_y^2 + mu_k),
+        log w'_k = log w_k + log N(y; A mu_k, sigma_y^2 I + A A^T), normalised.
+        """
+        A = A.to(self.means.dtype)
+        mu = _flat(self.means)
+        D, d_y = mu.shape[1], A.shape[0]
+        yv = y.reshape(-1).to(A.dtype)
+        C = torch.linalg.inv(torch.eye(D, dtype=A.dtype) + A.T @ A / sigma_y**2)
+        C = (C + C.T) / 2
+        means = (A.T @ yv / sigma_y**2 + mu) @ C  # C symmetric: rows are C (A^T y / s^2 + mu_k)
+        S = sigma_y**2 * torch.eye(d_y, dtype=A.dtype) + A @ A.T
+        resid = yv - mu @ A.T  # (K, d_y)
+        maha = (resid @ torch.linalg.inv(S) * resid).sum(-1)
+        log_norm = -0.5 * (maha + torch.logdet(S) + d_y * math.log(2 * math.pi))
+        logw = self.weights.log() + log_norm
+        return MixturePosterior(weights=torch.softmax(logw, 0), means=means, cov=C, event_shape=self.event_shape)
