@@ -74,7 +74,7 @@ class SaturatedMotionBlur(Operator):
             raise ValueError("exposure and alpha must be positive")
         self.blur = blur if blur is not None else Blur.motion(in_shape, seed=seed)
         self.exposure, self.alpha = float(exposure), float(alpha)
-        self.config = {"in_shape": list(in_shape), "exposure": exposure, "alpha": alpha, "seed": seed}
+        self.config = {"in_shape": list(in_shape), "exposure": exposure, "alpha": alpha, "blur": self.blur.config}
 
     def response(self, u: torch.Tensor) -> torch.Tensor:
         """The camera response f(u), monotone with f(0) = 0 and f(1) = 1."""

@@ -1,0 +1,209 @@
+"""Every operator over one factory: adjoints, autograd agreement, pseudo-inverses, gradchecks, save/load."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dps.operators import (Blur, Inpainting, LinearOperator, PhaseRetrieval, SaturatedMotionBlur, SuperResolution,
+                           gaussian_kernel, load_operator, motion_kernel, save_operator)
+from dps.operators.kernel_wizard import KernelWizard, NonUniformBlur
+from dps.operators.resize import imresize_matrix
+
+SHAPE = (2, 32, 32)
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def small_kernel_wizard() -> KernelWizard:
+    opt = json.loads((REF / "small_kernel_wizard_options.json").read_text())
+    torch.manual_seed(0)
+    return KernelWizard(opt)
+
+
+def linear_ops() -> dict[str, LinearOperator]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "sr4": SuperResolution(SHAPE, 4),
+        "sr2": SuperResolution(SHAPE, 2),
+        "box": Inpainting.box(SHAPE, generator=g),
+        "random": Inpainting.random(SHAPE, generator=g),
+        "gauss_reflect": Blur.gaussian(SHAPE, size=9, std=1.5),
+        "gauss_circular": Blur.gaussian(SHAPE, size=9, std=1.5, boundary="circular"),
+        "gauss_zeros": Blur.gaussian(SHAPE, size=9, std=1.5, boundary="zeros"),
+        "motion": Blur.motion(SHAPE, size=9, seed=3),
+    }
+
+
+def nonlinear_ops() -> dict[str, torch.nn.Module]:
+    return {
+        "phase": PhaseRetrieval(SHAPE, oversampling=2.0),
+        "saturated": SaturatedMotionBlur(SHAPE, blur=Blur.motion(SHAPE, size=9, seed=1)),
+    }
+
+
+LINEAR = sorted(linear_ops())
+NONLINEAR = sorted(nonlinear_ops())
+
+
+def rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_adjoint_identity(name: str) -> None:
+    op = linear_ops()[name]
+    x = rand(3, *SHAPE)
+    y = rand(*op.A(x).shape, seed=1)
+    lhs, rhs = (op.A(x) * y).sum(), (x * op.A_adjoint(y)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_adjoint_matches_autograd_vjp(name: str) -> None:
+    op = linear_ops()[name]
+    x = rand(2, *SHAPE).requires_grad_(True)
+    Ax = op.A(x)
+    y = rand(*Ax.shape, seed=2)
+    (vjp,) = torch.autograd.grad(Ax, x, y)
+    torch.testing.assert_close(vjp, op.A_adjoint(y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_pseudo_inverse(name: str) -> None:
+    """A A^+ A x = A x (a generalised inverse): exact for masks and SR, to CG tolerance for blurs."""
+    op = linear_ops()[name]
+    x = rand(2, *SHAPE)
+    Ax = op.A(x)
+    rel = float((op.A(op.A_dagger(Ax)) - Ax).norm() / Ax.norm())
+    assert rel < (1e-10 if isinstance(op, (Inpainting, SuperResolution)) else 2e-3)
+
+
+@pytest.mark.parametrize("name", LINEAR + NONLINEAR)
+def test_batch_independent_and_shape(name: str) -> None:
+    op = {**linear_ops(), **nonlinear_ops()}[name]
+    x = rand(3, *SHAPE)
+    full = op.A(x)
+    torch.testing.assert_close(op.A(x[1:2]), full[1:2])
+    with pytest.raises(ValueError, match="expects inputs of shape"):
+        op.A(rand(1, 2, 16, 16))
+
+
+@pytest.mark.parametrize("name", NONLINEAR)
+def test_nonlinear_gradcheck(name: str) -> None:
+    tiny = (1, 8, 8)
+    op = {"phase": PhaseRetrieval(tiny, oversampling=2.0),
+          "saturated": SaturatedMotionBlur(tiny, blur=Blur.motion(tiny, size=3, seed=1))}[name]
+    x = (0.2 + 0.6 * rand(2, *tiny)).requires_grad_(True)
+    assert torch.autograd.gradcheck(op.A, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_nonuniform_blur_gradcheck_and_fixed_latent() -> None:
+    op = NonUniformBlur(small_kernel_wizard().double(), (3, 128, 128), generator=torch.Generator().manual_seed(0))
+    x = rand(1, 3, 128, 128).requires_grad_(True)
+    torch.testing.assert_close(op.A(x), op.A(x))  # the latent is kept between calls
+    v = rand(1, 3, 128, 128, seed=4)
+    (g,) = torch.autograd.grad((op.A(x) * v).sum(), x)
+    d = rand(1, 3, 128, 128, seed=7) - 0.5
+    h = 1e-6
+    fd = ((op.A(x + h * d) * v).sum() - (op.A(x - h * d) * v).sum()) / (2 * h)
+    assert torch.isclose((g * d).sum(), fd, rtol=1e-5)
+
+
+def test_phase_retrieval_properties() -> None:
+    op = PhaseRetrieval(SHAPE, oversampling=2.0)
+    x = rand(2, *SHAPE)
+    y = op.A(x)
+    assert y.shape == (2, 2, 64, 64)
+    torch.testing.assert_close(y.pow(2).sum((2, 3)), x.pow(2).sum((2, 3)))  # orthonormal DFT (Parseval)
+    # |F| of the padded image is invariant to a shift of the support inside the padding
+    pad_x = torch.nn.functional.pad(x[:, :, :28, :28], (2, 2, 2, 2))
+    pad_s = torch.roll(pad_x, shifts=(2, -2), dims=(2, 3))
+    torch.testing.assert_close(op.A(pad_x), op.A(pad_s))
+    torch.testing.assert_close(op.A(torch.flip(pad_x, (2, 3))), op.A(pad_x))  # and to the flip
+    authors = PhaseRetrieval.authors((3, 256, 256))
+    assert authors.pad == 64  # int(2.0 / 8 * 256): a 1.5x oversampling ratio
+
+
+def test_saturated_blur_is_nonlinear_and_bounded() -> None:
+    op = nonlinear_ops()["saturated"]
+    x = rand(1, *SHAPE)
+    assert not torch.allclose(op.A(2 * x), 2 * op.A(x))
+    ones = op.A(torch.ones(1, *SHAPE, dtype=torch.float64))
+    assert float(ones.max()) <= 1.0 / (1 - np.exp(-3.0)) + 1e-9 and float(ones.min()) > 0.9
+
+
+def test_imresize_interior_matches_pillow_bicubic() -> None:
+    """Away from the borders MATLAB's and Pillow's antialiased bicubic (a = -0.5) agree exactly."""
+    x = rand(1, 64, seed=9)[0].float().numpy()
+    pil = np.asarray(Image.fromarray(x[None, :]).resize((16, 1), Image.BICUBIC), dtype=np.float64)[0]
+    ours = (imresize_matrix(64, 0.25) @ torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(ours[3:-3], pil[3:-3], atol=1e-5)
+    assert not np.allclose(ours, np.convolve(x, np.ones(4) / 4, "valid")[::4][:16], atol=1e-3)
+
+
+def test_imresize_rows_sum_to_one_and_preserve_constants() -> None:
+    for n, s in [(256, 0.25), (32, 0.5), (30, 1 / 3)]:
+        M = imresize_matrix(n, s)
+        torch.testing.assert_close(M.sum(1), torch.ones(M.shape[0], dtype=torch.float64))
+
+
+def test_masks() -> None:
+    g = torch.Generator().manual_seed(1)
+    op = Inpainting.random((3, 64, 64), missing=0.92, generator=g)
+    assert int((op.mask == 0).sum()) == round(0.92 * 64 * 64)
+    y = op.A(torch.ones(1, 3, 64, 64))
+    assert torch.equal(y[0, 0], y[0, 1]) and torch.equal(y[0, 0], y[0, 2])  # same pixels in every channel
+    box = Inpainting.box((3, 256, 256), generator=g)
+    assert int((box.mask == 0).sum()) == 128 * 128
+    rows = torch.nonzero((box.mask == 0).any(1)).squeeze(1)
+    assert 16 <= int(rows.min()) and int(rows.max()) <= 256 - 16 - 1
+    centred = Inpainting.box((3, 256, 256), centred=True)
+    assert torch.equal(torch.nonzero(centred.mask == 0).min(0).values, torch.tensor([64, 64]))
+
+
+def test_kernels_are_normalised_and_seeded() -> None:
+    k = gaussian_kernel(61, 3.0)
+    assert float(k.sum()) == pytest.approx(1.0) and torch.equal(k, k.T)
+    a = motion_kernel(61, 0.5, np.random.default_rng(7))
+    b = motion_kernel(61, 0.5, np.random.default_rng(7))
+    c = motion_kernel(61, 0.5, np.random.default_rng(8))
+    assert a.shape == (61, 61) and a.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (a > 1e-3).sum() > 10  # a trajectory, not a single point
+    assert Blur.gaussian((3, 256, 256)).kernel.shape == (61, 61)
+
+
+@pytest.mark.parametrize("name", LINEAR + NONLINEAR)
+def test_save_load_roundtrip(name: str, tmp_path: Path) -> None:
+    op = {**linear_ops(), **nonlinear_ops()}[name]
+    save_operator(op, tmp_path / "op.pt")
+    again = load_operator(tmp_path / "op.pt")
+    x = rand(2, *SHAPE)
+    torch.testing.assert_close(again.A(x), op.A(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_nonuniform_blur_save_load_needs_weights(tmp_path: Path) -> None:
+    kw = small_kernel_wizard()
+    op = NonUniformBlur(kw, (3, 128, 128), generator=torch.Generator().manual_seed(3))
+    save_operator(op, tmp_path / "nub.pt")
+    with pytest.raises(ValueError, match="kernel_wizard"):
+        load_operator(tmp_path / "nub.pt")
+    again = load_operator(tmp_path / "nub.pt", kernel_wizard=kw)
+    torch.testing.assert_close(again.latent, op.latent, rtol=0, atol=0)
+
+
+def test_bad_arguments_are_explained() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        SuperResolution((3, 30, 30), 4)
+    with pytest.raises(ValueError, match="odd"):
+        Blur(torch.ones(4, 4))
+    with pytest.raises(ValueError, match="boundary"):
+        Blur.gaussian(SHAPE, size=9, boundary="mirror")
+    with pytest.raises(ValueError, match="missing fraction"):
+        Inpainting.random(SHAPE, missing=1.5)
