@@ -55,9 +55,13 @@ class PoissonNoise:
     y = clip(Poisson(peak * clip(A(x), 0, 1)) / peak, 0, 1), peak = 255 * rate
     (the authors' ``rate``; rate = 1 gives 255 photons at full intensity).
 
-    Data fit (DPS Eq. 19): ||y - A(x0_hat)||^2_Lambda with Lambda_jj = 1 / (2 y_j), y_j in [0, 1] units,
-    guarded by y_j >= 1 / peak (one photon) where the count is zero. The authors' code instead uses
-    mean_j(||y - A(x0_hat)||_2 / |y_j|) over the whole batch; we keep the paper's weighted norm.
+    Data fit (DPS Eq. 19): ||y - A(x0_hat)||^2_Lambda with Lambda_jj proportional to 1 / (2 y_j), y_j in
+    [0, 1] units, guarded by y_j >= 1 / peak (one photon) where the count is zero. We scale Lambda by
+    2 mean(y) per sample, Lambda_jj = mean(y) / max(y_j, 1 / peak), so that for a uniform measurement it
+    is the Gaussian norm and zeta' means the same for both noise models (multiplying Lambda by c
+    multiplies the paper's normalised step zeta' grad ||r||^2_Lambda / ||r||_Lambda by sqrt(c)).
+    The authors' code instead uses mean_j(||y - A(x0_hat)||_2 / |y_j|) over the whole batch; we keep the
+    paper's weighted norm.
     """
 
     rate: float = 1.0
@@ -81,8 +85,9 @@ class PoissonNoise:
         return (counts / self.peak).clamp(0, 1)
 
     def sq_norm(self, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
-        """||y - A(x)||^2_Lambda per sample, Lambda_jj = 1 / (2 max(y_j, 1 / peak)); shape (B,)."""
-        weight = 1.0 / (2.0 * y.clamp_min(1.0 / self.peak))
+        """||y - A(x)||^2_Lambda per sample, Lambda_jj = mean(y) / max(y_j, 1 / peak); shape (B,)."""
+        y_mean = y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak)
+        weight = y_mean.reshape(-1, *([1] * (y.ndim - 1))) / y.clamp_min(1.0 / self.peak)
         return _per_sample_sum(weight * (y - Ax) ** 2)
 
 

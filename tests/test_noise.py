@@ -43,7 +43,8 @@ def test_poisson_data_fit_weights_and_zero_guard() -> None:
     n = PoissonNoise(rate=1.0)
     y = torch.tensor([[0.5, 0.0]])
     Ax = torch.tensor([[0.7, 0.1]])
-    expected = 0.2**2 / (2 * 0.5) + 0.1**2 / (2 / 255)
+    w = torch.tensor([0.25 / 0.5, 0.25 * 255])  # mean(y) / y_j, the zero count guarded at one photon
+    expected = float(w[0] * 0.2**2 + w[1] * 0.1**2)
     assert float(n.sq_norm(y, Ax)) == pytest.approx(expected)
 
 

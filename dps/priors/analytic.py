@@ -56,7 +56,20 @@ class MixturePosterior:
         return (self.means[k] + z @ L.T).reshape(n, *self.event_shape)
 
 
-class GaussianPrior(Prior):
+class _AffineData:
+    """Optional affine map from the prior's space to data space: data = offset + scale * x."""
+
+    data_offset: float = 0.0
+    data_scale: float = 1.0
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return self.data_offset + self.data_scale * x
+
+    def from_data(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.data_offset) / self.data_scale
+
+
+class GaussianPrior(_AffineData, Prior):
     """x_0 ~ N(mean, std^2 I).
 
     :param mean: tensor of the event shape, e.g. (d,) or (C, H, W).
@@ -97,7 +110,7 @@ class GaussianPrior(Prior):
         return GaussianPosterior(mean=m, cov=C, event_shape=self.event_shape)
 
 
-class GaussianMixturePrior(Prior):
+class GaussianMixturePrior(_AffineData, Prior):
     """x_0 ~ sum_k w_k N(mu_k, I) (unit-covariance components, as in the MCGdiff benchmark).
 
     :param weights: (K,) mixture weights (normalised here).

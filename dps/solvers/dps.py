@@ -33,7 +33,7 @@ from ..noise import GaussianNoise, NoiseModel
 
 __all__ = ["DPSConfig", "dps_sample", "STEP_RULES", "step_size", "frozen_parameters"]
 
-STEP_RULES = ("paper", "beta", "likelihood")
+STEP_RULES = ("paper", "beta")
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,13 @@ class DPSResult:
     schedule: Schedule = field(repr=False)
 
 
-def step_size(rule: str, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int,
-              m: int = 1) -> torch.Tensor:
-    """Per-sample zeta_i (B,) that multiplies grad ||y - A(x0_hat)||^2 at step i; m = measurement size."""
+def step_size(rule: str, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int) -> torch.Tensor:
+    """Per-sample zeta_i (B,) that multiplies grad ||y - A(x0_hat)||^2 at step i."""
     norm = residual_norm.clamp_min(torch.finfo(residual_norm.dtype).tiny)
     if rule == "paper":
         return zeta / norm
     if rule == "beta":
         return zeta / norm * float(schedule.betas[i] / schedule.betas.max())
-    if rule == "likelihood":
-        beta = float(schedule.betas[i])
-        return zeta * beta / (2 * (1 - beta) ** 0.5) * m / norm**2
     raise ValueError(f"unknown step_rule {rule!r}")
 
 
@@ -155,7 +151,7 @@ def dps_sample(
             # Data fit ||y - A(x0_hat)||^2 per sample and its gradient w.r.t. x_i (one VJP, line 7).
             sq_norm = noise.sq_norm(y_rep, operator(prior.to_data(x0)))
             residual = sq_norm.detach().sqrt()
-            zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i, y[0].numel())
+            zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i)
             (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
             with torch.no_grad():
                 z = randn(x.shape, generator, x.device, x.dtype) if i > 0 else torch.zeros_like(x)

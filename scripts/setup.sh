@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install dps with its test extra. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# Install the CPU wheel of torch first (it lies on these machines' disk); a bare `torch` requirement
+# with no torch installed would pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
