@@ -1,7 +1,6 @@
 """Every operator over one factory: adjoints, autograd agreement, pseudo-inverses, gradchecks, save/load."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,17 @@ from dps.operators.kernel_wizard import KernelWizard, NonUniformBlur
 from dps.operators.resize import imresize_matrix
 
 SHAPE = (2, 32, 32)
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+SMALL_KW = {"input_nc": 3, "nf": 8, "front_RBs": 2, "back_RBs": 2, "N_frames": 1, "kernel_dim": 64, "use_vae": True,
+            "KernelExtractor": {"norm": "none", "use_sharp": True, "n_blocks": 4, "padding_type": "reflect",
+                                "use_dropout": False},
+            "Adapter": {"norm": "none", "use_dropout": False}}
 
 
 def small_kernel_wizard() -> KernelWizard:
-    opt = json.loads((REF / "small_kernel_wizard_options.json").read_text())
     torch.manual_seed(0)
-    return KernelWizard(opt)
+    return KernelWizard(SMALL_KW)
 
 
 def linear_ops() -> dict[str, LinearOperator]:
