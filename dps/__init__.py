@@ -1,0 +1,13 @@
+"""dps: Diffusion Posterior Sampling (Chung et al., ICLR 2023) for noisy linear and nonlinear inverse problems.
+
+Images are (B, C, H, W) in [0, 1] at the API edge; see README.md for every convention.
+"""
+from .diffusion.denoiser import DenoiserOutput, NetworkPrior, Prior
+from .diffusion.schedule import Schedule, make_schedule, respace
+from .noise import GaussianNoise, PoissonNoise
+from .solvers.dps import DPSConfig, DPSResult, dps_sample
+
+__version__ = "0.1.0"
+
+__all__ = ["DPSConfig", "DPSResult", "DenoiserOutput", "GaussianNoise", "NetworkPrior", "PoissonNoise", "Prior",
+           "Schedule", "dps_sample", "make_schedule", "respace"]

@@ -153,8 +153,7 @@ def test_learned_range_with_v_minus_one_equals_fixed_small() -> None:
         def forward(self, x, t):
             return torch.cat([torch.zeros_like(x), -torch.ones_like(x)], dim=1)
 
-    prior = NetworkPrior(ZeroEps(), make_schedule("linear"), learn_sigma=True)
-    prior.event_shape = (1, 4, 4)
+    prior = NetworkPrior(ZeroEps(), make_schedule("linear"), learn_sigma=True, data_range=None, event_shape=(1, 4, 4))
     y = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
     run = lambda var: dps_sample(prior, identity, y, GaussianNoise(0.1), DPSConfig(steps=10, zeta=0.0, variance=var),
                                  generator=torch.Generator().manual_seed(0)).x

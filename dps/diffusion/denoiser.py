@@ -84,8 +84,9 @@ class NetworkPrior(Prior):
     :param schedule: the T-step training schedule of the network.
     :param prediction: ``"epsilon"`` (the network predicts eps) or ``"x0"`` (it predicts x_0).
     :param learn_sigma: whether the output carries the extra variance channels.
-    :param data_range: the range of the model's images; ``to_data`` maps it affinely to [0, 1].
-        ``None`` means the model works directly in data space.
+    :param data_range: the range of the model's images; ``to_data`` maps it affinely to [0, 1], and
+        samples are clipped to [0, 1]. ``None`` means the model works directly in data space.
+    :param event_shape: the shape of one sample, e.g. (3, 256, 256).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class NetworkPrior(Prior):
         prediction: str = "epsilon",
         learn_sigma: bool = False,
         data_range: Optional[tuple[float, float]] = (-1.0, 1.0),
+        event_shape: Optional[tuple[int, ...]] = None,
     ) -> None:
         super().__init__()
         if prediction not in ("epsilon", "x0"):
@@ -104,6 +106,8 @@ class NetworkPrior(Prior):
         self.prediction = prediction
         self.learn_sigma = learn_sigma
         self.data_range = data_range
+        self.data_bounds = (0.0, 1.0) if data_range is not None else None
+        self.event_shape = event_shape
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
         out = self.network(x, t)

@@ -31,7 +31,7 @@ from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
 from ..noise import GaussianNoise, NoiseModel
 
-__all__ = ["DPSConfig", "dps_sample", "STEP_RULES", "step_size", "frozen_parameters"]
+__all__ = ["DPSConfig", "DPSResult", "dps_sample", "STEP_RULES", "step_size", "frozen_parameters"]
 
 STEP_RULES = ("paper", "beta")
 
