@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -21,7 +22,7 @@ __all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace
 
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """A discrete VP schedule.
+    """A discrete VP schedule (derived arrays are computed once and cached).
 
     :param betas: float64 tensor (N,), beta_i of sampling step i (i = 0 is the least noisy).
     :param timesteps: int64 tensor (N,), the model timestep of step i (0..T-1, increasing).
@@ -41,23 +42,23 @@ class Schedule:
     def __len__(self) -> int:
         return int(self.betas.shape[0])
 
-    @property
+    @cached_property
     def alphas(self) -> torch.Tensor:
         """alpha_i = 1 - beta_i, float64 (N,)."""
         return 1.0 - self.betas
 
-    @property
+    @cached_property
     def alphas_cumprod(self) -> torch.Tensor:
         """abar_i = prod_{j<=i} alpha_j, float64 (N,)."""
         return torch.cumprod(self.alphas, dim=0)
 
-    @property
+    @cached_property
     def alphas_cumprod_prev(self) -> torch.Tensor:
         """abar_{i-1} with abar_{-1} = 1, float64 (N,)."""
         a = self.alphas_cumprod
         return torch.cat([a.new_ones(1), a[:-1]])
 
-    @property
+    @cached_property
     def posterior_variance(self) -> torch.Tensor:
         """beta~_i = beta_i (1 - abar_{i-1}) / (1 - abar_i): variance of q(x_{i-1} | x_i, x_0) (Ho et al. Eq. 7)."""
         return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
