@@ -39,7 +39,6 @@ def ddpm_sigma(
     learned_range: exp(f log beta_i + (1 - f) log beta~_i), f = (v + 1) / 2, with log beta~ clipped at i = 0.
     """
     post = schedule.posterior_variance
-    post_log_clipped = torch.log(torch.cat([post[1:2], post[1:]])) if len(schedule) > 1 else torch.log(schedule.betas)
     if variance == "fixed_small":
         return float(post[i]) ** 0.5
     if variance == "fixed_large":
@@ -48,8 +47,11 @@ def ddpm_sigma(
     if variance == "learned_range":
         if var_values is None:
             raise ValueError("variance='learned_range' needs a prior with learned variance (var_values is None)")
+        # beta~_0 = 0, so guided-diffusion clips its log to log beta~_1 (log beta_0 for a one-step schedule)
+        clipped = post[i] if i > 0 else (post[1] if len(schedule) > 1 else schedule.betas[0])
+        log_post = float(torch.log(clipped))
         frac = (var_values + 1) / 2
-        log_var = frac * float(torch.log(schedule.betas[i])) + (1 - frac) * float(post_log_clipped[i])
+        log_var = frac * float(torch.log(schedule.betas[i])) + (1 - frac) * log_post
         return torch.exp(0.5 * log_var)
     raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
 
