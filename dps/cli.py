@@ -40,6 +40,83 @@ def example(out: Path, steps: int, samples: int, seed: int) -> None:
     click.echo(f"wrote {out / 'figure.png'}, {out / 'metrics.json'} ({summary['steps']} steps per task)")
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="run folder (state, model.safetensors, loss.csv, loss.png); rerun to resume")
+@click.option("--data", default="digits", help="'digits' (embedded data set, training split) or an image folder")
+@click.option("--steps", type=click.IntRange(1), default=6000, help="total optimiser steps")
+@click.option("--batch-size", type=click.IntRange(1), default=64)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4)
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999)
+@click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=1.0)
+@click.option("--seed", type=int, default=0)
+@click.option("--checkpoint-every", type=click.IntRange(1), default=250)
+@click.option("--unet", "unet_json", default=None,
+              help="UNet create_model keywords as JSON or a JSON/YAML file (default: the digits architecture)")
+@click.option("--image-size", type=click.IntRange(8), default=None, help="override unet.image_size")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="override unet.in_channels")
+@click.option("--hflip", is_flag=True, help="random horizontal flips (not for digits)")
+def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoint_every, unet_json, image_size,
+          channels, hflip) -> None:
+    """DDPM training (epsilon prediction) of the guided-diffusion UNet; resumable, seeded."""
+    from .models.loading import resolve_config
+    from .train import DIGITS_UNET, TrainConfig, train as run_train
+
+    unet = dict(DIGITS_UNET)
+    if unet_json:
+        unet = json.loads(unet_json) if unet_json.lstrip().startswith("{") else resolve_config(unet_json)
+    if image_size:
+        unet["image_size"] = image_size
+    if channels:
+        unet["in_channels"] = int(channels)
+    cfg = TrainConfig(data=data, unet=unet, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                      grad_clip=grad_clip, seed=seed, checkpoint_every=checkpoint_every, hflip=hflip)
+    try:
+        run_train(cfg, out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out / 'model.safetensors'} (EMA weights), {out / 'loss.csv'}, {out / 'loss.png'}")
+
+
+@main.command()
+@click.option("--model", default="default", help="embedded name, diffusers folder, .safetensors or guided-diffusion .pt")
+@click.option("--config", default=None, help="guided-diffusion config: preset name or JSON/YAML file")
+@click.option("--n", type=click.IntRange(1), default=64, help="number of samples")
+@click.option("--steps", type=click.IntRange(1, 1000), default=250, help="reverse steps (respaced)")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm")
+@click.option("--eta", type=click.FloatRange(0, 1), default=0.0, help="DDIM eta")
+@click.option("--seed", type=int, default=0)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/samples.png"),
+              help="grid image (PNG); the samples also go to OUT with suffix .pt")
+def sample(model, config, n, steps, sampler, eta, seed, out) -> None:
+    """Unconditional samples from a prior, as a grid image."""
+    import math
+
+    import torch
+
+    from .images import make_grid, save_image
+    from .solvers.unconditional import sample_prior
+    from .utils import atomic_path
+
+    prior = _load_prior(model, config)
+    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    x = sample_prior(prior, n, steps=steps, sampler=sampler, eta=eta, generator=gens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid(x, nrow=int(math.ceil(math.sqrt(n)))), out)
+    with atomic_path(out.with_suffix(".pt")) as tmp:
+        torch.save(x, tmp)
+    click.echo(f"wrote {out} ({n} samples, {steps} {sampler} steps, seed {seed})")
+
+
+def _load_prior(model: str, config):
+    from .models.loading import CheckpointMismatchError, load_model
+
+    try:
+        return load_model(model, config)
+    except (FileNotFoundError, CheckpointMismatchError, ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks."""

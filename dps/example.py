@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .utils import atomic_write
 from .noise import GaussianNoise, PoissonNoise
 from .operators import Blur, Inpainting, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
 from .priors.analytic import GaussianMixturePrior
@@ -91,17 +90,6 @@ def _show_measurement(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run_example(out: Path, steps: int = 200, samples: int = 3, seed: int = 0) -> dict:
     """Run every task; write ``figure.png``, ``metrics.json`` and ``metrics.md`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +114,10 @@ def run_example(out: Path, steps: int = 200, samples: int = 3, seed: int = 0) ->
                     f"{', '.join(f'{p:.1f}' for p in results[name]['psnr_samples'])} |")
     grid = np.concatenate([np.concatenate([_to_uint8(t) for t in row], axis=1) for row in tiles], axis=0)
     img = Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
-    _atomic_write(out / "figure.png", lambda p: img.save(p, format="PNG"))
+    atomic_write(out / "figure.png", lambda p: img.save(p, format="PNG"))
     summary = {"steps": steps, "samples": samples, "seed": seed, "tasks": results,
                "figure": "rows: tasks; columns: measurement | DPS samples | ground truth"}
-    _atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     table = ["| task | noise | PSNR of sample mean (dB) | PSNR per sample (dB) |", "|---|---|---|---|", *rows]
-    _atomic_write(out / "metrics.md", lambda p: Path(p).write_text("\n".join(table) + "\n"))
+    atomic_write(out / "metrics.md", lambda p: Path(p).write_text("\n".join(table) + "\n"))
     return summary

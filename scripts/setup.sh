@@ -10,4 +10,4 @@ python -m pip install -q --upgrade pip
 # Install the CPU wheel of torch first (it lies on these machines' disk); a bare `torch` requirement
 # with no torch installed would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,diffusers]"

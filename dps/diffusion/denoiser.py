@@ -82,7 +82,8 @@ class NetworkPrior(Prior):
     :param network: module whose ``forward(x, timesteps)`` returns (B, C, ...) or, with
         ``learn_sigma``, (B, 2C, ...) whose second half is guided-diffusion's variance values v.
     :param schedule: the T-step training schedule of the network.
-    :param prediction: ``"epsilon"`` (the network predicts eps) or ``"x0"`` (it predicts x_0).
+    :param prediction: ``"epsilon"`` (the network predicts eps), ``"x0"`` (it predicts x_0) or ``"v"``
+        (v = sqrt(abar) eps - sqrt(1 - abar) x_0).
     :param learn_sigma: whether the output carries the extra variance channels.
     :param data_range: the range of the model's images; ``to_data`` maps it affinely to [0, 1], and
         samples are clipped to [0, 1]. ``None`` means the model works directly in data space.
@@ -99,8 +100,8 @@ class NetworkPrior(Prior):
         event_shape: Optional[tuple[int, ...]] = None,
     ) -> None:
         super().__init__()
-        if prediction not in ("epsilon", "x0"):
-            raise ValueError(f"prediction must be 'epsilon' or 'x0', got {prediction!r}")
+        if prediction not in ("epsilon", "x0", "v"):
+            raise ValueError(f"prediction must be 'epsilon', 'x0' or 'v', got {prediction!r}")
         self.network = network
         self.schedule = schedule
         self.prediction = prediction
@@ -121,8 +122,12 @@ class NetworkPrior(Prior):
         abar = self.abar(t)
         if self.prediction == "epsilon":
             eps, x0 = out, tweedie_x0(x, out, abar)
-        else:
+        elif self.prediction == "x0":
             eps, x0 = eps_from_x0(x, out, abar), out
+        else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)
+            a = bcast(abar, x)
+            x0 = a.sqrt() * x - (1 - a).sqrt() * out
+            eps = (1 - a).sqrt() * x + a.sqrt() * out
         return DenoiserOutput(eps=eps, x0=x0, var_values=var_values)
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:

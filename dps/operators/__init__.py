@@ -15,13 +15,12 @@ nonlinear deblur       :class:`NonUniformBlur` (KernelWizard) or                
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
+from ..utils import atomic_path
 from .base import LinearOperator, Operator, conjugate_gradient
 from .blur import Blur, gaussian_kernel
 from .inpainting import Inpainting
@@ -68,15 +67,8 @@ def save_operator(op: Operator, path: str | Path) -> None:
     """
     state = {k: v.detach().cpu() for k, v in op.state_dict().items() if not k.startswith("model.")}
     payload = {"name": op.name, "config": op.config, "state": state}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_operator(path: str | Path, kernel_wizard: Optional[KernelWizard] = None) -> Operator:

@@ -1,0 +1,107 @@
+"""Adapter for diffusers ``UNet2DModel`` folders (optional extra: ``pip install 'dps[diffusers]'``).
+
+The diffusion is defined by the folder's DDPM-family scheduler config (``scheduler_config.json``):
+``beta_schedule`` in {linear, scaled_linear, squaredcos_cap_v2} or ``trained_betas``, recomputed here in
+float64; ``prediction_type`` in {epsilon, sample, v_prediction}; ``variance_type`` ``learned_range`` means
+the UNet's second half of channels are guided-diffusion variance values. Images are in [-1, 1] in the
+model (diffusers' convention) and [0, 1] at our API edge.
+
+Accepted layouts: a pipeline folder (``unet/`` and ``scheduler/``), or a UNet folder with its
+``scheduler_config.json`` beside ``config.json`` or in ``../scheduler/``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..diffusion.denoiser import NetworkPrior
+from ..diffusion.schedule import Schedule, cosine_betas, linear_betas
+
+__all__ = ["DiffusersUNet", "load_diffusers", "is_diffusers_folder", "betas_from_scheduler_config"]
+
+_PREDICTION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
+
+
+class DiffusersUNet(nn.Module):
+    """``forward(x, timesteps) -> unet(x, timesteps).sample`` (B, C_out, H, W)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, timesteps).sample
+
+
+def _unet_dir(path: Path) -> Path:
+    if (path / "unet" / "config.json").is_file():
+        return path / "unet"
+    return path
+
+
+def is_diffusers_folder(path: Union[str, Path]) -> bool:
+    cfg = _unet_dir(Path(path)) / "config.json"
+    if not cfg.is_file():
+        return False
+    return json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel"
+
+
+def _scheduler_config(path: Path, unet_dir: Path) -> dict:
+    for cand in (path / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
+                 unet_dir.parent / "scheduler" / "scheduler_config.json"):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    raise FileNotFoundError(
+        f"{path}: no scheduler_config.json (looked in scheduler/, beside config.json and in ../scheduler/); "
+        "the scheduler's betas define the diffusion, so it is required")
+
+
+def betas_from_scheduler_config(cfg: dict) -> torch.Tensor:
+    """The scheduler's betas (T,) in float64."""
+    T = int(cfg.get("num_train_timesteps", 1000))
+    if cfg.get("trained_betas") is not None:
+        return torch.tensor(cfg["trained_betas"], dtype=torch.float64)
+    kind = cfg.get("beta_schedule", "linear")
+    b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    if kind == "linear":
+        return linear_betas(T, b0, b1)
+    if kind == "scaled_linear":
+        return torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float64) ** 2
+    if kind == "squaredcos_cap_v2":
+        return cosine_betas(T)
+    raise ValueError(f"unsupported beta_schedule {kind!r} (supported: linear, scaled_linear, squaredcos_cap_v2)")
+
+
+def load_diffusers(path: Union[str, Path]) -> NetworkPrior:
+    """Load a local diffusers ``UNet2DModel`` folder as a prior (nothing is downloaded)."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as exc:
+        raise ImportError("loading diffusers models needs the optional extra: pip install 'dps[diffusers]'") from exc
+    path = Path(path)
+    unet_dir = _unet_dir(path)
+    if not is_diffusers_folder(path):
+        raise ValueError(f"{path} is not a diffusers UNet2DModel folder (config.json with _class_name UNet2DModel)")
+    sched = _scheduler_config(path, unet_dir)
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTION:
+        raise ValueError(f"unsupported prediction_type {prediction!r}; supported: {sorted(_PREDICTION)}")
+    variance = sched.get("variance_type", "fixed_small")
+    if variance not in ("fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log"):
+        raise ValueError(f"unsupported variance_type {variance!r}")
+    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
+    unet.eval()
+    betas = betas_from_scheduler_config(sched)
+    schedule = Schedule(betas=betas, timesteps=torch.arange(len(betas), dtype=torch.int64))
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    learn_sigma = variance == "learned_range"
+    if learn_sigma and unet.config.out_channels != 2 * unet.config.in_channels:
+        raise ValueError("variance_type learned_range needs out_channels = 2 * in_channels")
+    prior = NetworkPrior(DiffusersUNet(unet), schedule, prediction=_PREDICTION[prediction], learn_sigma=learn_sigma,
+                         data_range=(-1.0, 1.0), event_shape=(unet.config.in_channels, *size))
+    return prior.eval()

@@ -1,0 +1,288 @@
+"""Loading pretrained priors: guided-diffusion state dicts, our safetensors files, diffusers UNets.
+
+``load_model(path_or_name, config=None)`` returns a :class:`~dps.diffusion.denoiser.NetworkPrior`
+(the denoiser contract) whose ``.network`` is the raw ``nn.Module`` (``forward(x, timesteps)`` returns
+exactly what the original network returns). Nothing is ever downloaded; a state dict that does not fit
+the architecture raises :class:`CheckpointMismatchError` and never yields random weights.
+
+Sources, tried in this order:
+
+* a name: ``"digits"`` / ``"default"`` (the embedded model shipped in the package);
+* a directory with a diffusers ``UNet2DModel`` (``config.json`` with ``"_class_name": "UNet2DModel"``,
+  or a pipeline folder with ``unet/`` and ``scheduler/``): needs the optional ``diffusers`` extra;
+* a ``.safetensors`` file written by ``dps train`` (the UNet config and schedule are in its metadata);
+* a raw guided-diffusion state dict (``ffhq_10m.pt``, ``imagenet256.pt``), loaded with
+  ``torch.load(weights_only=True)``; its config comes from ``config`` or is inferred (see
+  :func:`infer_unet_config`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from ..diffusion.denoiser import NetworkPrior
+from ..diffusion.schedule import Schedule, make_schedule
+from .unet import UNetConfig, UNetModel
+
+__all__ = [
+    "GUIDED_DIFFUSION_PRESETS", "CheckpointMismatchError", "load_model", "load_guided_diffusion",
+    "infer_unet_config", "check_state_dict", "save_unet_safetensors", "load_unet_safetensors", "EMBEDDED_MODELS",
+]
+
+_BASE = dict(class_cond=False, use_checkpoint=False, num_heads_upsample=-1, use_fp16=False,
+             use_new_attention_order=False, dropout=0.0, learn_sigma=True, use_scale_shift_norm=True,
+             resblock_updown=True, num_heads=4, num_head_channels=64, channel_mult="", image_size=256)
+
+#: ``create_model`` keywords of the checkpoints DPS was published with (the authors' model configs).
+GUIDED_DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
+    "ffhq256": {**_BASE, "num_channels": 128, "num_res_blocks": 1, "attention_resolutions": "16"},
+    "imagenet256": {**_BASE, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8"},
+}
+
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+#: Models embedded in the package (name -> file under ``dps/assets``).
+EMBEDDED_MODELS = {"digits": "digits_unet.safetensors", "default": "digits_unet.safetensors"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the architecture; the message lists every offending key."""
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointMismatchError` unless keys and shapes match ``model`` exactly."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if not (missing or unexpected or misshaped):
+        return
+
+    def show(keys: list[str], fmt) -> str:
+        head = ", ".join(fmt(k) for k in keys[:12])
+        return head + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+
+    lines = [f"{source} does not fit the architecture:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): " + show(missing, str))
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): " + show(unexpected, str))
+    if misshaped:
+        lines.append(f"  mis-shaped keys ({len(misshaped)}): "
+                     + show(misshaped, lambda k: f"{k} checkpoint {list(got[k])} vs model {list(expected[k])}"))
+    lines.append("  Pass the matching config (create_model keywords or a preset: "
+                 + ", ".join(GUIDED_DIFFUSION_PRESETS) + ").")
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def _n_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def infer_unet_config(state_dict: Mapping[str, torch.Tensor], image_size: Optional[int] = None) -> dict[str, Any]:
+    """Infer guided-diffusion ``create_model`` keywords from a state dict, where that is unambiguous.
+
+    Inferred: num_channels, channel_mult, num_res_blocks, learn_sigma, in_channels, class_cond,
+    use_scale_shift_norm, resblock_updown, attention downsample rates. Not inferable from weights:
+    the number of attention heads and the image size; a state dict whose shapes equal a preset's is given
+    that preset, otherwise ``image_size`` must be passed and ``num_head_channels`` / ``num_heads`` are
+    required whenever the network has attention (a ``ValueError`` says so).
+    """
+    sd = state_dict
+    if "input_blocks.0.0.weight" not in sd or "out.2.weight" not in sd:
+        raise CheckpointMismatchError(
+            "not a guided-diffusion UNet state dict (no 'input_blocks.0.0.weight' / 'out.2.weight'); "
+            f"first keys: {list(sd)[:5]}")
+    for name, preset in GUIDED_DIFFUSION_PRESETS.items():
+        with torch.device("meta"):
+            model = UNetModel(preset)
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in sd.items()}:
+            return dict(preset)
+    ch0, in_channels = sd["input_blocks.0.0.weight"].shape[:2]
+    out_channels = sd["out.2.weight"].shape[0]
+    mc = sd["time_embed.0.weight"].shape[1]
+    # Output block j holds [ResBlock, (Attention), (Upsampler)]; the upsampler closes each level, so the
+    # first block that has one is block num_res_blocks (0-based) and there are levels - 1 of them.
+    n_out = _n_blocks(sd, "output_blocks.")
+    up_blocks, updown_flags = [], []
+    for j in range(n_out):
+        subs = _n_blocks(sd, f"output_blocks.{j}.")
+        has_attn = f"output_blocks.{j}.1.qkv.weight" in sd
+        if subs == 3 or (subs == 2 and not has_attn):
+            up_blocks.append(j)
+            updown_flags.append(f"output_blocks.{j}.{subs - 1}.in_layers.2.weight" in sd)
+    levels = len(up_blocks) + 1
+    num_res_blocks = up_blocks[0] if up_blocks else n_out - 1
+    if n_out != levels * (num_res_blocks + 1) or _n_blocks(sd, "input_blocks.") != n_out:
+        raise CheckpointMismatchError("block layout is not that of a guided-diffusion UNet "
+                                      f"({n_out} output blocks, upsamplers at {up_blocks})")
+    mults, attn, i, ds = [], [], 1, 1
+    for level in range(levels):
+        for r in range(num_res_blocks):
+            if r == 0:
+                mults.append(sd[f"input_blocks.{i}.0.in_layers.2.weight"].shape[0])
+            if f"input_blocks.{i}.1.qkv.weight" in sd and ds not in attn:
+                attn.append(ds)
+            i += 1
+        i += 1  # the level's downsampler
+        ds *= 2
+    resblock_updown = any(updown_flags)
+    emb_out = sd["input_blocks.1.0.emb_layers.1.weight"].shape[0]
+    cfg: dict[str, Any] = dict(
+        num_channels=mc, num_res_blocks=num_res_blocks,
+        channel_mult=",".join(str(m // mc) if m % mc == 0 else str(m / mc) for m in mults),
+        learn_sigma=out_channels == 2 * in_channels, class_cond="label_emb.weight" in sd,
+        use_scale_shift_norm=emb_out == 2 * sd["input_blocks.1.0.in_layers.2.weight"].shape[0],
+        resblock_updown=resblock_updown, in_channels=in_channels, dropout=0.0,
+    )
+    if ch0 != mults[0]:
+        raise CheckpointMismatchError("input conv width does not match the first level; not a guided-diffusion UNet")
+    if image_size is None:
+        raise ValueError(
+            "cannot infer image_size from the weights (the UNet is size-agnostic); pass config={'image_size': ...} "
+            "with the heads (num_head_channels or num_heads), or a preset: " + ", ".join(GUIDED_DIFFUSION_PRESETS))
+    cfg["image_size"] = image_size
+    cfg["attention_resolutions"] = ",".join(str(image_size // d) for d in attn)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- config
+ConfigLike = Union[None, str, Path, Mapping[str, Any]]
+
+
+def resolve_config(config: ConfigLike) -> Optional[dict[str, Any]]:
+    """A preset name, a JSON/YAML file of ``create_model`` keywords, or a dict -> dict (None stays None)."""
+    if config is None:
+        return None
+    if isinstance(config, Mapping):
+        return dict(config)
+    text = str(config)
+    if text in GUIDED_DIFFUSION_PRESETS:
+        return dict(GUIDED_DIFFUSION_PRESETS[text])
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"config {text!r} is neither a preset ({', '.join(GUIDED_DIFFUSION_PRESETS)}) nor a file")
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+    else:
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of create_model keywords")
+    # the DPS authors' model YAMLs also carry model_path; it is not an architecture keyword
+    data.pop("model_path", None)
+    return data
+
+
+def _prior_from_unet(net: UNetModel, schedule: Schedule, data_range=(-1.0, 1.0)) -> NetworkPrior:
+    cfg = net.config
+    prior = NetworkPrior(net, schedule, prediction="epsilon", learn_sigma=cfg.learn_sigma, data_range=data_range,
+                         event_shape=(cfg.in_channels, cfg.image_size, cfg.image_size))
+    return prior.eval()
+
+
+def load_guided_diffusion(path: Union[str, Path], config: ConfigLike = None,
+                          map_location: Union[str, torch.device] = "cpu") -> NetworkPrior:
+    """Load a raw guided-diffusion state dict (e.g. ``ffhq_10m.pt``) as a prior.
+
+    The diffusion is the one those checkpoints were trained with: linear betas 1e-4..0.02, T = 1000,
+    epsilon prediction, images in [-1, 1] (mapped to our [0, 1] by the prior).
+    """
+    path = Path(path)
+    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointMismatchError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+        state_dict = state_dict["state_dict"]
+    user = resolve_config(config) or {}
+    if user and "num_channels" in user:
+        cfg = {**user}
+    else:
+        inferred = infer_unet_config(state_dict, image_size=user.get("image_size"))
+        preset_hit = any(inferred == p for p in GUIDED_DIFFUSION_PRESETS.values())
+        if not preset_hit and not ({"num_heads", "num_head_channels"} & set(user)):
+            raise ValueError(
+                f"{path}: the number of attention heads cannot be inferred from the weights; pass config with "
+                "num_head_channels (e.g. 64) or num_heads, together with image_size")
+        cfg = {**inferred, **user}
+    net = UNetModel(UNetConfig.from_dict(cfg))
+    check_state_dict(net, state_dict, source=str(path))
+    net.load_state_dict(state_dict, strict=True)
+    return _prior_from_unet(net, make_schedule("linear", 1000))
+
+
+# ----------------------------------------------------------------------------------------------- safetensors
+def save_unet_safetensors(path: Union[str, Path], net: UNetModel, schedule_name: str = "linear", T: int = 1000,
+                          extra: Optional[Mapping[str, str]] = None) -> None:
+    """Write the weights and, in the metadata, the UNet config and the diffusion; atomically."""
+    from safetensors.torch import save_file
+
+    from ..utils import atomic_path
+
+    meta = {"format": "dps-unet", "unet_config": json.dumps(net.config.to_dict()),
+            "schedule": schedule_name, "T": str(T), "prediction": "epsilon", "data_range": "-1,1", **(extra or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_unet_safetensors(path: Union[str, Path], map_location: str = "cpu") -> NetworkPrior:
+    """Load a file written by :func:`save_unet_safetensors` (``dps train``) as a prior."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "dps-unet":
+            raise CheckpointMismatchError(f"{path} is not a dps UNet file (metadata format={meta.get('format')!r})")
+        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    net = UNetModel(UNetConfig.from_dict(json.loads(meta["unet_config"])))
+    check_state_dict(net, state_dict, source=str(path))
+    net.load_state_dict(state_dict, strict=True)
+    lo, hi = (float(v) for v in meta.get("data_range", "-1,1").split(","))
+    prior = _prior_from_unet(net, make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000))), (lo, hi))
+    prior.metadata = meta
+    return prior
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
+               device: Union[str, torch.device, None] = None) -> NetworkPrior:
+    """Load a prior from a name, a diffusers folder, a ``.safetensors`` file or a guided-diffusion ``.pt``.
+
+    :param path_or_name: ``"digits"``/``"default"`` (embedded), a diffusers ``UNet2DModel`` folder,
+        a ``dps train`` ``.safetensors`` file, or a raw guided-diffusion state dict (``.pt``/``.pth``).
+    :param config: for guided-diffusion files: ``create_model`` keywords (dict, JSON or YAML path) or a
+        preset name (``ffhq256``, ``imagenet256``); inferred from the state dict where unambiguous.
+    :param device: where to put the network (default CPU).
+    :returns: a :class:`NetworkPrior` in eval mode; ``.network`` is the raw module.
+    """
+    key = str(path_or_name)
+    if key in EMBEDDED_MODELS and not Path(key).exists():
+        path = _ASSETS / EMBEDDED_MODELS[key]
+        if not path.is_file():
+            raise FileNotFoundError(f"embedded model file {path} is missing from this installation")
+        prior = load_unet_safetensors(path)
+    else:
+        path = Path(key)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no model at {path}; give a file or folder, or one of the embedded names: {', '.join(EMBEDDED_MODELS)}")
+        if path.is_dir():
+            from .diffusers_adapter import is_diffusers_folder, load_diffusers
+
+            if not is_diffusers_folder(path):
+                raise ValueError(f"{path} is a folder but not a diffusers UNet2DModel folder "
+                                 "(expected config.json with _class_name UNet2DModel, or unet/ and scheduler/)")
+            prior = load_diffusers(path)
+        elif path.suffix == ".safetensors":
+            prior = load_unet_safetensors(path)
+        else:
+            prior = load_guided_diffusion(path, config)
+    return prior.to(device) if device is not None else prior

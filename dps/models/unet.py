@@ -1,0 +1,346 @@
+"""The guided-diffusion ("ADM") UNet of Dhariwal & Nichol (2021), written for this project.
+
+It reproduces the module tree, the state-dict keys and the numerics of openai/guided-diffusion's
+``UNetModel`` (the network the DPS checkpoints ``ffhq_10m.pt`` and ``imagenet256.pt`` were trained
+with), so that those raw state dicts load with ``strict=True`` and ``forward(x, timesteps)`` returns what
+the original returns. Facts this must match (checked against ``shared/reference/small_adm*``):
+
+* timestep embedding: sinusoidal on the integer step index, ``[cos(t f), sin(t f)]`` with
+  ``f_k = 10000^(-k / (d/2))``, then Linear -> SiLU -> Linear to ``4 * model_channels``;
+* GroupNorm with 32 groups, computed in float32;
+* ResBlock: norm -> SiLU -> [up/down] -> conv3x3; the embedding adds a shift, or with
+  ``use_scale_shift_norm`` modulates the second norm as ``norm(h) * (1 + scale) + shift``;
+* attention: "legacy" QKV order (heads split before q/k/v) unless ``use_new_attention_order``,
+  with q and k both scaled by ``ch^(-1/4)``;
+* attention is used at downsample rates ``ds`` in ``attention_resolutions`` (already converted from
+  resolutions by :func:`UNetConfig.attention_ds`).
+
+Input: x of shape (B, in_channels, H, W) (images in [-1, 1] for the published models) and integer
+timesteps (B,). Output: (B, out_channels, H, W); with ``learn_sigma`` the channels are
+``[eps_hat, v]`` with v the learned-range variance values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UNetConfig", "UNetModel", "timestep_embedding"]
+
+NUM_CLASSES = 1000  # guided-diffusion's class-conditional ImageNet models
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim): ``[cos(t f_k), sin(t f_k)]``, ``f_k = max_period^(-k/half)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm(32, C) evaluated in at least float32 (as the original does under fp16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).type(x.dtype)
+        return super().forward(x)
+
+
+def normalization(channels: int) -> nn.Module:
+    return GroupNorm32(32, channels)
+
+
+class EmbedBlock(nn.Module):
+    """A block that also takes the timestep embedding."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class EmbedSequential(nn.Sequential):
+    """``nn.Sequential`` that hands the embedding to the blocks that use it (keys ``input_blocks.i.j``)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, EmbedBlock) else layer(x)
+        return x
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then an optional 3x3 conv (key ``conv``)."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class Downsample(nn.Module):
+    """A stride-2 3x3 conv (key ``op``) or 2x2 average pooling."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        self.op = (
+            nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class ResBlock(EmbedBlock):
+    """Residual block with timestep conditioning, optionally resampling (``up``/``down``)."""
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: Optional[int] = None,
+        use_scale_shift_norm: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.updown = up or down
+        if up:
+            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
+        elif down:
+            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.out_layers[-1].weight)
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h = self.in_layers[-1](self.h_upd(h))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+def _qkv_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Tensor:
+    """Multi-head self-attention on (B, 3*H*C, L) -> (B, H*C, L).
+
+    ``legacy``: the tensor is split into heads first, then each head into (q, k, v) (guided-diffusion's
+    ``QKVAttentionLegacy``); otherwise into (q, k, v) first, then heads (``QKVAttention``).
+    """
+    bs, width, length = qkv.shape
+    ch = width // (3 * n_heads)
+    if legacy:
+        q, k, v = qkv.reshape(bs * n_heads, 3 * ch, length).split(ch, dim=1)
+    else:
+        q, k, v = (z.reshape(bs * n_heads, ch, length) for z in qkv.chunk(3, dim=1))
+    scale = 1.0 / math.sqrt(math.sqrt(ch))
+    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+    return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+
+
+class AttentionBlock(nn.Module):
+    """Spatial self-attention with a residual connection (keys ``norm``, ``qkv``, ``proj_out``)."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, legacy_order: bool = True) -> None:
+        super().__init__()
+        if num_head_channels == -1:
+            self.num_heads = num_heads
+        else:
+            if channels % num_head_channels:
+                raise ValueError(f"channels {channels} is not divisible by num_head_channels {num_head_channels}")
+            self.num_heads = channels // num_head_channels
+        self.legacy_order = legacy_order
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        h = _qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.legacy_order)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+def _default_channel_mult(image_size: int) -> tuple[float, ...]:
+    table = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+    if image_size not in table:
+        raise ValueError(f"no default channel_mult for image_size {image_size}; give channel_mult, e.g. '1,2,2'")
+    return table[image_size]
+
+
+@dataclass
+class UNetConfig:
+    """guided-diffusion ``create_model`` keywords (the same names and defaults), plus channel counts.
+
+    ``channel_mult`` and ``attention_resolutions`` accept guided-diffusion's strings ("1,2,2", "16,8";
+    "" = the default for ``image_size``) or sequences. ``in_channels`` is 3 in the original; 1 is allowed
+    for grayscale models. ``out_channels`` is derived: ``in_channels * (2 if learn_sigma else 1)``.
+    """
+
+    image_size: int = 256
+    num_channels: int = 128
+    num_res_blocks: int = 2
+    channel_mult: Any = ""
+    learn_sigma: bool = False
+    class_cond: bool = False
+    use_checkpoint: bool = False
+    attention_resolutions: Any = "16"
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    use_fp16: bool = False
+    use_new_attention_order: bool = False
+    in_channels: int = 3
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        """Build from ``create_model`` keywords; unknown keys raise a ``ValueError`` naming them."""
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UNet config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        for key in ("channel_mult", "attention_resolutions"):
+            if not isinstance(d[key], str):
+                d[key] = ",".join(str(v) for v in d[key])
+        return d
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    def mults(self) -> tuple[float, ...]:
+        cm = self.channel_mult
+        if isinstance(cm, str):
+            return _default_channel_mult(self.image_size) if cm == "" else tuple(float(v) if "." in v else int(v) for v in cm.split(","))
+        return tuple(cm)
+
+    def attention_ds(self) -> tuple[int, ...]:
+        """Downsample rates with attention: ``image_size // r`` for each resolution r."""
+        ar = self.attention_resolutions
+        res: Sequence[int] = [int(v) for v in ar.split(",") if v.strip()] if isinstance(ar, str) else list(ar)
+        return tuple(self.image_size // int(r) for r in res)
+
+
+class UNetModel(nn.Module):
+    """guided-diffusion's UNet; ``forward(x, timesteps, y=None)`` -> (B, out_channels, H, W).
+
+    :param config: a :class:`UNetConfig` (or a dict of ``create_model`` keywords).
+    """
+
+    def __init__(self, config: UNetConfig | dict) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
+        self.config = cfg
+        mc = cfg.num_channels
+        ted = 4 * mc
+        attention_ds = cfg.attention_ds()
+        heads_up = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
+        legacy = not cfg.use_new_attention_order
+
+        def attn(ch: int, heads: int) -> AttentionBlock:
+            return AttentionBlock(ch, heads, cfg.num_head_channels, legacy)
+
+        def res(ch: int, out: int, **kw: bool) -> ResBlock:
+            return ResBlock(ch, ted, cfg.dropout, out, cfg.use_scale_shift_norm, **kw)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        if cfg.class_cond:
+            self.label_emb = nn.Embedding(NUM_CLASSES, ted)
+
+        mults = cfg.mults()
+        ch = int(mults[0] * mc)
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+        chans, ds = [ch], 1
+        for level, mult in enumerate(mults):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, int(mult * mc))]
+                ch = int(mult * mc)
+                if ds in attention_ds:
+                    layers.append(attn(ch, cfg.num_heads))
+                self.input_blocks.append(EmbedSequential(*layers))
+                chans.append(ch)
+            if level != len(mults) - 1:
+                down = res(ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, True, ch)
+                self.input_blocks.append(EmbedSequential(down))
+                chans.append(ch)
+                ds *= 2
+
+        self.middle_block = EmbedSequential(res(ch, ch), attn(ch, cfg.num_heads), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(mults))[::-1]:
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + chans.pop(), int(mc * mult))]
+                ch = int(mc * mult)
+                if ds in attention_ds:
+                    layers.append(attn(ch, heads_up))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, True, ch))
+                    ds //= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(int(mults[0] * mc), cfg.out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (y is not None) != self.config.class_cond:
+            raise ValueError("pass class labels y exactly when the model is class-conditional (class_cond=True)")
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        t_emb = timestep_embedding(timesteps, self.config.num_channels).to(self.time_embed[0].weight.dtype)
+        emb = self.time_embed(t_emb)
+        if y is not None:
+            emb = emb + self.label_emb(y)
+        hs = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h.type(x.dtype))

@@ -1,0 +1,255 @@
+"""DDPM training (Ho et al. 2020, Algorithm 1) of our guided-diffusion UNet, resumable and seeded.
+
+Loss: L_simple = E_{x0, t ~ U{0..T-1}, eps} || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2,
+with images mapped from [0, 1] to the model's [-1, 1]. AdamW, gradient-norm clipping, and an EMA of the
+weights (decay ``min(ema_decay, (1 + n) / (10 + n))`` after n updates); the EMA weights are what
+``model.safetensors`` holds and what sampling uses.
+
+A run folder holds:
+
+* ``train.json``: the full :class:`TrainConfig` (a rerun with a different config is refused);
+* ``state.safetensors``: weights, EMA weights, AdamW moments, the data generator's state and the step,
+  written atomically every ``checkpoint_every`` steps; an interrupted run restarted with the same command
+  continues from it and produces the same weights as an uninterrupted run;
+* ``model.safetensors``: the EMA network, loadable with ``dps.load_model``;
+* ``loss.csv`` (step, loss, EMA-smoothed loss) and ``loss.png``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from .diffusion.schedule import make_schedule
+from .models.unet import UNetConfig, UNetModel
+from .utils import atomic_path, atomic_write
+
+__all__ = ["TrainConfig", "train", "ddpm_loss", "DIGITS_UNET"]
+
+#: The embedded model's architecture (about 1.0M parameters; sized for 2 CPU cores).
+DIGITS_UNET = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2,2", num_res_blocks=1,
+                   attention_resolutions="8", num_head_channels=32, use_scale_shift_norm=True,
+                   resblock_updown=True, learn_sigma=False, dropout=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved to ``train.json``).
+
+    :param data: ``"digits"`` (the embedded data set's training split) or an image folder.
+    :param unet: guided-diffusion ``create_model`` keywords (``image_size`` and ``in_channels`` included).
+    """
+
+    data: str = "digits"
+    unet: dict = field(default_factory=lambda: dict(DIGITS_UNET))
+    schedule: str = "linear"
+    T: int = 1000
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+    hflip: bool = False
+
+
+def load_training_images(cfg: TrainConfig) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1]: the digits training split or every image of a folder."""
+    size, channels = int(cfg.unet["image_size"]), int(cfg.unet.get("in_channels", 3))
+    if cfg.data == "digits":
+        from .data.digits import digits_split
+
+        images, _ = digits_split("train", size)
+        if channels != 1:
+            raise ValueError("the digits data set is grey: set unet.in_channels = 1")
+        return images
+    from .data.folder import load_image_folder
+
+    return load_image_folder(cfg.data, size, channels)
+
+
+def ddpm_loss(net: nn.Module, x0: torch.Tensor, abar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """L_simple for a batch x0 (B, C, H, W) in [-1, 1]; ``abar`` float64 (T,). Returns a scalar."""
+    b = x0.shape[0]
+    t = torch.randint(0, len(abar), (b,), generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    a = abar[t].to(x0.dtype).view(b, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    out = net(x_t, t)
+    eps_hat = out[:, : x0.shape[1]]
+    return ((eps_hat - eps) ** 2).mean()
+
+
+def _save_state(path: Path, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                gen: torch.Generator, ema_loss: float, wall_s: float) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    for i, (name, p) in enumerate(net.named_parameters()):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                tensors[f"opt.{name}.{key}"] = st[key].contiguous()
+    tensors["rng"] = gen.get_state()
+    meta = {"step": str(step), "ema_loss": repr(ema_loss), "wall_s": f"{wall_s:.1f}"}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _load_state(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                gen: torch.Generator) -> tuple[int, float, float]:
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+    step = int(meta["step"])
+    for name, p in net.named_parameters():
+        if f"opt.{name}.exp_avg" in tensors:
+            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"opt.{name}.exp_avg"],
+                            "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]}
+    gen.set_state(tensors["rng"])
+    return step, float(meta["ema_loss"]), float(meta.get("wall_s", 0.0))
+
+
+def _update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
+def _plot_loss(csv_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [float(r["loss"]) for r in rows], lw=0.5, alpha=0.4, label="batch loss")
+    ax.plot(steps, [float(r["ema_loss"]) for r in rows], lw=1.5, label="smoothed (EMA 0.98)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("L_simple (eps MSE)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(png_path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def _check_config(out: Path, cfg: TrainConfig) -> None:
+    path = out / "train.json"
+    want = asdict(cfg)
+    if path.exists():
+        have = json.loads(path.read_text())
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k) and k != "steps")
+        if diff:
+            raise ValueError(f"{out} holds a run with a different config (differs in {diff}); "
+                             "use another --out or the same settings to resume")
+    atomic_write(path, lambda p: p.write_text(json.dumps(want, indent=2)))
+
+
+def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
+          on_checkpoint: Optional[Callable[[int, UNetModel], None]] = None) -> UNetModel:
+    """Train (or resume) to ``cfg.steps`` optimiser steps in ``out``; returns the EMA network.
+
+    ``steps`` may be raised on a rerun to train further; everything else must match the saved run.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    torch.manual_seed(cfg.seed)  # initial weights
+    net = UNetModel(UNetConfig.from_dict(cfg.unet))
+    ema = UNetModel(UNetConfig.from_dict(cfg.unet))
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    images = load_training_images(cfg) * 2 - 1  # [0, 1] -> [-1, 1]
+    abar = make_schedule(cfg.schedule, cfg.T).alphas_cumprod
+
+    state_path, log_path = out / "state.safetensors", out / "loss.csv"
+    step, ema_loss, wall0 = 0, float("nan"), 0.0
+    if state_path.exists():
+        step, ema_loss, wall0 = _load_state(state_path, net, ema, opt, gen)
+    _truncate_log(log_path, step)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
+    log = log_path.open("a", newline="")
+    writer = csv.writer(log)
+    if log_path.stat().st_size == 0:
+        writer.writerow(["step", "loss", "ema_loss", "wall_s"])
+    t0 = time.time() - wall0  # wall time is cumulative over resumed sessions
+    net.train()
+    try:
+        while step < cfg.steps:
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
+            x0 = images[idx]
+            if cfg.hflip:
+                flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
+                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            loss = ddpm_loss(net, x0, abar, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            _update_ema(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss is {value} at step {step}; lower --lr")
+            ema_loss = value if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * value
+            if step % cfg.log_every == 0:
+                writer.writerow([step, f"{value:.6f}", f"{ema_loss:.6f}", f"{time.time() - t0:.1f}"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss:.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                log.flush()
+                _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, ema)
+    finally:
+        log.close()
+        bar.close()
+    if not (out / "model.safetensors").exists():  # steps already reached on a rerun
+        _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0)
+    return ema
+
+
+def _checkpoint(out: Path, step: int, net, ema, opt, gen, ema_loss: float, cfg: TrainConfig, wall_s: float) -> None:
+    from .models.loading import save_unet_safetensors
+
+    _save_state(out / "state.safetensors", step, net, ema, opt, gen, ema_loss, wall_s)
+    save_unet_safetensors(out / "model.safetensors", ema, cfg.schedule, cfg.T,
+                          extra={"train_steps": str(step), "train_data": cfg.data, "train_wall_s": f"{wall_s:.0f}",
+                                 "train_ema_loss": f"{ema_loss:.5f}"})
+    _plot_loss(out / "loss.csv", out / "loss.png")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after the checkpointed step (they are recomputed identically on resume)."""
+    if not path.exists():
+        return
+    rows = list(csv.reader(path.open()))
+    keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step] if rows else []
+    atomic_write(path, lambda p: p.write_text("".join(",".join(r) + "\n" for r in keep)))
