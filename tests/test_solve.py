@@ -1,0 +1,151 @@
+"""`dps solve`: run folders, reproducibility, batch independence, resume, measurement input, errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from dps.cli import main
+from dps.images import save_image
+from dps.models.loading import save_unet_safetensors
+from dps.models.unet import UNetModel
+from dps.tasks import TASK_NAMES, build_operator, load_task
+
+TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+            attention_resolutions="", num_heads=1, learn_sigma=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = UNetModel(TINY)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    save_unet_safetensors(path, net)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from dps.data.digits import digits_split
+
+    folder = tmp_path_factory.mktemp("imgs")
+    x, _ = digits_split("held_out")
+    for i in range(3):
+        save_image(x[i], folder / f"digit{i}.png")
+    return folder
+
+
+def _solve(*args):
+    r = CliRunner().invoke(main, ["solve", *map(str, args)])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def _png(path):
+    return np.asarray(Image.open(path))
+
+
+def test_presets_load_and_build_for_any_size():
+    for name in TASK_NAMES:
+        task = load_task(name)
+        assert task.name == name and task.dps_config().steps == 1000
+        op = build_operator(task.operator, (1, 32, 32), seed=0)
+        assert op(torch.rand(2, 1, 32, 32)).shape[0] == 2
+    assert load_task("phase_retrieval").select == "best-residual"
+
+
+def test_solve_folder_is_complete_and_reproducible(tmp_path, model, images):
+    common = ["--task", "inpainting_random", "--input", images, "--model", model, "--steps", 3, "--samples", 2]
+    _solve(*common, "--out", tmp_path / "a", "--batch-size", 3)
+    a = tmp_path / "a"
+    for sub in ("input", "label", "recon", "mean", "std"):
+        assert sorted(p.name for p in (a / sub).glob("digit*.png"))[:1] == ["digit0.png"], sub
+    record = json.loads((a / "run.json").read_text())
+    assert record["settings"]["task"]["operator"]["name"] == "inpainting_random"
+    assert record["dps_config"]["steps"] == 3 and set(record["images"]) == {"digit0", "digit1", "digit2"}
+    samples = torch.load(a / "samples" / "digit1.pt", weights_only=True)
+    assert samples.shape == (2, 1, 32, 32)
+    # recon PNG = sample 0 clipped and rounded, never stretched
+    assert np.array_equal(_png(a / "recon" / "digit1.png"),
+                          (samples[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    # the run.json reproduces the run exactly; the batch size changes results only by float rounding
+    # (each sample has its own generator; convolutions of other batch sizes round differently)
+    _solve("--task", a / "run.json", "--input", images, "--out", tmp_path / "b", "--batch-size", 3)
+    _solve("--task", a / "run.json", "--input", images, "--out", tmp_path / "c", "--batch-size", 1)
+    for name in ("digit0", "digit1", "digit2"):
+        ref = torch.load(a / "samples" / f"{name}.pt", weights_only=True)
+        assert torch.equal(ref, torch.load(tmp_path / "b" / "samples" / f"{name}.pt", weights_only=True))
+        torch.testing.assert_close(ref, torch.load(tmp_path / "c" / "samples" / f"{name}.pt", weights_only=True),
+                                   atol=1e-4, rtol=0)
+        assert torch.equal(torch.load(a / "measurement" / f"{name}.pt", weights_only=True),
+                           torch.load(tmp_path / "c" / "measurement" / f"{name}.pt", weights_only=True))
+
+
+def test_solve_resumes_after_interruption(tmp_path, model, images):
+    common = ["--task", "super_resolution", "--input", images, "--model", model, "--steps", 3, "--out", tmp_path]
+    _solve(*common)
+    full = {p.name: p.read_bytes() for p in (tmp_path / "recon").iterdir()}
+    # simulate an interruption before digit2 was finished
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["images"]["digit2"]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    (tmp_path / "recon" / "digit2.png").unlink()
+    stamp = (tmp_path / "recon" / "digit0.png").stat().st_mtime_ns
+    _solve(*common)
+    assert (tmp_path / "recon" / "digit0.png").stat().st_mtime_ns == stamp  # finished images skipped
+    assert {p.name: p.read_bytes() for p in (tmp_path / "recon").iterdir()} == full
+    r = CliRunner().invoke(main, ["solve", *map(str, common), "--seed", "1"])
+    assert r.exit_code != 0 and "other settings" in r.output
+
+
+def test_solve_from_measurements_and_operator(tmp_path, model, images):
+    _solve("--task", "motion_blur", "--input", images, "--model", model, "--steps", 3, "--out", tmp_path / "a")
+    a = tmp_path / "a"
+    meas = sorted((a / "measurement").glob("*.pt"))
+    args = ["--task", "motion_blur", "--model", model, "--steps", 3, "--out", tmp_path / "b",
+            "--operator", a / "operator.pt"]
+    for m in meas:
+        args += ["--measurement", m]
+    _solve(*args)
+    for m in meas:
+        assert np.array_equal(_png(a / "recon" / f"{m.stem}.png"), _png(tmp_path / "b" / "recon" / f"{m.stem}.png"))
+    assert not (tmp_path / "b" / "label").exists()
+
+
+def test_best_residual_selection(tmp_path, model, images):
+    _solve("--task", "phase_retrieval", "--input", images, "--model", model, "--steps", 2, "--samples", 3,
+           "--out", tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    for name, entry in record["images"].items():
+        k = int(np.argmin(entry["residual"]))
+        assert entry["chosen_sample"] == k
+        assert np.array_equal(_png(tmp_path / "recon" / f"{name}.png"), _png(tmp_path / "recon" / f"{name}_{k}.png"))
+
+
+def test_wrong_size_is_a_clear_error(tmp_path, model):
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "big.png")
+    r = CliRunner().invoke(main, ["solve", "--task", "super_resolution", "--input", str(tmp_path / "big.png"),
+                                  "--model", model, "--steps", "2", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "48 x 40" in r.output and "--resize" in r.output
+    _solve("--task", "super_resolution", "--input", tmp_path / "big.png", "--model", model, "--steps", 2,
+           "--out", tmp_path / "o2", "--resize", "center-crop")
+    assert _png(tmp_path / "o2" / "recon" / "big.png").shape == (32, 32)
+    r = CliRunner().invoke(main, ["solve", "--task", "deblur_all", "--input", str(tmp_path / "big.png"),
+                                  "--out", str(tmp_path / "o3")])
+    assert r.exit_code != 0 and "unknown task" in r.output
+
+
+def test_user_task_file_with_unknown_key_is_rejected(tmp_path):
+    (tmp_path / "t.yaml").write_text("operator: {name: super_resolution}\nnoise: gaussian:0.05\nzeta: 1\n")
+    with pytest.raises(ValueError, match="unknown task keys"):
+        load_task(tmp_path / "t.yaml")
+    (tmp_path / "t2.yaml").write_text("operator: {name: super_resolution, factr: 4}\nnoise: gaussian:0.05\n")
+    with pytest.raises(ValueError, match="bad parameters"):
+        build_operator(load_task(tmp_path / "t2.yaml").operator, (1, 32, 32), 0)
