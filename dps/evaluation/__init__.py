@@ -1,0 +1,1 @@
+"""Evaluation: the methods x tasks runner behind the paper's tables."""
