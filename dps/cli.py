@@ -158,8 +158,13 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=4, help="images per DPS batch")
 @click.option("--resize", type=click.Choice(["error", "resize", "center-crop"]), default="error",
               help="what to do with images whose size differs from the model's")
+@click.option("--convert-channels", is_flag=True, help="convert grey <-> RGB images to the model's channels")
+@click.option("--progress-frames", type=click.IntRange(0), default=0,
+              help="record x0_hat at this many evenly spaced steps (progress/; shown by dps figure)")
+@click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
 def solve(task_name, inputs, measurements, operator_file, out, model, model_config, steps, samples, seed, noise,
-          zeta, step_rule, select, batch_size, resize) -> None:
+          zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
     from .models.loading import load_model
@@ -179,10 +184,16 @@ def solve(task_name, inputs, measurements, operator_file, out, model, model_conf
             dps["zeta"] = zeta
         if step_rule is not None:
             dps["step_rule"] = step_rule
-        task = Task(task.name, task.operator, noise or task.noise, dps,
+        operator = dict(task.operator)
+        if kernel_wizard is not None:
+            if task.name != "nonlinear_blur":
+                raise click.BadParameter("--kernel-wizard applies to the nonlinear_blur task only")
+            operator = {"name": "nonuniform_blur", "weights": str(Path(kernel_wizard).resolve())}
+        task = Task(task.name, operator, noise or task.noise, dps,
                     task.select if select is None else (None if select == "first" else select))
         prior = load_model(model, model_config)
-        settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize)
+        settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
+                                 convert_channels=convert_channels, progress_frames=progress_frames)
         record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
                            settings=settings, operator_file=operator_file, prior=prior)
     except (ValueError, FileNotFoundError) as exc:
@@ -193,6 +204,22 @@ def solve(task_name, inputs, measurements, operator_file, out, model, model_conf
     if scores:
         msg += f"; mean PSNR {sum(scores) / len(scores):.2f} dB"
     click.echo(msg)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="output PNG (default: RUN_DIR/figure.png, or figure_<task>.png for a bench folder)")
+@click.option("--max-images", type=click.IntRange(1), default=8)
+def figure(run_dir, out, max_images) -> None:
+    """Paper-style grid of a `dps solve` or `dps bench images` folder (plus x0_hat progress strips)."""
+    from .evaluation.figures import figure_for
+
+    try:
+        paths = figure_for(run_dir, out, max_images)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("wrote " + ", ".join(map(str, paths)))
 
 
 def _run_settings(task_name: str) -> dict:

@@ -13,6 +13,7 @@ Folder layout (all files written atomically; PNGs are 8-bit, clipped to [0, 1], 
 ``samples/NAME.pt``    all K samples (K, C, H, W), lossless
 ``mean/``, ``std/``    with K > 1: per-pixel posterior mean, and standard deviation saved as 2 * std
                        (std of [0, 1] values is at most 0.5, so the PNG is never stretched)
+``progress/NAME.pt``   with ``progress_frames`` F > 0: x0_hat of sample 0 at F evenly spaced steps (F, C, H, W)
 =====================  ===========================================================================
 
 Seeds: the operator draws from ``seed``; image i's noise from ``seed * 1_000_003 + i``; its sample k from
@@ -53,6 +54,8 @@ class SolveSettings:
     seed: int = 0
     batch_size: int = 4
     resize: str = "error"
+    convert_channels: bool = False
+    progress_frames: int = 0
 
 
 def show_measurement(y: torch.Tensor, size: int, op: Operator) -> torch.Tensor:
@@ -65,6 +68,14 @@ def show_measurement(y: torch.Tensor, size: int, op: Operator) -> torch.Tensor:
     if y.shape[-1] != size:
         return torch.nn.functional.interpolate(y[None], size=(size, size), mode="nearest")[0].clamp(0, 1)
     return y.clamp(0, 1)
+
+
+def _frame_steps(steps: int, frames: int) -> set[int]:
+    """Step indices i (N-1 .. 0) at which x0_hat is recorded: ``frames`` evenly spaced, the last one included."""
+    if frames <= 0:
+        return set()
+    frames = min(frames, steps)
+    return {round((steps - 1) * (1 - f / max(frames - 1, 1))) for f in range(frames)}
 
 
 def _save_pt(t: torch.Tensor, path: Path) -> None:
@@ -101,7 +112,7 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
 
     if images is not None:
         files = list_images(images)
-        x_all = load_images(files, H, C, settings.resize)
+        x_all = load_images(files, H, C, settings.resize, settings.convert_channels)
         if x_all.shape[1:] != shape:
             raise ValueError(f"images are {tuple(x_all.shape[1:])}, the model needs {shape}")
         names = [f.stem for f in files]
@@ -145,8 +156,19 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
                 ys.append(y[0] if y.ndim == 4 else y)
         y = torch.stack(ys)
         gens = [torch.Generator().manual_seed(sample_seed(settings.seed, i, k)) for i in idx for k in range(K)]
-        res = dps_sample(prior, op, y, noise, cfg, num_samples=K, generator=gens)
+        frames: list[torch.Tensor] = []
+        keep = _frame_steps(cfg.steps, settings.progress_frames)
+
+        def callback(state: dict) -> None:
+            if state["i"] in keep:  # x0_hat of sample 0 of every image, in data space
+                frames.append(prior.to_data(state["x0"]).clamp(0, 1).reshape(len(idx), K, *shape)[:, 0].cpu())
+
+        res = dps_sample(prior, op, y, noise, cfg, num_samples=K, generator=gens,
+                         callback=callback if keep else None)
         for b, i in enumerate(idx):
+            if frames:
+                (out / "progress").mkdir(exist_ok=True)
+                _save_pt(torch.stack([f[b] for f in frames]), out / "progress" / f"{names[i]}.pt")
             _write_image(out, names[i], y[b], res.x[b], res.residual[b], None if x_all is None else x_all[i], op,
                          task, record, i)
             atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2)))

@@ -37,7 +37,7 @@ def test_bench_tables_and_resume(tmp_path, prior):
     assert len(per) == 3
     assert abs(rows[("dps", "super_resolution")]["psnr"] - sum(r["psnr"] for r in per) / 3) < 1e-9
     try:
-        import torchmetrics  # noqa: F401
+        import torchmetrics  # noqa: F401  (only its presence matters)
     except ImportError:  # without the metrics extra the columns are n/a, never invented
         assert rows[("dps", "super_resolution")]["fid"] is None and "n/a" in md
     # interrupt: forget one finished image; the rerun recomputes only it and gives the same table
@@ -53,3 +53,13 @@ def test_bench_tables_and_resume(tmp_path, prior):
 def test_unknown_method_is_an_error(tmp_path, prior):
     with pytest.raises(ValueError, match="available"):
         run_bench(BenchSettings(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)
+
+
+def test_bench_figure_per_task(tmp_path, prior):
+    run_bench(BenchSettings(methods=["dps"], tasks=["motion_blur"], n=2, steps=2), tmp_path, prior=prior,
+              progress=False)
+    assert (tmp_path / "figure_motion_blur.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["heldout000.png", "heldout001.png"]
+    from dps.evaluation.figures import figure_for
+
+    assert [p.name for p in figure_for(tmp_path)] == ["figure_motion_blur.png"]

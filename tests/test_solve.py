@@ -148,3 +148,29 @@ def test_user_task_file_with_unknown_key_is_rejected(tmp_path):
     (tmp_path / "t2.yaml").write_text("operator: {name: super_resolution, factr: 4}\nnoise: gaussian:0.05\n")
     with pytest.raises(ValueError, match="bad parameters"):
         build_operator(load_task(tmp_path / "t2.yaml").operator, (1, 32, 32), 0)
+
+
+def test_wrong_channel_count_is_a_clear_error(tmp_path, model):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "rgb.png")
+    r = CliRunner().invoke(main, ["solve", "--task", "inpainting_box", "--input", str(tmp_path / "rgb.png"),
+                                  "--model", model, "--steps", "2", "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "3 channel(s)" in r.output and "--convert-channels" in r.output
+    _solve("--task", "inpainting_box", "--input", tmp_path / "rgb.png", "--model", model, "--steps", 2,
+           "--out", tmp_path / "o2", "--convert-channels")
+
+
+def test_progress_frames_and_figure(tmp_path, model, images):
+    _solve("--task", "inpainting_box", "--input", images, "--model", model, "--steps", 6, "--samples", 2,
+           "--progress-frames", 3, "--out", tmp_path)
+    frames = torch.load(tmp_path / "progress" / "digit0.pt", weights_only=True)
+    assert frames.shape == (3, 1, 32, 32)
+    # the last frame is x0_hat of the last step: the returned sample 0 before its last guidance step
+    samples = torch.load(tmp_path / "samples" / "digit0.pt", weights_only=True)
+    assert (frames[-1] - samples[0]).abs().mean() < 0.1 * (frames[0] - samples[0]).abs().mean()
+    r = CliRunner().invoke(main, ["figure", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    fig = np.asarray(Image.open(tmp_path / "figure.png"))
+    assert fig.shape[0] > 100 and fig.shape[1] > 300 and fig.std() > 10  # a drawn grid, not a blank canvas
+    assert (tmp_path / "figure_progress.png").exists()
+    r = CliRunner().invoke(main, ["figure", str(images)])
+    assert r.exit_code != 0 and "neither" in r.output

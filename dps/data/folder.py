@@ -48,12 +48,17 @@ def _fit(im: Image.Image, size: int, resize: str, path: Path) -> Image.Image:
     return im.resize((size, size), Image.BICUBIC)
 
 
+def _channels(im: Image.Image) -> int:
+    return 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+
+
 def load_images(files: Sequence[Union[str, Path]], size: Optional[int], channels: int,
-                resize: str = "error") -> torch.Tensor:
+                resize: str = "error", convert_channels: bool = True) -> torch.Tensor:
     """Load image files as (N, channels, size, size) float32 in [0, 1].
 
     :param resize: ``"error"`` (a wrong size is an error), ``"resize"`` (bicubic to size x size) or
         ``"center-crop"`` (the largest centred square, then bicubic).
+    :param convert_channels: convert grey <-> RGB to ``channels``; if False a mismatch is an error.
     """
     if resize not in ("error", "resize", "center-crop"):
         raise ValueError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
@@ -61,6 +66,9 @@ def load_images(files: Sequence[Union[str, Path]], size: Optional[int], channels
     for f in map(Path, files):
         with Image.open(f) as im:
             im.load()
+            if not convert_channels and _channels(im) != channels:
+                raise ValueError(f"{f} has {_channels(im)} channel(s) ({im.mode}), the model takes {channels}; "
+                                 "convert it or pass --convert-channels")
             if size is not None:
                 im = _fit(im, size, resize, f)
             out.append(to_tensor(im, channels))

@@ -27,7 +27,7 @@ import torch
 
 from ..images import save_image
 from ..metrics import psnr, ssim
-from ..solve import image_seed, sample_seed
+from ..solve import image_seed, sample_seed, show_measurement
 from ..solvers.dps import dps_sample
 from ..tasks import Task, build_operator, load_task
 from ..utils import atomic_write
@@ -109,6 +109,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
             todo = [i for i, n in enumerate(names) if not (folder / f"{n}.json").exists()]
             op = build_operator(task.operator, shape, settings.seed)
             noise = task.noise_model()
+            (out / "inputs" / task.name).mkdir(parents=True, exist_ok=True)
+            (out / "labels").mkdir(parents=True, exist_ok=True)
             bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"{method}/{task.name}", unit="img",
                        disable=not progress)
             for s in range(0, len(todo), settings.batch_size):
@@ -122,6 +124,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                 seconds = (time.time() - t0) / len(idx)
                 p, q = psnr(recon, x), ssim(recon, x)
                 for b, i in enumerate(idx):
+                    save_image(show_measurement(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
+                    save_image(x_all[i], out / "labels" / f"{names[i]}.png")
                     save_image(recon[b], folder / f"{names[i]}.png")
                     torch.save(recon[b].clone(), folder / f".{names[i]}.pt.tmp")
                     (folder / f".{names[i]}.pt.tmp").replace(folder / f"{names[i]}.pt")
@@ -130,14 +134,18 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                     atomic_write(folder / f"{names[i]}.json", lambda f, r=row: f.write_text(json.dumps(r)))
                     bar.update(1)
             bar.close()
-    table = aggregate(out, settings, x_all, names, labels)
+    table = aggregate(out, settings, [t.name for t in tasks], x_all, names, labels)
     atomic_write(out / "table.json", lambda p: p.write_text(json.dumps(table, indent=2)))
     atomic_write(out / "table.csv", lambda p: p.write_text(_csv(table)))
     atomic_write(out / "table.md", lambda p: p.write_text(render_tables(table)))
+    from .figures import bench_figure
+
+    for task in tasks:
+        bench_figure(out, task.name, list(settings.methods), names[:8])
     return table
 
 
-def aggregate(out: Path, settings: BenchSettings, x_all, names, labels) -> dict:
+def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_all, names, labels) -> dict:
     """Per (method, task) means from the per-image files, plus the set-level metrics."""
     lpips, fid, why = _optional_metrics()
     classifier = None
@@ -147,7 +155,7 @@ def aggregate(out: Path, settings: BenchSettings, x_all, names, labels) -> dict:
         classifier = load_classifier()
     rows = []
     for method in settings.methods:
-        for task in settings.tasks:
+        for task in task_names:
             folder = out / "results" / method / task
             per = [json.loads((folder / f"{n}.json").read_text()) for n in names]
             recon = torch.stack([torch.load(folder / f"{n}.pt", weights_only=True) for n in names])
