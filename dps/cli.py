@@ -300,7 +300,8 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--methods", default="dps", help="comma-separated methods")
 @click.option("--tasks", default="super_resolution,inpainting_box,inpainting_random,gaussian_blur,motion_blur",
               help="comma-separated task presets or task files")
-@click.option("--n", type=click.IntRange(1), default=8, help="number of images")
+@click.option("--n", "--num-images", "n", type=click.IntRange(1), default=8,
+              help="number of images (spell it --num-images under torchrun, whose parser claims --n)")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="override every task's DPS steps")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--data", default=None, help="image folder (default: the embedded model's held-out digits)")
@@ -319,6 +320,8 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
         table = run_bench(settings, out, prior=prior)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+    if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables
+        return
     if table["fid_lpips"] != "ok":
         click.echo(f"FID and LPIPS: {table['fid_lpips']}; those columns read n/a", err=True)
     click.echo((out / "table.md").read_text())

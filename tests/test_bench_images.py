@@ -63,3 +63,29 @@ def test_bench_figure_per_task(tmp_path, prior):
     from dps.evaluation.figures import figure_for
 
     assert [p.name for p in figure_for(tmp_path)] == ["figure_motion_blur.png"]
+
+
+def test_torchrun_two_processes_give_the_single_process_table(tmp_path, prior):
+    """`torchrun --nproc_per_node 2 -m dps bench images` (gloo on CPU) shards the images and merges them."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.safetensors"
+    save_unet_safetensors(model, prior.network)
+    args = ["bench", "images", "--model", str(model), "--tasks", "inpainting_box,super_resolution", "--num-images", "3",
+            "--steps", "2", "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "dps", *args, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "-m", "dps", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "rank 1" in multi.stderr  # the second process did a share of the work
+    assert (tmp_path / "two" / "table.md").read_text() == (tmp_path / "one" / "table.md").read_text()
+    one = json.loads((tmp_path / "one" / "table.json").read_text())["rows"]
+    two = json.loads((tmp_path / "two" / "table.json").read_text())["rows"]
+    for a, b in zip(one, two):
+        assert a["psnr"] == b["psnr"] and a["ssim"] == b["ssim"]

@@ -15,6 +15,7 @@ reconstructions and ground truths ("FD-digits").
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -93,35 +94,42 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     unknown = sorted(set(settings.methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown or not yet available method(s) {unknown}; available: {sorted(METHODS)}")
+    from ..distributed import barrier, setup, shard
+
+    ctx = setup()
     out = Path(out)
     prior = prior if prior is not None else load_model(settings.model)
+    prior = prior.to(ctx.device)
     shape = tuple(prior.event_shape)
     x_all, names, labels = _load_data(settings, shape)
     tasks = [load_task(t) for t in settings.tasks]
-    atomic_write(out / "bench.json", lambda p: p.write_text(json.dumps(
-        {**settings.__dict__, "methods": list(settings.methods), "tasks": list(settings.tasks)}, indent=2)))
+    if ctx.is_main:
+        atomic_write(out / "bench.json", lambda p: p.write_text(json.dumps(
+            {**settings.__dict__, "methods": list(settings.methods), "tasks": list(settings.tasks)}, indent=2)))
     for method in settings.methods:
         for task in tasks:
             if settings.steps is not None:
                 task = Task(task.name, task.operator, task.noise, {**task.dps, "steps": settings.steps}, task.select)
             folder = out / "results" / method / task.name
             folder.mkdir(parents=True, exist_ok=True)
-            todo = [i for i, n in enumerate(names) if not (folder / f"{n}.json").exists()]
-            op = build_operator(task.operator, shape, settings.seed)
+            todo = shard([i for i, n in enumerate(names) if not (folder / f"{n}.json").exists()], ctx)
+            op = build_operator(task.operator, shape, settings.seed)  # measurements are made on the CPU
+            op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
             noise = task.noise_model()
             (out / "inputs" / task.name).mkdir(parents=True, exist_ok=True)
             (out / "labels").mkdir(parents=True, exist_ok=True)
-            bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"{method}/{task.name}", unit="img",
-                       disable=not progress)
+            bar = tqdm(total=len(todo), desc=f"{method}/{task.name}" + (f" [rank {ctx.rank}]" if ctx.world > 1 else ""),
+                       unit="img", disable=not progress)
             for s in range(0, len(todo), settings.batch_size):
                 idx = todo[s:s + settings.batch_size]
-                x = x_all[idx]
                 y = torch.cat([noise(op(x_all[i:i + 1]), torch.Generator().manual_seed(image_seed(settings.seed, i)))
-                               for i in idx])
-                gens = [torch.Generator().manual_seed(sample_seed(settings.seed, i, 0)) for i in idx]
+                               for i in idx]).to(ctx.device)
+                gens = [torch.Generator(ctx.device).manual_seed(sample_seed(settings.seed, i, 0)) for i in idx]
                 t0 = time.time()
-                recon, residual = METHODS[method](prior, op, y, noise, task, gens)
+                recon, residual = METHODS[method](prior, op_dev, y, noise, task, gens)
+                recon, residual = recon.cpu(), residual.cpu()
                 seconds = (time.time() - t0) / len(idx)
+                x = x_all[idx]
                 p, q = psnr(recon, x), ssim(recon, x)
                 for b, i in enumerate(idx):
                     save_image(show_measurement(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
@@ -134,6 +142,9 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                     atomic_write(folder / f"{names[i]}.json", lambda f, r=row: f.write_text(json.dumps(r)))
                     bar.update(1)
             bar.close()
+    barrier(ctx)  # every shard written
+    if not ctx.is_main:
+        return {}
     table = aggregate(out, settings, [t.name for t in tasks], x_all, names, labels)
     atomic_write(out / "table.json", lambda p: p.write_text(json.dumps(table, indent=2)))
     atomic_write(out / "table.csv", lambda p: p.write_text(_csv(table)))
