@@ -143,6 +143,8 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--operator", "operator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="operator.pt of an earlier run (its mask/kernel/latent) instead of building one")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--method", type=click.Choice(["dps", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss"]),
+              default="dps", help="reconstruction method (the comparison methods of the paper)")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
@@ -163,7 +165,7 @@ def train_classifier_cmd(out, epochs, seed) -> None:
               help="record x0_hat at this many evenly spaced steps (progress/; shown by dps figure)")
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
-def solve(task_name, inputs, measurements, operator_file, out, model, model_config, steps, samples, seed, noise,
+def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, samples, seed, noise,
           zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
@@ -193,10 +195,10 @@ def solve(task_name, inputs, measurements, operator_file, out, model, model_conf
                     task.select if select is None else (None if select == "first" else select))
         prior = load_model(model, model_config)
         settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
-                                 convert_channels=convert_channels, progress_frames=progress_frames)
+                                 convert_channels=convert_channels, progress_frames=progress_frames, method=method)
         record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
                            settings=settings, operator_file=operator_file, prior=prior)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # NotApplicable is a ValueError
         raise click.ClickException(str(exc)) from None
     done = record["images"]
     scores = [v["psnr"] for v in done.values() if "psnr" in v]

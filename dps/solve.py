@@ -56,6 +56,7 @@ class SolveSettings:
     resize: str = "error"
     convert_channels: bool = False
     progress_frames: int = 0
+    method: str = "dps"
 
 
 def show_measurement(y: torch.Tensor, size: int, op: Operator) -> torch.Tensor:
@@ -84,7 +85,8 @@ def _save_pt(t: torch.Tensor, path: Path) -> None:
 
 
 def _settings_key(task: Task, s: SolveSettings, shape) -> dict:
-    return {"task": task.to_dict(), "model": s.model, "samples": s.samples, "seed": s.seed, "image_shape": list(shape)}
+    return {"task": task.to_dict(), "model": s.model, "samples": s.samples, "seed": s.seed, "image_shape": list(shape),
+            "method": s.method}
 
 
 def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
@@ -163,13 +165,23 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
             if state["i"] in keep:  # x0_hat of sample 0 of every image, in data space
                 frames.append(prior.to_data(state["x0"]).clamp(0, 1).reshape(len(idx), K, *shape)[:, 0].cpu())
 
-        res = dps_sample(prior, op, y, noise, cfg, num_samples=K, generator=gens,
-                         callback=callback if keep else None)
+        if settings.method == "dps":
+            res = dps_sample(prior, op, y, noise, cfg, num_samples=K, generator=gens,
+                             callback=callback if keep else None)
+            xs, residuals = res.x, res.residual
+        else:  # a comparison method: K independent runs, sample k of image i from its own generator
+            from .solvers.baselines import BASELINES
+
+            runs = [BASELINES[settings.method](prior, op, y, noise,
+                                               [torch.Generator().manual_seed(sample_seed(settings.seed, i, k))
+                                                for i in idx], steps=cfg.steps, zeta=cfg.zeta) for k in range(K)]
+            xs = torch.stack([r[0] for r in runs], dim=1)
+            residuals = torch.stack([r[1] for r in runs], dim=1)
         for b, i in enumerate(idx):
             if frames:
                 (out / "progress").mkdir(exist_ok=True)
                 _save_pt(torch.stack([f[b] for f in frames]), out / "progress" / f"{names[i]}.pt")
-            _write_image(out, names[i], y[b], res.x[b], res.residual[b], None if x_all is None else x_all[i], op,
+            _write_image(out, names[i], y[b], xs[b], residuals[b], None if x_all is None else x_all[i], op,
                          task, record, i)
             atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2)))
             bar.update(1)

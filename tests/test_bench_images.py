@@ -89,3 +89,15 @@ def test_torchrun_two_processes_give_the_single_process_table(tmp_path, prior):
     two = json.loads((tmp_path / "two" / "table.json").read_text())["rows"]
     for a, b in zip(one, two):
         assert a["psnr"] == b["psnr"] and a["ssim"] == b["ssim"]
+
+
+def test_bench_runs_baselines_and_marks_not_applicable(tmp_path, prior):
+    table = run_bench(BenchSettings(methods=["dps", "admm_tv", "hio"], tasks=["inpainting_box", "phase_retrieval"],
+                                    n=2, steps=2), tmp_path, prior=prior, progress=False)
+    rows = {(r["method"], r["task"]): r for r in table["rows"]}
+    assert rows[("admm_tv", "inpainting_box")]["psnr"] is not None
+    assert rows[("hio", "phase_retrieval")]["psnr"] is not None
+    assert rows[("admm_tv", "phase_retrieval")].get("not_applicable")
+    assert rows[("hio", "inpainting_box")].get("not_applicable")
+    md = (tmp_path / "table.md").read_text()
+    assert "| hio | n/a | n/a |" in md.replace("  ", " ")

@@ -174,3 +174,13 @@ def test_progress_frames_and_figure(tmp_path, model, images):
     assert (tmp_path / "figure_progress.png").exists()
     r = CliRunner().invoke(main, ["figure", str(images)])
     assert r.exit_code != 0 and "neither" in r.output
+
+
+def test_solve_with_a_comparison_method(tmp_path, model, images):
+    _solve("--task", "inpainting_random", "--method", "admm_tv", "--input", images, "--model", model,
+           "--out", tmp_path / "a")
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["settings"]["method"] == "admm_tv" and len(record["images"]) == 3
+    r = CliRunner().invoke(main, ["solve", "--task", "phase_retrieval", "--method", "admm_tv", "--input", str(images),
+                                  "--model", model, "--out", str(tmp_path / "b")])
+    assert r.exit_code != 0 and "linear operator" in r.output

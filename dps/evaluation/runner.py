@@ -41,8 +41,19 @@ def _dps(prior, op, y, noise, task: Task, generators) -> tuple[torch.Tensor, tor
     return res.x[:, 0], res.residual[:, 0]
 
 
+def _baseline(name: str) -> Callable:
+    def run(prior, op, y, noise, task: Task, generators):
+        from ..solvers.baselines import BASELINES
+
+        cfg = task.dps_config()
+        return BASELINES[name](prior, op, y, noise, generators, steps=cfg.steps, zeta=cfg.zeta)
+
+    return run
+
+
 #: method name -> solver(prior, operator, y, noise, task, generators) -> (x (B, C, H, W), residual (B,)).
-METHODS: dict[str, Callable] = {"dps": _dps}
+METHODS: dict[str, Callable] = {"dps": _dps, **{m: _baseline(m) for m in
+                                                ("mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss")}}
 
 
 @dataclass
@@ -112,6 +123,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                 task = Task(task.name, task.operator, task.noise, {**task.dps, "steps": settings.steps}, task.select)
             folder = out / "results" / method / task.name
             folder.mkdir(parents=True, exist_ok=True)
+            if not _applicable(method, task, shape, settings.seed, folder):
+                continue
             todo = shard([i for i, n in enumerate(names) if not (folder / f"{n}.json").exists()], ctx)
             op = build_operator(task.operator, shape, settings.seed)  # measurements are made on the CPU
             op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
@@ -152,8 +165,25 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     from .figures import bench_figure
 
     for task in tasks:
-        bench_figure(out, task.name, list(settings.methods), names[:8])
+        bench_figure(out, task.name, [m for m in settings.methods
+                                      if not (out / "results" / m / task.name / "NOT_APPLICABLE").exists()], names[:8])
     return table
+
+
+def _applicable(method: str, task: Task, shape, seed: int, folder: Path) -> bool:
+    """False (and a NOT_APPLICABLE note in the folder) when the method cannot run on this operator."""
+    from ..operators import LinearOperator, PhaseRetrieval
+
+    op = build_operator(task.operator, shape, seed)
+    reason = None
+    if method in ("mcg", "score_sde", "pnp_admm", "admm_tv") and not isinstance(op, LinearOperator):
+        reason = f"{method} needs a linear operator; {op.name} is nonlinear"
+    if method in ("hio", "er", "oss") and not isinstance(op, PhaseRetrieval):
+        reason = f"{method} is a phase-retrieval algorithm"
+    if reason is None:
+        return True
+    atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
+    return False
 
 
 def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_all, names, labels) -> dict:
@@ -168,6 +198,10 @@ def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_a
     for method in settings.methods:
         for task in task_names:
             folder = out / "results" / method / task
+            if (folder / "NOT_APPLICABLE").exists():
+                rows.append({"method": method, "task": task, "n": 0, "psnr": None, "ssim": None, "lpips": None,
+                             "fid": None, "not_applicable": (folder / "NOT_APPLICABLE").read_text().strip()})
+                continue
             per = [json.loads((folder / f"{n}.json").read_text()) for n in names]
             recon = torch.stack([torch.load(folder / f"{n}.pt", weights_only=True) for n in names])
             row = {"method": method, "task": task, "n": len(per),

@@ -1,0 +1,85 @@
+"""The comparison methods: residual reduction, exact data consistency, phase retrieval recovery."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dps.example import pattern_prior
+from dps.noise import GaussianNoise
+from dps.operators import Blur, Inpainting, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
+from dps.solvers.baselines import BASELINES, NotApplicable
+
+SHAPE = (1, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return pattern_prior()
+
+
+def _problem(prior, op, sigma=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = prior.to_data(prior.sample(2, g)).clamp(0, 1).float()
+    noise = GaussianNoise(sigma)
+    return x, noise(op(x), g) if sigma > 0 else op(x), noise
+
+
+LINEAR = {
+    "inpainting_box": lambda: Inpainting.box(SHAPE, generator=torch.Generator().manual_seed(0)),
+    "inpainting_random": lambda: Inpainting.random(SHAPE, 0.92, generator=torch.Generator().manual_seed(0)),
+    "super_resolution": lambda: SuperResolution(SHAPE, 4),
+    "gaussian_blur": lambda: Blur.gaussian(SHAPE, size=9, std=1.5),
+}
+SETTINGS = {"mcg": dict(steps=50), "score_sde": dict(steps=50), "pnp_admm": dict(iters=15),
+            "admm_tv": dict(iters=40)}
+
+
+@pytest.mark.parametrize("method", sorted(SETTINGS))
+@pytest.mark.parametrize("task", sorted(LINEAR))
+def test_method_lowers_residual_from_its_start(prior, method, task):
+    op = LINEAR[task]()
+    x, y, noise = _problem(prior.float(), op)
+    gens = [torch.Generator().manual_seed(k) for k in range(2)]
+    out, res = BASELINES[method](prior.float(), op, y, noise, gens, **SETTINGS[method])
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(res, (y - op(out)).flatten(1).norm(dim=1))
+    grey = (y - op(torch.full_like(x, 0.5))).flatten(1).norm(dim=1)  # the ADMM start
+    start = (y - op(prior.to_data(torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)))
+    start = start.flatten(1).norm(dim=1)  # a diffusion start x_T, in data space
+    assert (res < 0.7 * torch.minimum(grey, start)).all(), (res, grey, start)
+
+
+@pytest.mark.parametrize("method", ["score_sde", "mcg"])
+def test_noiseless_inpainting_keeps_observed_pixels(prior, method):
+    op = LINEAR["inpainting_random"]()
+    x, y, _ = _problem(prior.float(), op, sigma=0.0)
+    out, res = BASELINES[method](prior.float(), op, y, GaussianNoise(1e-3), [torch.Generator().manual_seed(k) for k in range(2)],
+                                 steps=30)
+    mask = op.mask.bool().expand_as(out)
+    torch.testing.assert_close(out[mask], x[mask], atol=1e-5, rtol=0)
+    assert res.max() < 1e-4
+
+
+def test_projection_methods_refuse_nonlinear_operators(prior):
+    op = SaturatedMotionBlur(SHAPE, blur=Blur.motion(SHAPE, size=9))
+    y = op(torch.rand(1, *SHAPE))
+    for m in ("mcg", "score_sde", "pnp_admm", "admm_tv", "hio"):
+        with pytest.raises(NotApplicable):
+            BASELINES[m](prior, op, y, GaussianNoise(0.05), [torch.Generator()], steps=2, iters=2)
+
+
+@pytest.mark.parametrize("method", ["hio", "er", "oss"])
+def test_phase_retrieval_recovers_a_simple_image(method):
+    # a positive image that fills its support (the unpadded 16 x 16 box), so that the only ambiguity left
+    # is the twin image (180-degree rotation); smooth, so that a few hundred iterations suffice
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=g), 5, stride=1) * 0.8 + 0.2
+    op = PhaseRetrieval((1, 16, 16), 2.0)
+    y = op(x)
+    out, res = BASELINES[method](None, op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(0)],
+                                 restarts=4, iters=400)
+    # trivial ambiguities with a known support: the image or its 180-degree rotation (twin image)
+    err = min(float((out - x).norm()), float((out - x.flip(-1, -2)).norm())) / float(x.norm())
+    assert res.item() < 0.05 * float(y.norm())
+    if method != "er":  # ER stagnates; HIO and OSS must recover the image
+        assert err < 0.1
