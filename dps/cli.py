@@ -143,7 +143,7 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--operator", "operator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="operator.pt of an earlier run (its mask/kernel/latent) instead of building one")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--method", type=click.Choice(["dps", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss"]),
+@click.option("--method", type=click.Choice(["dps", "ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss"]),
               default="dps", help="reconstruction method (the comparison methods of the paper)")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")

@@ -170,11 +170,12 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
                              callback=callback if keep else None)
             xs, residuals = res.x, res.residual
         else:  # a comparison method: K independent runs, sample k of image i from its own generator
-            from .solvers.baselines import BASELINES
+            from .solvers.baselines import BASELINES, FOLLOWS_TASK_STEPS
 
+            kw = {"steps": cfg.steps, "zeta": cfg.zeta} if settings.method in FOLLOWS_TASK_STEPS else {}
             runs = [BASELINES[settings.method](prior, op, y, noise,
                                                [torch.Generator().manual_seed(sample_seed(settings.seed, i, k))
-                                                for i in idx], steps=cfg.steps, zeta=cfg.zeta) for k in range(K)]
+                                                for i in idx], **kw) for k in range(K)]
             xs = torch.stack([r[0] for r in runs], dim=1)
             residuals = torch.stack([r[1] for r in runs], dim=1)
         for b, i in enumerate(idx):

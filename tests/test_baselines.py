@@ -83,3 +83,53 @@ def test_phase_retrieval_recovers_a_simple_image(method):
     assert res.item() < 0.05 * float(y.norm())
     if method != "er":  # ER stagnates; HIO and OSS must recover the image
         assert err < 0.1
+
+
+@pytest.mark.parametrize("make", [lambda: Inpainting.random(SHAPE, 0.5, generator=torch.Generator().manual_seed(1)),
+                                  lambda: SuperResolution(SHAPE, 4),
+                                  lambda: Blur.gaussian(SHAPE, size=9, std=1.5),
+                                  lambda: Blur.gaussian(SHAPE, size=9, std=1.5, boundary="zeros")])
+def test_ddrm_spectral_form_reproduces_the_operator(make):
+    from dps.solvers.ddrm import spectral_form
+
+    op = make()
+    svd = spectral_form(op)
+    x = torch.rand(2, *SHAPE, dtype=torch.float64)
+    torch.testing.assert_close(svd.A(x), op(x.float()).double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(svd.V(svd.Vt(x)), x)  # V is orthogonal
+
+
+def test_ddrm_not_applicable_to_motion_blur(prior):
+    op = Blur.motion(SHAPE, size=9)
+    with pytest.raises(NotApplicable, match="motion"):
+        BASELINES["ddrm"](prior, op, op(torch.rand(1, *SHAPE)), GaussianNoise(0.05), [torch.Generator()])
+
+
+def test_ddrm_noiseless_inpainting_keeps_observed_pixels(prior):
+    op = LINEAR["inpainting_random"]()
+    x, y, _ = _problem(prior.float(), op, sigma=0.0)
+    out, res = BASELINES["ddrm"](prior.float(), op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(k) for k in range(2)])
+    mask = op.mask.bool().expand_as(out)
+    torch.testing.assert_close(out[mask], x[mask], atol=1e-5, rtol=0)
+
+
+def test_ddrm_unobserved_pixels_follow_the_exact_prior():
+    """Gaussian prior N(0.4, 0.2^2 I) with independent pixels and noisy inpainting: the missing pixels are
+    independent of y, so their exact posterior is the prior; DDRM's unobserved-component update must
+    reproduce its mean and spread with eta = 0, where that update is DDIM's deterministic one (with the
+    default eta = 0.85 DDRM deliberately trades spread for quality), and the observed pixels must move to y."""
+    from dps.priors.analytic import GaussianPrior
+
+    p = GaussianPrior(torch.full(SHAPE, 0.4, dtype=torch.float64), std=0.2)
+    op = Inpainting.random(SHAPE, 0.5, generator=torch.Generator().manual_seed(2))
+    sigma = 0.1
+    x = p.sample(1, torch.Generator().manual_seed(0))
+    y = op(x) + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype) * op.mask
+    outs = torch.cat([BASELINES["ddrm"](p, op, y, GaussianNoise(sigma), torch.Generator().manual_seed(k), steps=500,
+                                        eta=0.0)[0] for k in range(100)])
+    miss = ~op.mask.bool().expand_as(x)[0]
+    vals = outs[:, miss]
+    assert abs(float(vals.mean()) - 0.4) < 0.01
+    assert abs(float(vals.std(0).mean()) - 0.2) < 0.02
+    obs = ~miss
+    assert float((outs.mean(0)[obs] - y[0][obs]).abs().mean()) < float((0.4 - y[0][obs]).abs().mean())

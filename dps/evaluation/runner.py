@@ -43,17 +43,18 @@ def _dps(prior, op, y, noise, task: Task, generators) -> tuple[torch.Tensor, tor
 
 def _baseline(name: str) -> Callable:
     def run(prior, op, y, noise, task: Task, generators):
-        from ..solvers.baselines import BASELINES
+        from ..solvers.baselines import BASELINES, FOLLOWS_TASK_STEPS
 
         cfg = task.dps_config()
-        return BASELINES[name](prior, op, y, noise, generators, steps=cfg.steps, zeta=cfg.zeta)
+        kw = {"steps": cfg.steps, "zeta": cfg.zeta} if name in FOLLOWS_TASK_STEPS else {}
+        return BASELINES[name](prior, op, y, noise, generators, **kw)
 
     return run
 
 
 #: method name -> solver(prior, operator, y, noise, task, generators) -> (x (B, C, H, W), residual (B,)).
 METHODS: dict[str, Callable] = {"dps": _dps, **{m: _baseline(m) for m in
-                                                ("mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss")}}
+                                                ("ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss")}}
 
 
 @dataclass
@@ -178,6 +179,13 @@ def _applicable(method: str, task: Task, shape, seed: int, folder: Path) -> bool
     reason = None
     if method in ("mcg", "score_sde", "pnp_admm", "admm_tv") and not isinstance(op, LinearOperator):
         reason = f"{method} needs a linear operator; {op.name} is nonlinear"
+    if method == "ddrm":
+        from ..solvers.ddrm import spectral_form
+
+        try:
+            spectral_form(op)
+        except ValueError as exc:
+            reason = str(exc)
     if method in ("hio", "er", "oss") and not isinstance(op, PhaseRetrieval):
         reason = f"{method} is a phase-retrieval algorithm"
     if reason is None:

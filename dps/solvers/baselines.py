@@ -1,4 +1,4 @@
-"""The paper's comparison methods behind one signature (DDRM follows in a later change).
+"""The paper's comparison methods behind one signature.
 
 Every method is ``solve(prior, A, y, noise, generators, **settings) -> (x, residual)`` with x (B, C, H, W)
 in [0, 1] and residual (B,) = ||y - A(x)|| per image. Images and measurements are in data space ([0, 1]);
@@ -7,6 +7,8 @@ diffusion-based methods work in the prior's space and map with ``prior.to_data``
 =================  ============================================================================  ==========
 method             what it does (source)                                                         operators
 =================  ============================================================================  ==========
+``ddrm``           SVD-space denoising diffusion restoration, 20 steps, eta 0.85, eta_b 1       SVD-able
+                   (Kawar et al. 2022; :mod:`dps.solvers.ddrm`)
 ``mcg``            DPS's gradient step, then the projection x <- x - A^+(A x - y_i) onto the     linear
                    measurement noised to the level of step i (Chung et al. 2022a, "MCG")
 ``score_sde``      unconditional DDPM steps, each followed by the same projection onto the        linear
@@ -38,7 +40,7 @@ from ..operators import (Inpainting, LinearOperator, Operator, PhaseRetrieval, S
                          fft2c)
 from .dps import DPSConfig, dps_sample, frozen_parameters
 
-__all__ = ["NotApplicable", "BASELINES", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss",
+__all__ = ["NotApplicable", "BASELINES", "FOLLOWS_TASK_STEPS", "ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss",
            "noised_measurement_projection"]
 
 
@@ -288,6 +290,15 @@ def oss(prior, op, y, noise, generators, restarts: int = 4, iters: int = 1000, b
     return _phase_retrieval("oss", op, y, generators, restarts, iters, beta, final_er)
 
 
+def ddrm(prior, op, y, noise, generators, steps: int = 20, eta: float = 0.85, eta_b: float = 1.0, **_: object):
+    """DDRM (Kawar et al. 2022); see :mod:`dps.solvers.ddrm`."""
+    from .ddrm import ddrm as run
+
+    return run(prior, op, y, noise, generators, steps=steps, eta=eta, eta_b=eta_b)
+
+
 #: name -> solver; the one table from method names to functions.
-BASELINES: dict[str, Callable] = {"mcg": mcg, "score_sde": score_sde, "pnp_admm": pnp_admm, "admm_tv": admm_tv,
-                                  "hio": hio, "er": er, "oss": oss}
+BASELINES: dict[str, Callable] = {"ddrm": ddrm, "mcg": mcg, "score_sde": score_sde, "pnp_admm": pnp_admm,
+                                  "admm_tv": admm_tv, "hio": hio, "er": er, "oss": oss}
+#: methods whose number of diffusion steps follows the task's DPS steps (DDRM keeps its own 20).
+FOLLOWS_TASK_STEPS = ("mcg", "score_sde")
