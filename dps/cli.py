@@ -339,13 +339,19 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
 @click.option("--step-size", "zeta", type=click.FloatRange(0), default=None,
               help="zeta' (default: the documented GMM default of the step rule)")
 @click.option("--step-rule", type=click.Choice(STEP_RULES), default="paper")
+@click.option("--methods", default="dps", help="also run comparison methods: dps,ddrm,mcg")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, as_json) -> None:
+def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, methods, as_json) -> None:
     """Sliced Wasserstein distance of DPS to the exact Gaussian-mixture posterior (shared/GMM_BENCHMARK.md).
 
     Per cell: DPS, prior samples ("knows nothing about y") and a second exact sample set (the floor).
     """
-    from .bench.gmm import GMM_DEFAULT_ZETA, run_cell
+    from .bench.gmm import GMM_DEFAULT_ZETA, GMM_METHODS, run_cell
+
+    extra = tuple(m for m in methods.split(",") if m and m != "dps")
+    if set(extra) - set(GMM_METHODS):
+        raise click.BadParameter(f"unknown method(s) {sorted(set(extra) - set(GMM_METHODS))}; "
+                                 f"available: dps, {', '.join(GMM_METHODS)}", param_hint="--methods")
 
     if any(d % 2 for d in dims):
         raise click.BadParameter("the benchmark's dimension must be even", param_hint="--dim")
@@ -358,7 +364,7 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
                 raise click.BadParameter(f"--obs-dim {d_y} exceeds --dim {d}")
             for n in steps_list:
                 cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule)
-                res = run_cell(d, d_y, cfg, seeds, n_samples=samples).summary()
+                res = run_cell(d, d_y, cfg, seeds, n_samples=samples, methods=extra).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
                 if not as_json:
                     click.echo(f"  done d={d} d_y={d_y} steps={n}", err=True)
@@ -368,11 +374,12 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
         return
     click.echo(f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {seeds} "
                f"(+-95% interval), {samples} samples, step rule {step_rule!r}, zeta'={zeta}")
-    click.echo("| d | d_y | steps | DPS | prior | floor |")
-    click.echo("|---|---|---|---|---|---|")
+    cols = ("dps", *extra, "prior", "floor")
+    click.echo("| d | d_y | steps | " + " | ".join(c.upper() if c in ("dps", "ddrm", "mcg") else c for c in cols) + " |")
+    click.echo("|---|---|---|" + "---|" * len(cols))
     for c in cells:
         cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}")
-                          for k in ("dps", "prior", "floor"))
+                          for k in cols)
         click.echo(f"| {c['dim']} | {c['obs_dim']} | {c['steps']} | {cell} |")
 
 

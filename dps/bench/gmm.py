@@ -8,7 +8,7 @@ exact posterior samples; the prior's own samples ("knows nothing about y") and a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -79,11 +79,15 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_directions: int = 100
 
 @dataclass
 class CellResult:
-    """Per-problem distances for one (d, d_y, steps) cell; means via :meth:`summary`."""
+    """Per-problem distances for one (d, d_y, steps) cell; means via :meth:`summary`.
+
+    ``others``: distances of the comparison methods (``ddrm``, ``mcg``) when they were run.
+    """
 
     dps: list[float]
     prior: list[float]
     floor: list[float]
+    others: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         def stats(v: list[float]) -> dict[str, float | None]:
@@ -91,12 +95,23 @@ class CellResult:
             half = 1.96 * float(t.std()) / math.sqrt(len(v)) if len(v) > 1 else None  # None: one problem
             return {"mean": float(t.mean()), "ci95": half}
 
-        return {"dps": stats(self.dps), "prior": stats(self.prior), "floor": stats(self.floor)}
+        out = {"dps": stats(self.dps), "prior": stats(self.prior), "floor": stats(self.floor)}
+        out.update({k: stats(v) for k, v in self.others.items()})
+        return out
 
 
-def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000) -> CellResult:
-    """DPS, prior and floor distances to the exact posterior for each problem seed."""
-    out = CellResult([], [], [])
+#: comparison methods available on this benchmark, with their settings (DDRM: the paper's eta 0.85,
+#: eta_b 1, at the cell's step count; MCG: DPS's step at the cell's zeta' plus the projection).
+GMM_METHODS = ("ddrm", "mcg")
+
+
+def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000,
+             methods: tuple[str, ...] = ()) -> CellResult:
+    """DPS (and ``methods``), prior and floor distances to the exact posterior for each problem seed."""
+    from ..operators import MatrixOperator
+    from ..solvers.baselines import BASELINES
+
+    out = CellResult([], [], [], {m: [] for m in methods})
     for seed in seeds:
         pb = gmm_problem(d, d_y, seed)
         post = pb.posterior()
@@ -112,4 +127,12 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         out.dps.append(sliced_wasserstein(samples, exact, generator=gd.manual_seed(20_000 + seed)))
         out.prior.append(sliced_wasserstein(prior_samples, exact, generator=gd.manual_seed(20_000 + seed)))
         out.floor.append(sliced_wasserstein(exact2, exact, generator=gd.manual_seed(20_000 + seed)))
+        op = MatrixOperator(A)
+        noise = GaussianNoise(min(pb.sigma_y, 1.0))
+        y_rep = pb.y[None].expand(n_samples, -1)
+        for m in methods:
+            gm = torch.Generator().manual_seed(30_000 + seed)
+            kw = {"steps": config.steps} if m == "ddrm" else {"steps": config.steps, "zeta": config.zeta}
+            xm, _ = BASELINES[m](pb.prior, op, y_rep, noise, gm, **kw)
+            out.others[m].append(sliced_wasserstein(xm, exact, generator=gd.manual_seed(20_000 + seed)))
     return out

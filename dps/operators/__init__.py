@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..utils import atomic_path
-from .base import LinearOperator, Operator, conjugate_gradient
+from .base import LinearOperator, MatrixOperator, Operator, conjugate_gradient
 from .blur import Blur, gaussian_kernel
 from .inpainting import Inpainting
 from .kernel_wizard import KernelWizard, NonUniformBlur, load_kernel_wizard
@@ -30,7 +30,7 @@ from .nonlinear import PhaseRetrieval, SaturatedMotionBlur, fft2c
 from .resize import SuperResolution
 
 __all__ = [
-    "Operator", "LinearOperator", "conjugate_gradient", "Blur", "gaussian_kernel", "motion_kernel", "Inpainting",
+    "Operator", "LinearOperator", "MatrixOperator", "conjugate_gradient", "Blur", "gaussian_kernel", "motion_kernel", "Inpainting",
     "SuperResolution", "PhaseRetrieval", "SaturatedMotionBlur", "NonUniformBlur", "KernelWizard",
     "load_kernel_wizard", "fft2c", "save_operator", "load_operator",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Operator", "LinearOperator", "conjugate_gradient"]
+__all__ = ["Operator", "LinearOperator", "MatrixOperator", "conjugate_gradient"]
 
 
 class Operator(nn.Module):
@@ -51,6 +51,28 @@ class LinearOperator(Operator):
         """Pseudo-inverse A^+ y: the least-squares solution of A x = y (minimum norm from x = 0),
         by conjugate gradients on A^T A x = A^T y. Subclasses override it where it is exact and cheap."""
         return conjugate_gradient(lambda v: self.A_adjoint(self.A(v)), self.A_adjoint(y), iters=iters, tol=tol)
+
+
+class MatrixOperator(LinearOperator):
+    """y = A x for vectors x (B, d) and a dense matrix A (d_y, d) (the GMM benchmark's operator)."""
+
+    name = "matrix"
+    exact_pinv = True
+
+    def __init__(self, A: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("matrix", A.clone())
+        self.register_buffer("matrix_pinv", torch.linalg.pinv(A))
+        self.config = {"in_shape": [A.shape[1]]}
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.matrix.to(x).T
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.matrix.to(y)
+
+    def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
+        return y @ self.matrix_pinv.to(y).T
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

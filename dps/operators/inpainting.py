@@ -54,6 +54,8 @@ class Inpainting(LinearOperator):
     Build with :meth:`box` or :meth:`random`, or give a mask directly.
     """
 
+    exact_pinv = True
+
     name = "inpainting"
 
     def __init__(self, mask: torch.Tensor, channels: int = 3, kind: str = "custom") -> None:

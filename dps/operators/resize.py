@@ -51,6 +51,8 @@ def imresize_matrix(in_len: int, scale: float, antialias: bool = True) -> torch.
 class SuperResolution(LinearOperator):
     """y = bicubic downsample of x by ``factor`` (paper: x4): (B, C, H, W) -> (B, C, H/f, W/f)."""
 
+    exact_pinv = True
+
     name = "super_resolution"
 
     def __init__(self, in_shape: tuple[int, int, int] = (3, 256, 256), factor: int = 4) -> None:

@@ -36,8 +36,7 @@ from ..diffusion.denoiser import Prior, bcast
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddpm_step, randn
 from ..noise import NoiseModel
-from ..operators import (Inpainting, LinearOperator, Operator, PhaseRetrieval, SuperResolution, conjugate_gradient,
-                         fft2c)
+from ..operators import Inpainting, LinearOperator, Operator, PhaseRetrieval, conjugate_gradient, fft2c
 from .dps import DPSConfig, dps_sample, frozen_parameters
 
 __all__ = ["NotApplicable", "BASELINES", "FOLLOWS_TASK_STEPS", "ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss",
@@ -68,7 +67,7 @@ def _residual(op: Operator, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def pseudo_inverse(op: LinearOperator, r: torch.Tensor, delta: float) -> torch.Tensor:
     """A^+ r: exact for masks and SR; for other operators (blur) the damped A^T (A A^T + delta I)^-1 r by CG,
     which keeps the projection from amplifying noise at the kernel's zeros (delta ~ sigma_y^2)."""
-    if isinstance(op, (Inpainting, SuperResolution)):
+    if getattr(op, "exact_pinv", False):  # masks, SR, dense matrices
         return op.A_dagger(r)
     z = conjugate_gradient(lambda v: op(op.A_adjoint(v)) + delta * v, r, iters=50, tol=1e-8)
     return op.A_adjoint(z)

@@ -29,7 +29,7 @@ from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import randn
 from ..noise import GaussianNoise, NoiseModel
-from ..operators import Blur, Inpainting, Operator, SuperResolution
+from ..operators import Blur, Inpainting, MatrixOperator, Operator, SuperResolution
 from .baselines import NotApplicable, _clip_x0, _residual
 
 __all__ = ["SpectralOperator", "spectral_form", "ddrm", "blur_matrix_1d"]
@@ -38,7 +38,7 @@ __all__ = ["SpectralOperator", "spectral_form", "ddrm", "blur_matrix_1d"]
 class SpectralOperator:
     """A = U S V^T for images (C, H, W) acting per channel; spectral coordinates have shape (C, H, W).
 
-    ``kind="mask"``: V = U = I, s = mask (H, W). ``kind="kron"``: A X = Mh X Mw^T with full SVDs of Mh
+    ``kind="mask"``: V = U = I, s = mask (H, W). ``kind="dense"``: vectors (d,), A = U S V^T of a matrix. ``kind="kron"``: A X = Mh X Mw^T with full SVDs of Mh
     (m_h x H) and Mw (m_w x W); s_ij = sh_i sw_j (zero beyond m_h, m_w), and U^T y is placed in the top-left
     (m_h, m_w) corner of the (H, W) spectral grid.
     """
@@ -50,12 +50,16 @@ class SpectralOperator:
     def Vt(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "mask":
             return x
+        if self.kind == "dense":
+            return x @ self.mats[1].to(x)
         Uh, Vh, Uw, Vw = self.mats
         return torch.einsum("hi,bchw,wj->bcij", Vh.to(x), x, Vw.to(x))
 
     def V(self, xb: torch.Tensor) -> torch.Tensor:
         if self.kind == "mask":
             return xb
+        if self.kind == "dense":
+            return xb @ self.mats[1].to(xb).T
         Uh, Vh, Uw, Vw = self.mats
         return torch.einsum("hi,bcij,wj->bchw", Vh.to(xb), xb, Vw.to(xb))
 
@@ -63,6 +67,11 @@ class SpectralOperator:
         """U^T y placed on the (C, H, W) spectral grid."""
         if self.kind == "mask":
             return y
+        if self.kind == "dense":
+            U, V = self.mats
+            out = torch.zeros(y.shape[0], V.shape[0], dtype=y.dtype, device=y.device)
+            out[:, : U.shape[1]] = y @ U.to(y)
+            return out
         Uh, Vh, Uw, Vw = self.mats
         core = torch.einsum("oi,bcop,pj->bcij", Uh.to(y), y, Uw.to(y))
         out = torch.zeros(*y.shape[:2], Vh.shape[0], Vw.shape[0], dtype=y.dtype, device=y.device)
@@ -74,6 +83,9 @@ class SpectralOperator:
         z = self.s.to(x) * self.Vt(x)
         if self.kind == "mask":
             return z
+        if self.kind == "dense":
+            U, V = self.mats
+            return z[:, : U.shape[1]] @ U.to(x).T
         Uh, Vh, Uw, Vw = self.mats
         mh, mw = Uh.shape[0], Uw.shape[0]
         return torch.einsum("oi,bcij,pj->bcop", Uh.to(x), z[..., :mh, :mw], Uw.to(x))
@@ -100,6 +112,11 @@ def spectral_form(op: Operator) -> SpectralOperator:
     """The SVD form of ``op``, or :class:`NotApplicable`."""
     if isinstance(op, Inpainting):
         return SpectralOperator("mask", op.mask.double())
+    if isinstance(op, MatrixOperator):
+        U, S, Vh = torch.linalg.svd(op.matrix.double(), full_matrices=True)
+        s = torch.zeros(Vh.shape[0], dtype=torch.float64)
+        s[: len(S)] = S
+        return SpectralOperator("dense", s, (U, Vh.T))
     if isinstance(op, SuperResolution):
         Mh, Mw = op.Mh.double(), op.Mw.double()
     elif isinstance(op, Blur):
