@@ -126,7 +126,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
             folder.mkdir(parents=True, exist_ok=True)
             if not _applicable(method, task, shape, settings.seed, folder):
                 continue
-            todo = shard([i for i, n in enumerate(names) if not (folder / f"{n}.json").exists()], ctx)
+            # shard the full list first, then skip finished images: the split must not depend on timing
+            todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
             op = build_operator(task.operator, shape, settings.seed)  # measurements are made on the CPU
             op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
             noise = task.noise_model()
