@@ -6,8 +6,9 @@ from .diffusion.denoiser import DenoiserOutput, NetworkPrior, Prior
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .noise import GaussianNoise, PoissonNoise
 from .solvers.dps import DPSConfig, DPSResult, dps_sample
+from .models.loading import load_model
 
 __version__ = "0.1.0"
 
 __all__ = ["DPSConfig", "DPSResult", "DenoiserOutput", "GaussianNoise", "NetworkPrior", "PoissonNoise", "Prior",
-           "Schedule", "dps_sample", "make_schedule", "respace"]
+           "Schedule", "dps_sample", "load_model", "make_schedule", "respace"]

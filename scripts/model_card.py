@@ -47,6 +47,13 @@ def main(run: Path, n: int = 359, steps: int = 250, seed: int = 0) -> None:
     held, _ = digits_split("held_out")
     train, _ = digits_split("train")
     q = prior_quality(load_classifier(), x, held, train)
+    # memorisation check: distance of each sample to its nearest training image, next to the same for
+    # held-out images (which training never saw); copies of training images would sit near 0
+    nn_s = torch.cdist(x.flatten(1), train.flatten(1)).min(1).values
+    nn_h = torch.cdist(held.flatten(1), train.flatten(1)).min(1).values
+    q["nearest_train_l2_samples_median"] = float(nn_s.median())
+    q["nearest_train_l2_held_out_median"] = float(nn_h.median())
+    q["samples_closer_than_1st_percentile_of_held_out"] = float((nn_s < nn_h.quantile(0.01)).float().mean())
     from safetensors import safe_open
 
     with safe_open(str(CLASSIFIER_FILE), framework="pt") as f:
@@ -119,6 +126,13 @@ embedded digit classifier (trained on the training split only; accuracy {c['clas
 | predicted label counts | {counts} |
 | Frechet distance, samples vs held-out (classifier features) | {q['frechet_samples_vs_held_out']:.2f} |
 | Frechet distance, training vs held-out images (reference level) | {q['frechet_train_vs_held_out']:.2f} |
+| median L2 distance to the nearest training image: samples | {q['nearest_train_l2_samples_median']:.2f} |
+| median L2 distance to the nearest training image: held-out digits | {q['nearest_train_l2_held_out_median']:.2f} |
+| share of samples nearer to a training image than 99% of held-out digits are | {q['samples_closer_than_1st_percentile_of_held_out']:.3f} |
+
+The Frechet distance of the samples is at the level of real digits, and the nearest-neighbour distances
+show whether that comes from copying: samples that were copies of training digits would sit much
+nearer to the training set than held-out digits do.
 
 ## Limits
 - 32 x 32 grey digits only: a prior for demos, tests and benchmarks of the method, not for natural images.
