@@ -4,25 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dps.evaluation.runner import BenchSettings, run_bench
 from dps.models.loading import load_model, save_unet_safetensors
-from dps.models.unet import UNetModel
-
-TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
-            attention_resolutions="", num_heads=1, learn_sigma=False)
-
 
 @pytest.fixture(scope="module")
-def prior(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNetModel(TINY)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_unet_safetensors(path, net)
-    return load_model(path)
+def prior(tiny_model_path):
+    return load_model(tiny_model_path)
 
 
 def test_bench_tables_and_resume(tmp_path, prior):
@@ -36,9 +24,9 @@ def test_bench_tables_and_resume(tmp_path, prior):
     per = [json.loads(p.read_text()) for p in (tmp_path / "results" / "dps" / "super_resolution").glob("*.json")]
     assert len(per) == 3
     assert abs(rows[("dps", "super_resolution")]["psnr"] - sum(r["psnr"] for r in per) / 3) < 1e-9
-    try:
-        import torchmetrics  # noqa: F401  (only its presence matters)
-    except ImportError:  # without the metrics extra the columns are n/a, never invented
+    import importlib.util
+
+    if importlib.util.find_spec("torchmetrics") is None:  # without the metrics extra: n/a, never invented
         assert rows[("dps", "super_resolution")]["fid"] is None and "n/a" in md
     # interrupt: forget one finished image; the rerun recomputes only it and gives the same table
     victim = tmp_path / "results" / "dps" / "inpainting_random" / "heldout001.json"

@@ -8,22 +8,11 @@ import torch
 from click.testing import CliRunner
 
 from dps.cli import main
-from dps.models.loading import save_unet_safetensors
-from dps.models.unet import UNetModel
-
-TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
-            attention_resolutions="", num_heads=1, learn_sigma=False)
-
+from conftest import TINY
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNetModel(TINY)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_unet_safetensors(path, net)
-    return path
+def tiny_model(tiny_model_path):
+    return tiny_model_path
 
 
 def test_demo_writes_every_task_and_resumes(tmp_path, tiny_model):

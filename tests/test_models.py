@@ -214,8 +214,7 @@ def test_diffusers_folder_without_scheduler_is_an_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ training
-TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
-            attention_resolutions="", num_heads=1, learn_sigma=False)
+from conftest import TINY  # noqa: E402
 
 
 def test_training_resumes_exactly(tmp_path):

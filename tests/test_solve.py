@@ -11,23 +11,11 @@ from PIL import Image
 
 from dps.cli import main
 from dps.images import save_image
-from dps.models.loading import save_unet_safetensors
-from dps.models.unet import UNetModel
 from dps.tasks import TASK_NAMES, build_operator, load_task
 
-TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
-            attention_resolutions="", num_heads=1, learn_sigma=False)
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNetModel(TINY)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_unet_safetensors(path, net)
-    return str(path)
+def model(tiny_model_path):
+    return str(tiny_model_path)
 
 
 @pytest.fixture(scope="module")
