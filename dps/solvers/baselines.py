@@ -14,7 +14,8 @@ method             what it does (source)                                        
 ``score_sde``      unconditional DDPM steps, each followed by the same projection onto the        linear
                    noised measurement: replacement for inpainting (Song et al. 2021b), the
                    low-frequency refinement A^+ A for SR and deblurring (ILVR, Choi et al. 2021)
-``pnp_admm``       ADMM with the exact (or CG) data step and, as the denoiser, the prior's own    linear
+``pnp_admm``       ADMM with the exact data step (closed form for masks, FFT for circular blur,   linear
+                   CG otherwise) and, as the denoiser, the prior's own
                    Tweedie denoiser at a fixed noise level (Chan et al. 2016; our substitute
                    for the paper's DnCNN)
 ``admm_tv``        anisotropic total-variation regularised least squares by ADMM                  linear
@@ -36,7 +37,7 @@ from ..diffusion.denoiser import Prior, bcast
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddpm_step, randn
 from ..noise import NoiseModel
-from ..operators import Inpainting, LinearOperator, Operator, PhaseRetrieval, conjugate_gradient, fft2c
+from ..operators import Blur, Inpainting, LinearOperator, Operator, PhaseRetrieval, conjugate_gradient, fft2c
 from .dps import DPSConfig, dps_sample, frozen_parameters
 
 __all__ = ["NotApplicable", "BASELINES", "FOLLOWS_TASK_STEPS", "ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss",
@@ -142,9 +143,15 @@ def score_sde(prior: Prior, op: Operator, y: torch.Tensor, noise: NoiseModel, ge
 
 # ------------------------------------------------------------------------------------------- ADMM
 def _data_step(A: LinearOperator, rhs: torch.Tensor, rho: float, x0: torch.Tensor, iters: int) -> torch.Tensor:
-    """Solve (A^T A + rho I) x = rhs: closed form for masks, conjugate gradients otherwise."""
+    """Solve (A^T A + rho I) x = rhs: closed form for masks, FFT for circular blur (A^T A is diagonal in
+    Fourier space with eigenvalues |H|^2, H the DFT of the impulse response), conjugate gradients otherwise."""
     if isinstance(A, Inpainting):
         return rhs / (A.mask.to(rhs.dtype) + rho)
+    if isinstance(A, Blur) and A.boundary == "circular":
+        delta = torch.zeros(1, *A.in_shape, dtype=rhs.dtype, device=rhs.device)
+        delta[..., 0, 0] = 1
+        H = torch.fft.fft2(A(delta))
+        return torch.fft.ifft2(torch.fft.fft2(rhs) / (H.abs() ** 2 + rho)).real
     return x0 + conjugate_gradient(lambda v: A.A_adjoint(A(v)) + rho * v, rhs - A.A_adjoint(A(x0)) - rho * x0,
                                    iters=iters, tol=1e-8)
 
