@@ -27,6 +27,7 @@ import torch
 from .noise import GaussianNoise, NoiseModel, PoissonNoise
 from .operators import Blur, Inpainting, Operator, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
 from .solvers.dps import DPSConfig, dps_sample
+from .images import measurement_picture
 from .utils import atomic_path, atomic_write
 
 __all__ = ["DemoTask", "demo_tasks", "run_demo", "naive_inverse", "DEMO_ZETA"]
@@ -105,18 +106,6 @@ def _run_task(prior, task: DemoTask, x: torch.Tensor, samples: int, steps: int, 
     return {"y": y, "x": x, "recon": res.x, "residual": res.residual, "naive": naive_inverse(task.operator, y)}
 
 
-def _show_measurement(y: torch.Tensor, size: int) -> torch.Tensor:
-    """A measurement as a size x size picture: SR input enlarged, Fourier magnitude log-scaled and cropped."""
-    if y.shape[-1] > size:
-        m = torch.log1p(y)
-        m = m / m.max()
-        s = (y.shape[-1] - size) // 2
-        return m[..., s:s + size, s:s + size]
-    if y.shape[-1] < size:
-        return torch.nn.functional.interpolate(y[None], size=(size, size), mode="nearest")[0]
-    return y.clamp(0, 1)
-
-
 def _figure(results: dict, tasks: list[DemoTask], path: Path, samples: int) -> None:
     import matplotlib
 
@@ -129,7 +118,7 @@ def _figure(results: dict, tasks: list[DemoTask], path: Path, samples: int) -> N
         res = results[task.name]
         size = res["x"].shape[-1]
         k = r % len(res["x"])  # a different held-out digit on each row
-        tiles = [_show_measurement(res["y"][k], size)] + list(res["recon"][k]) + [res["x"][k]]
+        tiles = [measurement_picture(res["y"][k], size, task.operator)] + list(res["recon"][k]) + [res["x"][k]]
         for c, tile in enumerate(tiles):
             ax = axes[r, c]
             ax.imshow(tile[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -8,7 +8,6 @@ a figure (measurement | DPS samples | ground truth per task) and a metrics table
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .images import measurement_picture
+from .metrics import psnr
 from .utils import atomic_write
 from .noise import GaussianNoise, PoissonNoise
 from .operators import Blur, Inpainting, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
@@ -69,25 +70,8 @@ def tasks(seed: int) -> dict[str, tuple]:
     }
 
 
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = float(((x - ref) ** 2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1).squeeze(0).numpy() * 255).round().astype(np.uint8)
-
-
-def _show_measurement(y: torch.Tensor) -> torch.Tensor:
-    """A measurement as a SIZE x SIZE picture: resized (SR), log-magnitude (phase retrieval), else as is."""
-    if y.shape[-1] != SIZE:
-        if y.shape[-1] > SIZE:  # Fourier magnitude: centred log display, cropped
-            m = torch.log1p(y)
-            m = m / m.max()
-            s = (y.shape[-1] - SIZE) // 2
-            return m[..., s:s + SIZE, s:s + SIZE]
-        return torch.nn.functional.interpolate(y[None], size=(SIZE, SIZE), mode="nearest")[0]
-    return y
 
 
 def run_example(out: Path, steps: int = 200, samples: int = 3, seed: int = 0) -> dict:
@@ -103,13 +87,13 @@ def run_example(out: Path, steps: int = 200, samples: int = 3, seed: int = 0) ->
                          generator=[torch.Generator().manual_seed(seed * 1000 + k) for k in range(samples)])
         recon = res.x[0]
         results[name] = {
-            "psnr_samples": [round(psnr(r, x_true[0]), 2) for r in recon],
-            "psnr_mean": round(psnr(recon.mean(0), x_true[0]), 2),
+            "psnr_samples": [round(float(psnr(r[None], x_true)[0]), 2) for r in recon],
+            "psnr_mean": round(float(psnr(recon.mean(0)[None], x_true)[0]), 2),
             "residual": [round(float(v), 4) for v in res.residual[0]],
             "noise": repr(noise),
             "zeta": zeta,
         }
-        tiles.append([_show_measurement(y[0])] + list(recon) + [x_true[0]])
+        tiles.append([measurement_picture(y[0], SIZE, op)] + list(recon) + [x_true[0]])
         rows.append(f"| {name} | {noise!r} | {results[name]['psnr_mean']:.2f} | "
                     f"{', '.join(f'{p:.1f}' for p in results[name]['psnr_samples'])} |")
     grid = np.concatenate([np.concatenate([_to_uint8(t) for t in row], axis=1) for row in tiles], axis=0)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from .utils import atomic_write
 
-__all__ = ["to_pil", "save_image", "make_grid"]
+__all__ = ["to_pil", "save_image", "make_grid", "measurement_picture"]
 
 
 def to_pil(x: torch.Tensor) -> Image.Image:
@@ -35,3 +35,19 @@ def make_grid(x: torch.Tensor, nrow: int = 8, pad: int = 2, pad_value: float = 1
         r, q = divmod(k, nrow)
         grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[k]
     return grid
+
+
+def measurement_picture(y: torch.Tensor, size: int, op=None) -> torch.Tensor:
+    """A measurement (C, h, w) as a (C, size, size) picture in [0, 1] for figures: a Fourier magnitude
+    (phase retrieval, or any measurement larger than the image) log-scaled and centre-cropped, a smaller
+    one (SR) enlarged by pixel repetition, anything else clipped to [0, 1]."""
+    from .operators import PhaseRetrieval
+
+    if isinstance(op, PhaseRetrieval) or (op is None and y.shape[-1] > size):
+        m = torch.log1p(y.clamp_min(0))
+        m = m / m.max().clamp_min(1e-12)
+        s = (y.shape[-1] - size) // 2
+        return m[..., s:s + size, s:s + size] if s >= 0 else m
+    if y.shape[-1] != size:
+        return torch.nn.functional.interpolate(y[None], size=(size, size), mode="nearest")[0].clamp(0, 1)
+    return y.clamp(0, 1)

@@ -30,13 +30,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .images import save_image
-from .operators import Operator, PhaseRetrieval, load_operator, save_operator
+from .images import measurement_picture, save_image
+from .operators import Operator, load_operator, save_operator
 from .solvers.dps import dps_sample
 from .tasks import Task, build_operator
 from .utils import atomic_path, atomic_write
 
-__all__ = ["SolveSettings", "run_solve", "image_seed", "sample_seed", "show_measurement"]
+__all__ = ["SolveSettings", "run_solve", "image_seed", "sample_seed"]
 
 
 def image_seed(seed: int, i: int) -> int:
@@ -57,18 +57,6 @@ class SolveSettings:
     convert_channels: bool = False
     progress_frames: int = 0
     method: str = "dps"
-
-
-def show_measurement(y: torch.Tensor, size: int, op: Operator) -> torch.Tensor:
-    """(C, h, w) measurement -> (C, size, size) picture in [0, 1]."""
-    if isinstance(op, PhaseRetrieval):
-        m = torch.log1p(y)
-        m = m / m.max().clamp_min(1e-12)
-        s = (y.shape[-1] - size) // 2
-        return m[..., s:s + size, s:s + size] if s >= 0 else m
-    if y.shape[-1] != size:
-        return torch.nn.functional.interpolate(y[None], size=(size, size), mode="nearest")[0].clamp(0, 1)
-    return y.clamp(0, 1)
 
 
 def _frame_steps(steps: int, frames: int) -> set[int]:
@@ -198,7 +186,7 @@ def _write_image(out: Path, name: str, y: torch.Tensor, xs: torch.Tensor, residu
 
     K = xs.shape[0]
     _save_pt(y, out / "measurement" / f"{name}.pt")
-    save_image(show_measurement(y, xs.shape[-1], op), out / "input" / f"{name}.png")
+    save_image(measurement_picture(y, xs.shape[-1], op), out / "input" / f"{name}.png")
     chosen = int(residual.argmin()) if task.select == "best-residual" else 0
     save_image(xs[chosen], out / "recon" / f"{name}.png")
     entry = {"index": i, "residual": [float(r) for r in residual], "chosen_sample": chosen}

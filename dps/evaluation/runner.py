@@ -28,7 +28,8 @@ import torch
 
 from ..images import save_image
 from ..metrics import psnr, ssim
-from ..solve import image_seed, sample_seed, show_measurement
+from ..images import measurement_picture
+from ..solve import image_seed, sample_seed
 from ..solvers.dps import dps_sample
 from ..tasks import Task, build_operator, load_task
 from ..utils import atomic_write
@@ -147,7 +148,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                 x = x_all[idx]
                 p, q = psnr(recon, x), ssim(recon, x)
                 for b, i in enumerate(idx):
-                    save_image(show_measurement(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
+                    save_image(measurement_picture(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
                     save_image(x_all[i], out / "labels" / f"{names[i]}.png")
                     save_image(recon[b], folder / f"{names[i]}.png")
                     torch.save(recon[b].clone(), folder / f".{names[i]}.pt.tmp")
