@@ -32,7 +32,7 @@ from ..images import measurement_picture
 from ..solve import image_seed, sample_seed
 from ..solvers.dps import dps_sample
 from ..tasks import Task, build_operator, load_task
-from ..utils import atomic_write
+from ..utils import atomic_path, atomic_write
 
 __all__ = ["METHODS", "BenchSettings", "run_bench", "render_tables"]
 
@@ -151,8 +151,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
                     save_image(measurement_picture(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
                     save_image(x_all[i], out / "labels" / f"{names[i]}.png")
                     save_image(recon[b], folder / f"{names[i]}.png")
-                    torch.save(recon[b].clone(), folder / f".{names[i]}.pt.tmp")
-                    (folder / f".{names[i]}.pt.tmp").replace(folder / f"{names[i]}.pt")
+                    with atomic_path(folder / f"{names[i]}.pt") as tmp:
+                        torch.save(recon[b].clone(), tmp)
                     row = {"image": names[i], "index": i, "psnr": float(p[b]), "ssim": float(q[b]),
                            "residual": float(residual[b]), "seconds": seconds}
                     atomic_write(folder / f"{names[i]}.json", lambda f, r=row: f.write_text(json.dumps(r)))
