@@ -338,7 +338,8 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
 @click.option("--samples", type=click.IntRange(2), default=2000, help="samples per problem")
 @click.option("--step-size", "zeta", type=click.FloatRange(0), default=None,
               help="zeta' (default: the documented GMM default of the step rule)")
-@click.option("--step-rule", type=click.Choice(STEP_RULES), default="paper")
+@click.option("--step-rule", type=click.Choice(STEP_RULES), default="variance", show_default=True,
+              help="DPS step-size rule (dps.solvers.dps); 'paper' is Appendix C.2's zeta'/||r||")
 @click.option("--methods", default="dps", help="also run comparison methods: dps,ddrm,mcg")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, methods, as_json) -> None:

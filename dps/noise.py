@@ -47,6 +47,11 @@ class GaussianNoise:
         """||y - A(x)||^2 per sample, shape (B,)."""
         return _per_sample_sum((y - Ax) ** 2)
 
+    def variance(self, y: torch.Tensor) -> torch.Tensor:
+        """Noise variance in the units of :meth:`sq_norm`, per sample (B,): -log p(y|x) = sq_norm / (2 var)
+        + const. Here sigma^2."""
+        return torch.full((y.shape[0],), self.sigma ** 2, dtype=y.dtype, device=y.device)
+
 
 @dataclass(frozen=True)
 class PoissonNoise:
@@ -89,6 +94,12 @@ class PoissonNoise:
         y_mean = y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak)
         weight = y_mean.reshape(-1, *([1] * (y.ndim - 1))) / y.clamp_min(1.0 / self.peak)
         return _per_sample_sum(weight * (y - Ax) ** 2)
+
+    def variance(self, y: torch.Tensor) -> torch.Tensor:
+        """Noise variance in the units of :meth:`sq_norm`, per sample (B,), so that -log p(y|x) is about
+        sq_norm / (2 var): Var(y_j) = y_j / peak, and sq_norm weighs r_j^2 by mean(y) / y_j, so
+        var = mean(y) / peak."""
+        return y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak) / self.peak
 
 
 NoiseModel = GaussianNoise | PoissonNoise

@@ -1,6 +1,6 @@
 """Choose the demo's zeta' per task on TRAINING digits (never the held-out ones the demo reports on).
 
-    python scripts/tune_demo_zeta.py [--model default] [--steps 250] [--n 8] [--grid 0.3,1,3]
+    python scripts/tune_demo_zeta.py [--model default] [--steps 250] [--n 8] [--grid 0.3,1,3] [--rule paper]
 
 Prints, per task and zeta', the mean PSNR of one DPS sample over n training digits, and the best zeta'.
 """
@@ -14,7 +14,7 @@ from dps.data.digits import digits_split
 from dps.demo import demo_tasks
 from dps.metrics import psnr
 from dps.models.loading import load_model
-from dps.solvers.dps import DPSConfig, dps_sample
+from dps.solvers.dps import STEP_RULES, DPSConfig, dps_sample
 
 
 def main() -> None:
@@ -23,23 +23,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--grid", default="0.3,1,3")
+    ap.add_argument("--rule", default="paper", choices=STEP_RULES)
+    ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     args = ap.parse_args()
     prior = load_model(args.model)
     x, _ = digits_split("train")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     best = {}
     for task in demo_tasks(tuple(prior.event_shape)):
+        if args.tasks and task.name not in args.tasks.split(","):
+            continue
         y = task.noise(task.operator(x), torch.Generator().manual_seed(0))
         scores = {}
         for z in [float(v) for v in args.grid.split(",")]:
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
             try:
                 res = dps_sample(prior, task.operator, y, task.noise,
-                                 DPSConfig(steps=args.steps, zeta=z, clip_x0=(-1.0, 1.0)), generator=gens)
+                                 DPSConfig(steps=args.steps, zeta=z, step_rule=args.rule, clip_x0=(-1.0, 1.0)), generator=gens)
                 scores[z] = float(psnr(res.x[:, 0], x).mean())
             except FloatingPointError:
                 scores[z] = float("nan")
-            print(f"{task.name:24s} zeta'={z:<5g} PSNR {scores[z]:.2f}", flush=True)
+            print(f"{task.name:24s} {args.rule} zeta'={z:<5g} PSNR {scores[z]:.2f}", flush=True)
         best[task.name] = max((v, k) for k, v in scores.items() if v == v)[1]
     print("best:", best)
 
