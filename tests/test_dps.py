@@ -109,8 +109,9 @@ def test_gmm_benchmark_dps_far_below_prior(d_y: int) -> None:
     assert dps < PINNED_GMM[d_y]
 
 
-# Rule "variance" at the benchmark's documented default (GMM_DEFAULT_RULE, zeta' 4), same cells; measured
-# 0.59 / 0.77 / 0.18 (3 problems, 1000 samples, 100 steps; the paper rule at its 0.2 gives 1.96 / 2.55 / 0.22):
+# Rule "variance" at the benchmark's documented default (GMM_DEFAULT_RULE, zeta' 4), same cells: measured
+# 0.59 / 0.77 / 0.18 by `dps bench gmm --steps 100 --problems 3 --samples 1000` (with `--step-rule paper`:
+# 1.96 / 2.55 / 0.22):
 # pinned with margin, below the paper rule's pins.
 PINNED_GMM_VARIANCE = {1: 0.8, 2: 1.0, 4: 0.24}
 

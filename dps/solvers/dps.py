@@ -43,7 +43,7 @@ from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
 from ..noise import GaussianNoise, NoiseModel
 
-__all__ = ["DPSConfig", "DPSResult", "dps_sample", "STEP_RULES", "step_size", "frozen_parameters"]
+__all__ = ["DPSConfig", "DPSResult", "dps_sample", "STEP_RULES", "step_size", "guidance", "frozen_parameters"]
 
 STEP_RULES = ("paper", "beta", "variance")
 
@@ -114,6 +114,25 @@ def step_size(rule: str, zeta: float, residual_norm: torch.Tensor, schedule: Sch
     raise ValueError(f"unknown step_rule {rule!r}")
 
 
+def guidance(config: DPSConfig, sq_norm: torch.Tensor, x0: torch.Tensor, x: torch.Tensor, schedule: Schedule,
+             i: int, noise_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """zeta_i grad_{x_i} ||y - A(x0_hat)||^2 (shape of x) and zeta_i (B,), from one backward pass.
+
+    sq_norm (B,) is the data fit of x0 (the x0_hat used in it, model space), which depends on x = x_i.
+    Rule ``"variance"`` takes the gradient to x0_hat too, g0, for kappa = <g0, J^T g0> / (4 ||r||^2).
+    """
+    residual = sq_norm.detach().sqrt()
+    if config.step_rule != "variance":
+        zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i)
+        (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
+        return grad, zeta_i
+    g0, grad = torch.autograd.grad(sq_norm.sum(), [x0, x])  # g0 and J^T g0
+    kappa = (g0 * grad).flatten(1).sum(1).clamp_min(0) / (4 * sq_norm.detach().clamp_min(
+        torch.finfo(sq_norm.dtype).tiny))
+    zeta_i = step_size("variance", config.zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
+    return zeta_i.view(-1, *([1] * (grad.ndim - 1))) * grad, zeta_i
+
+
 @contextmanager
 def frozen_parameters(module: nn.Module) -> Iterator[None]:
     """Temporarily stop gradients to a module's parameters (DPS needs gradients to x_i only)."""
@@ -173,17 +192,7 @@ def dps_sample(
             # Data fit ||y - A(x0_hat)||^2 per sample and its gradient w.r.t. x_i (one VJP, line 7).
             sq_norm = noise.sq_norm(y_rep, operator(prior.to_data(x0)))
             residual = sq_norm.detach().sqrt()
-            if config.step_rule == "variance":
-                # One backward pass gives both g0 = grad_{x0_hat} and J^T g0 = grad_{x_i}.
-                g0, grad = torch.autograd.grad(sq_norm.sum(), [x0, x])
-                kappa = (g0 * grad).flatten(1).sum(1).clamp_min(0) / (4 * sq_norm.detach().clamp_min(
-                    torch.finfo(dtype).tiny))
-                zeta_i = step_size("variance", config.zeta, residual, schedule, i, kappa=kappa,
-                                   noise_var=noise.variance(y_rep).to(dtype))
-                grad = zeta_i.view(-1, *([1] * (grad.ndim - 1))) * grad
-            else:
-                zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i)
-                (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
+            grad, zeta_i = guidance(config, sq_norm, x0, x, schedule, i, noise.variance(y_rep).to(dtype))
             with torch.no_grad():
                 z = randn(x.shape, generator, x.device, x.dtype) if i > 0 else torch.zeros_like(x)
                 x0d = x0.detach()
