@@ -114,14 +114,14 @@ def step_size(rule: str, zeta: float, residual_norm: torch.Tensor, schedule: Sch
     raise ValueError(f"unknown step_rule {rule!r}")
 
 
-def guidance(config: DPSConfig, sq_norm: torch.Tensor, x0: torch.Tensor, x: torch.Tensor, schedule: Schedule,
-             i: int, noise_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x0: torch.Tensor, x: torch.Tensor,
+             schedule: Schedule, i: int, noise_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """zeta_i grad_{x_i} ||y - A(x0_hat)||^2 (shape of x) and zeta_i (B,), from one backward pass.
 
-    sq_norm (B,) is the data fit of x0 (the x0_hat used in it, model space), which depends on x = x_i.
-    Rule ``"variance"`` takes the gradient to x0_hat too, g0, for kappa = <g0, J^T g0> / (4 ||r||^2).
+    sq_norm (B,) is the data fit of x0 (the x0_hat used in it, model space), which depends on x = x_i;
+    residual (B,) is its detached square root. Rule ``"variance"`` takes the gradient to x0_hat too, g0, for
+    kappa = <g0, J^T g0> / (4 ||r||^2), and uses noise_var (B,), the noise model's variance.
     """
-    residual = sq_norm.detach().sqrt()
     if config.step_rule != "variance":
         zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i)
         (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
@@ -182,6 +182,7 @@ def dps_sample(
         raise ValueError(f"x_T must have shape {(B * K, *event_shape)}, got {tuple(x.shape)}")
     variance = config.variance
     residual = torch.full((B * K,), float("nan"), dtype=dtype, device=y.device)
+    noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
 
     with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):
@@ -192,7 +193,7 @@ def dps_sample(
             # Data fit ||y - A(x0_hat)||^2 per sample and its gradient w.r.t. x_i (one VJP, line 7).
             sq_norm = noise.sq_norm(y_rep, operator(prior.to_data(x0)))
             residual = sq_norm.detach().sqrt()
-            grad, zeta_i = guidance(config, sq_norm, x0, x, schedule, i, noise.variance(y_rep).to(dtype))
+            grad, zeta_i = guidance(config, sq_norm, residual, x0, x, schedule, i, noise_var)
             with torch.no_grad():
                 z = randn(x.shape, generator, x.device, x.dtype) if i > 0 else torch.zeros_like(x)
                 x0d = x0.detach()
