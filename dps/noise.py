@@ -89,9 +89,13 @@ class PoissonNoise:
             counts = torch.stack([torch.poisson(l, generator=g) for l, g in zip(lam, generator)])
         return (counts / self.peak).clamp(0, 1)
 
+    def _mean_level(self, y: torch.Tensor) -> torch.Tensor:
+        """mean(y) per sample (B,), at least one photon (1 / peak)."""
+        return y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak)
+
     def sq_norm(self, y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
         """||y - A(x)||^2_Lambda per sample, Lambda_jj = mean(y) / max(y_j, 1 / peak); shape (B,)."""
-        y_mean = y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak)
+        y_mean = self._mean_level(y)
         weight = y_mean.reshape(-1, *([1] * (y.ndim - 1))) / y.clamp_min(1.0 / self.peak)
         return _per_sample_sum(weight * (y - Ax) ** 2)
 
@@ -99,7 +103,7 @@ class PoissonNoise:
         """Noise variance in the units of :meth:`sq_norm`, per sample (B,), so that -log p(y|x) is about
         sq_norm / (2 var): Var(y_j) = y_j / peak, and sq_norm weighs r_j^2 by mean(y) / y_j, so
         var = mean(y) / peak."""
-        return y.reshape(y.shape[0], -1).mean(1).clamp_min(1.0 / self.peak) / self.peak
+        return self._mean_level(y) / self.peak
 
 
 NoiseModel = GaussianNoise | PoissonNoise
