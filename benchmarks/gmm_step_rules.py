@@ -4,7 +4,8 @@
     python benchmarks/gmm_step_rules.py --rule likelihood-sde --steps 100 --zeta 0.3,1
     python benchmarks/gmm_step_rules.py --rule likelihood-sde-damped --steps 100 --zeta 1,3
 
-The rule replaces ``dps.solvers.dps.step_size`` for the run (an experiment, not a shipped option).
+Each rule is a :class:`dps.solvers.dps.StepRule` passed in ``DPSConfig(step_rule=...)`` (an experiment, not a
+shipped option).
 """
 from __future__ import annotations
 
@@ -12,20 +13,19 @@ import argparse
 
 import torch
 
-import dps.solvers.dps as S
 from dps.bench.gmm import gmm_problem, sliced_wasserstein
 from dps.noise import GaussianNoise
-from dps.solvers.dps import DPSConfig, dps_sample
+from dps.solvers.dps import DPSConfig, StepRule, dps_sample
 
 STATE: dict = {}
 
 
-def beta_abs(rule, zeta, residual_norm, schedule, i):
+def beta_abs(zeta, residual_norm, schedule, i, **_):
     """zeta' beta_i / ||r|| (the total guidance sum_i beta_i does not grow with N)."""
     return zeta * float(schedule.betas[i]) / residual_norm.clamp_min(1e-30)
 
 
-def likelihood_sde(rule, zeta, residual_norm, schedule, i, damped=False):
+def likelihood_sde(zeta, residual_norm, schedule, i, damped=False, **_):
     """zeta' beta_i / (2 sqrt(alpha_i) (sigma_y^2 + (1 - abar_i) lambda)), lambda = mean eigenvalue of A A^T;
     damped: divided by 1 + 2 zeta_i lambda_max / sqrt(abar_i)."""
     b = float(schedule.betas[i])
@@ -36,8 +36,16 @@ def likelihood_sde(rule, zeta, residual_norm, schedule, i, damped=False):
     return torch.full_like(residual_norm, z)
 
 
-RULES = {"beta-abs": beta_abs, "likelihood-sde": likelihood_sde,
-         "likelihood-sde-damped": lambda *a: likelihood_sde(*a, damped=True)}
+class Rule(StepRule):
+    def __init__(self, name, fn) -> None:
+        self.name, self.fn = name, fn
+
+    def __call__(self, zeta, residual_norm, schedule, i, **kw):
+        return self.fn(zeta, residual_norm, schedule, i, **kw)
+
+
+RULES = {"beta-abs": Rule("beta-abs", beta_abs), "likelihood-sde": Rule("likelihood-sde", likelihood_sde),
+         "likelihood-sde-damped": Rule("likelihood-sde-damped", lambda *a, **k: likelihood_sde(*a, damped=True))}
 
 
 def main() -> None:
@@ -47,7 +55,6 @@ def main() -> None:
     ap.add_argument("--zeta", default="1")
     ap.add_argument("--problems", type=int, default=5)
     args = ap.parse_args()
-    S.step_size = RULES[args.rule]
     for zeta in [float(z) for z in args.zeta.split(",")]:
         row = []
         for d_y in (1, 2, 4):
@@ -63,7 +70,7 @@ def main() -> None:
                 STATE.update(s2=pb.sigma_y ** 2, lam=float((A ** 2).sum()) / d_y,
                              lmax=float(torch.linalg.matrix_norm(A, 2)) ** 2)
                 res = dps_sample(pb.prior, lambda x: x @ A.T, pb.y[None], GaussianNoise(pb.sigma_y),
-                                 DPSConfig(steps=args.steps, zeta=zeta), num_samples=2000, generator=g)
+                                 DPSConfig(steps=args.steps, zeta=zeta, step_rule=RULES[args.rule]), num_samples=2000, generator=g)
                 dist.append(sliced_wasserstein(res.x[0], exact, generator=torch.Generator().manual_seed(20_000 + seed)))
             row.append(sum(dist) / len(dist))
         print(f"{args.rule} steps={args.steps} zeta'={zeta}: " + " / ".join(f"{v:.2f}" for v in row), flush=True)

@@ -12,7 +12,8 @@ from dps.data.digits import digits_split
 from dps.metrics import psnr
 from dps.noise import GaussianNoise
 from dps.operators import Inpainting
-from dps.solvers.baselines import BASELINES
+from dps.solvers.dps import DPSConfig
+from dps.solvers.methods import reconstruct
 
 prior = dps.load_model("default")
 x, _ = digits_split("held_out")
@@ -22,7 +23,6 @@ for missing in (0.5, 0.92):
     for sigma in (0.0, 0.025):
         y = op(x) + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * op.mask
         for method in ("ddrm", "score_sde"):
-            kw = {"steps": 100} if method == "score_sde" else {}
-            out, _ = BASELINES[method](prior, op, y, GaussianNoise(max(sigma, 1e-4)),
-                                       [torch.Generator().manual_seed(k) for k in range(4)], **kw)
+            out = reconstruct(method, prior, op, y, GaussianNoise(max(sigma, 1e-4)), DPSConfig(steps=100),
+                              [torch.Generator().manual_seed(k) for k in range(4)]).x[:, 0]
             print(f"missing {missing:.2f} sigma {sigma:.3f} {method:9s} PSNR {float(psnr(out, x).mean()):.2f} dB")

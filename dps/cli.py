@@ -1,13 +1,64 @@
-"""The ``dps`` command line. Names become objects here and nowhere else."""
+"""The ``dps`` command line. Names become objects here and nowhere else.
+
+Errors: every error a user can cause ends in one line ``Error: ...`` and exit status 1 (status 2 for
+usage errors, as click reports them). ``dps --debug ...`` or ``DPS_DEBUG=1`` shows the traceback instead.
+An unexpected exception (a bug) prints one line that says so and how to report it, with status 3.
+"""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from .errors import DPSError
 from .solvers.dps import STEP_RULES, DPSConfig
+from .solvers.methods import METHODS
+
+_DEBUG = {"on": False}
+
+
+def _one_line(exc: BaseException) -> str:
+    from .io import describe_exception
+
+    return describe_exception(exc)
+
+
+class _Group(click.Group):
+    """The top-level group: turns exceptions into one-line errors (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if _DEBUG["on"] or os.environ.get("DPS_DEBUG"):
+                raise
+            raise _friendly(exc) from None
+
+
+def _friendly(exc: Exception) -> click.ClickException:
+    """One line for any exception: ours as they are; missing packages, permissions and disk errors named."""
+    if isinstance(exc, DPSError):
+        return click.ClickException(str(exc))
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or str(exc)
+        extra = {"diffusers": "pip install 'dps[diffusers]'", "torchmetrics": "pip install 'dps[metrics]'",
+                 "lpips": "pip install 'dps[metrics]'"}.get((name or "").split(".")[0], f"pip install {name}")
+        return click.ClickException(f"the optional package {name!r} is needed for this and is not installed: {extra}")
+    if isinstance(exc, PermissionError):
+        return click.ClickException(f"permission denied: {exc.filename or exc}; choose a folder you can write to")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return click.ClickException(f"{exc.strerror}: {exc.filename or ''}".rstrip(": "))
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return click.ClickException(_one_line(exc))
+    err = click.ClickException(f"internal error ({_one_line(exc)}); rerun with `dps --debug ...` and report the "
+                               "traceback")
+    err.exit_code = 3
+    return err
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -20,9 +71,11 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
     return items
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-def main() -> None:
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors (or set DPS_DEBUG=1)")
+def main(debug: bool) -> None:
     """Diffusion Posterior Sampling (Chung et al., ICLR 2023) for noisy inverse problems."""
+    _DEBUG["on"] = debug
 
 
 @main.command()
@@ -71,10 +124,7 @@ def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoi
         unet["in_channels"] = int(channels)
     cfg = TrainConfig(data=data, unet=unet, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                       grad_clip=grad_clip, seed=seed, checkpoint_every=checkpoint_every, hflip=hflip)
-    try:
-        run_train(cfg, out)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    run_train(cfg, out)
     click.echo(f"wrote {out / 'model.safetensors'} (EMA weights), {out / 'loss.csv'}, {out / 'loss.png'}")
 
 
@@ -109,12 +159,9 @@ def sample(model, config, n, steps, sampler, eta, seed, out) -> None:
 
 
 def _load_prior(model: str, config):
-    from .models.loading import CheckpointMismatchError, load_model
+    from .models.loading import load_model
 
-    try:
-        return load_model(model, config)
-    except (FileNotFoundError, CheckpointMismatchError, ValueError, ImportError) as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_model(model, config)
 
 
 @main.command("train-classifier")
@@ -143,8 +190,8 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--operator", "operator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="operator.pt of an earlier run (its mask/kernel/latent) instead of building one")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--method", type=click.Choice(["dps", "ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss"]),
-              default="dps", help="reconstruction method (the comparison methods of the paper)")
+@click.option("--method", type=click.Choice(list(METHODS)), default="dps",
+              help="reconstruction method (dps and the comparison methods of the paper)")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
@@ -154,7 +201,7 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--seed", type=int, default=None, help="[default: 0, or a run.json's]")
 @click.option("--noise", default=None, help="override the task's noise: gaussian:SIGMA or poisson:RATE")
 @click.option("--step-size", "zeta", type=click.FloatRange(0), default=None, help="override zeta'")
-@click.option("--step-rule", type=click.Choice(STEP_RULES), default=None, help="override the step rule")
+@click.option("--step-rule", type=click.Choice(list(STEP_RULES)), default=None, help="override the step rule")
 @click.option("--select", type=click.Choice(["first", "best-residual"]), default=None,
               help="which sample goes to recon/ when K > 1 (the task's choice by default)")
 @click.option("--batch-size", type=click.IntRange(1), default=4, help="images per DPS batch")
@@ -170,7 +217,7 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
     from .models.loading import load_model
-    from .solve import SolveSettings, run_solve
+    from .solve import SolveSettings, SomeInputsFailed, run_solve
     from .tasks import Task, load_task
 
     try:
@@ -198,7 +245,7 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
                                  convert_channels=convert_channels, progress_frames=progress_frames, method=method)
         record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
                            settings=settings, operator_file=operator_file, prior=prior)
-    except (ValueError, FileNotFoundError) as exc:  # NotApplicable is a ValueError
+    except SomeInputsFailed as exc:
         raise click.ClickException(str(exc)) from None
     done = record["images"]
     scores = [v["psnr"] for v in done.values() if "psnr" in v]
@@ -217,10 +264,7 @@ def figure(run_dir, out, max_images) -> None:
     """Paper-style grid of a `dps solve` or `dps bench images` folder (plus x0_hat progress strips)."""
     from .evaluation.figures import figure_for
 
-    try:
-        paths = figure_for(run_dir, out, max_images)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    paths = figure_for(run_dir, out, max_images)
     click.echo("wrote " + ", ".join(map(str, paths)))
 
 
@@ -246,11 +290,8 @@ def demo(out, model, n, samples, steps, seed, tasks) -> None:
     """DPS with the embedded model on every task of the paper, on held-out digits."""
     from .demo import run_demo
 
-    try:
-        run_demo(out, model=model, n=n, samples=samples, steps=steps, seed=seed,
-                 tasks=tasks.split(",") if tasks else None)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    run_demo(out, model=model, n=n, samples=samples, steps=steps, seed=seed,
+             tasks=tasks.split(",") if tasks else None)
     click.echo((out / "metrics.md").read_text())
     click.echo(f"wrote {out / 'figure.png'}, {out / 'metrics.json'}, {out / 'metrics.md'}")
 
@@ -318,10 +359,7 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed,
                              batch_size=batch_size, model=model, data=data)
     prior = _load_prior(model, model_config)
-    try:
-        table = run_bench(settings, out, prior=prior)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    table = run_bench(settings, out, prior=prior)
     if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables
         return
     if table["fid_lpips"] != "ok":
@@ -338,21 +376,23 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
 @click.option("--samples", type=click.IntRange(2), default=2000, help="samples per problem")
 @click.option("--step-size", "zeta", type=click.FloatRange(0), default=None,
               help="zeta' (default: the documented GMM default of the step rule)")
-@click.option("--step-rule", type=click.Choice(STEP_RULES), default="variance", show_default=True,
+@click.option("--step-rule", type=click.Choice(list(STEP_RULES)), default="variance", show_default=True,
               help="DPS step-size rule (dps.solvers.dps); 'paper' is Appendix C.2's zeta'/||r||")
-@click.option("--methods", default="dps", help="also run comparison methods: dps,ddrm,mcg")
+@click.option("--methods", default="dps", help="also run comparison methods (those of the method table that "
+              "apply to a matrix operator with Gaussian noise, e.g. dps,ddrm,mcg)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, methods, as_json) -> None:
     """Sliced Wasserstein distance of DPS to the exact Gaussian-mixture posterior (shared/GMM_BENCHMARK.md).
 
     Per cell: DPS, prior samples ("knows nothing about y") and a second exact sample set (the floor).
     """
-    from .bench.gmm import GMM_DEFAULT_ZETA, GMM_METHODS, run_cell
+    from .bench.gmm import GMM_DEFAULT_ZETA, gmm_methods, run_cell
 
     extra = tuple(m for m in methods.split(",") if m and m != "dps")
-    if set(extra) - set(GMM_METHODS):
-        raise click.BadParameter(f"unknown method(s) {sorted(set(extra) - set(GMM_METHODS))}; "
-                                 f"available: dps, {', '.join(GMM_METHODS)}", param_hint="--methods")
+    available = gmm_methods()
+    if set(extra) - set(available):
+        raise click.BadParameter(f"method(s) {sorted(set(extra) - set(available))} do not apply to this benchmark "
+                                 f"or do not exist; available: {', '.join(available)}", param_hint="--methods")
 
     if any(d % 2 for d in dims):
         raise click.BadParameter("the benchmark's dimension must be even", param_hint="--dim")
@@ -376,7 +416,7 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
     click.echo(f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {seeds} "
                f"(+-95% interval), {samples} samples, step rule {step_rule!r}, zeta'={zeta}")
     cols = ("dps", *extra, "prior", "floor")
-    click.echo("| d | d_y | steps | " + " | ".join(c.upper() if c in ("dps", "ddrm", "mcg") else c for c in cols) + " |")
+    click.echo("| d | d_y | steps | " + " | ".join(METHODS[c].title if c in METHODS else c for c in cols) + " |")
     click.echo("|---|---|---|" + "---|" * len(cols))
     for c in cells:
         cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}")

@@ -18,10 +18,11 @@ from tqdm import tqdm
 from .images import measurement_picture
 from .metrics import psnr
 from .utils import atomic_write
-from .noise import GaussianNoise, PoissonNoise
-from .operators import Blur, Inpainting, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
+from .pipeline import measure
 from .priors.analytic import GaussianMixturePrior
-from .solvers.dps import DPSConfig, dps_sample
+from .seeds import operator_seed, sample_generators
+from .solvers.methods import reconstruct
+from .tasks import Variant, build_operator
 
 SIZE = 32
 PIXEL_STD = 0.05  # data-space std of each mixture component
@@ -54,20 +55,18 @@ def pattern_prior() -> GaussianMixturePrior:
     return prior
 
 
-def tasks(seed: int) -> dict[str, tuple]:
-    shape = (1, SIZE, SIZE)
-    g = torch.Generator().manual_seed(seed)
-    gauss = GaussianNoise(0.05)
-    return {
-        "super_resolution": (SuperResolution(shape, 4), gauss, 1.0),
-        "inpainting_box": (Inpainting.box(shape, generator=g), gauss, 1.0),
-        "inpainting_random": (Inpainting.random(shape, 0.92, generator=g), gauss, 1.0),
-        "gaussian_blur": (Blur.gaussian(shape), gauss, 1.0),
-        "motion_blur": (Blur.motion(shape, seed=seed), gauss, 1.0),
-        "motion_blur_poisson": (Blur.motion(shape, seed=seed), PoissonNoise(1.0), 1.0),
-        "phase_retrieval": (PhaseRetrieval(shape, 2.0), gauss, 0.4),
-        "nonlinear_blur": (SaturatedMotionBlur(shape, seed=seed), gauss, 1.0),
-    }
+#: The example's tasks: the catalogue's tasks at 32 px (operators scaled as the presets scale them), with
+#: Gaussian noise sigma 0.05 and zeta' 1 (0.4 for phase retrieval), plus motion deblurring with Poisson noise.
+EXAMPLE_VARIANTS: tuple[Variant, ...] = (
+    Variant("super_resolution", "super_resolution", "SR x4", noise="gaussian:0.05", zeta=1.0),
+    Variant("inpainting_box", "inpainting_box", "box inpainting", noise="gaussian:0.05", zeta=1.0),
+    Variant("inpainting_random", "inpainting_random", "random inpainting", noise="gaussian:0.05", zeta=1.0),
+    Variant("gaussian_blur", "gaussian_blur", "Gaussian deblur", noise="gaussian:0.05", zeta=1.0),
+    Variant("motion_blur", "motion_blur", "motion deblur", noise="gaussian:0.05", zeta=1.0),
+    Variant("motion_blur_poisson", "motion_blur", "motion deblur, Poisson", noise="poisson:1.0", zeta=1.0),
+    Variant("phase_retrieval", "phase_retrieval", "phase retrieval", noise="gaussian:0.05", zeta=0.4),
+    Variant("nonlinear_blur", "nonlinear_blur", "nonlinear deblur", noise="gaussian:0.05", zeta=1.0),
+)
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -80,11 +79,14 @@ def run_example(out: Path, steps: int = 200, samples: int = 3, seed: int = 0) ->
     prior = pattern_prior()
     rows, tiles, results = [], [], {}
     g = torch.Generator().manual_seed(seed)
-    for name, (op, noise, zeta) in tqdm(tasks(seed).items(), desc="dps example", unit="task"):
-        x_true = prior.to_data(prior.sample(1, g)).clamp(0, 1)
-        y = noise(op(x_true), g)
-        res = dps_sample(prior, op, y, noise, DPSConfig(steps=steps, zeta=zeta), num_samples=samples,
-                         generator=[torch.Generator().manual_seed(seed * 1000 + k) for k in range(samples)])
+    for i, variant in enumerate(tqdm(EXAMPLE_VARIANTS, desc="dps example", unit="task")):
+        task = variant.resolve(steps, clip_x0=None)  # the mixture is not a [-1, 1] model
+        name, noise, zeta = task.name, task.noise_model(), task.dps_config().zeta
+        op = build_operator(task.operator, (1, SIZE, SIZE), operator_seed(seed))
+        x_true = prior.clip_data(prior.to_data(prior.sample(1, g)))
+        y = measure(op, noise, x_true, seed, [i])
+        res = reconstruct("dps", prior, op, y, noise, task.dps_config(), sample_generators(seed, [i], samples),
+                          samples)
         recon = res.x[0]
         results[name] = {
             "psnr_samples": [round(float(psnr(r[None], x_true)[0]), 2) for r in recon],

@@ -41,9 +41,7 @@ def measurement_picture(y: torch.Tensor, size: int, op=None) -> torch.Tensor:
     """A measurement (C, h, w) as a (C, size, size) picture in [0, 1] for figures: a Fourier magnitude
     (phase retrieval, or any measurement larger than the image) log-scaled and centre-cropped, a smaller
     one (SR) enlarged by pixel repetition, anything else clipped to [0, 1]."""
-    from .operators import PhaseRetrieval
-
-    if isinstance(op, PhaseRetrieval) or (op is None and y.shape[-1] > size):
+    if (op is not None and op.fourier_support is not None) or (op is None and y.shape[-1] > size):
         m = torch.log1p(y.clamp_min(0))
         m = m / m.max().clamp_min(1e-12)
         s = (y.shape[-1] - size) // 2

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion.steps import Generators, randn
+from .errors import DPSError, check_float
 
 __all__ = ["GaussianNoise", "PoissonNoise", "NoiseModel", "parse_noise"]
 
@@ -27,10 +28,15 @@ class GaussianNoise:
     """
 
     sigma: float = 0.05
+    kind = "gaussian"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sigma <= 1.0:
-            raise ValueError(f"Gaussian noise sigma must be in [0, 1] (data units), got {self.sigma}")
+        object.__setattr__(self, "sigma", check_float(self.sigma, "Gaussian noise sigma (data units)", 0.0, 1.0))
+
+    @property
+    def typical_sigma(self) -> float:
+        """The noise standard deviation in data units (projections damp their pseudo-inverse with it)."""
+        return self.sigma
 
     @classmethod
     def authors(cls, sigma_pm1: float = 0.05) -> "GaussianNoise":
@@ -70,10 +76,15 @@ class PoissonNoise:
     """
 
     rate: float = 1.0
+    kind = "poisson"
 
     def __post_init__(self) -> None:
-        if self.rate <= 0:
-            raise ValueError(f"Poisson rate must be positive, got {self.rate}")
+        object.__setattr__(self, "rate", check_float(self.rate, "Poisson rate", 0.0, lo_open=True))
+
+    @property
+    def typical_sigma(self) -> float:
+        """The standard deviation of a mid-grey (0.5) pixel, sqrt(0.5 / peak), in data units."""
+        return (0.5 / self.peak) ** 0.5
 
     @property
     def peak(self) -> float:
@@ -111,12 +122,16 @@ NoiseModel = GaussianNoise | PoissonNoise
 
 def parse_noise(spec: str) -> NoiseModel:
     """Parse ``gaussian:SIGMA`` or ``poisson:RATE`` (the command-line form)."""
+    if not isinstance(spec, str):
+        raise DPSError(f"noise must be a string 'gaussian:SIGMA' or 'poisson:RATE', got {spec!r}")
     name, _, value = spec.partition(":")
+    if name not in ("gaussian", "poisson"):
+        raise DPSError(f"unknown noise {spec!r}; use 'gaussian:SIGMA' or 'poisson:RATE'")
     try:
-        if name == "gaussian":
-            return GaussianNoise(float(value) if value else 0.05)
-        if name == "poisson":
-            return PoissonNoise(float(value) if value else 1.0)
-    except ValueError as err:
-        raise ValueError(f"bad noise spec {spec!r}: {err}") from None
-    raise ValueError(f"unknown noise {spec!r}; use 'gaussian:SIGMA' or 'poisson:RATE'")
+        number = float(value) if value else (0.05 if name == "gaussian" else 1.0)
+    except ValueError:
+        raise DPSError(f"bad noise {spec!r}: {value!r} is not a number") from None
+    try:
+        return GaussianNoise(number) if name == "gaussian" else PoissonNoise(number)
+    except DPSError as err:
+        raise DPSError(f"bad noise {spec!r}: {err}") from None

@@ -16,13 +16,15 @@ Folder layout (all files written atomically; PNGs are 8-bit, clipped to [0, 1], 
 ``progress/NAME.pt``   with ``progress_frames`` F > 0: x0_hat of sample 0 at F evenly spaced steps (F, C, H, W)
 =====================  ===========================================================================
 
-Seeds: the operator draws from ``seed``; image i's noise from ``seed * 1_000_003 + i``; its sample k from
-``(seed * 1_000_003 + i) * 1_009 + k + 1``. Each sample has its own generator, so results do not depend on
-batch size. A rerun with the same settings skips finished images.
+Seeds follow :mod:`dps.seeds` (one formula for every command). The run goes through
+:mod:`dps.pipeline`: the settings are recorded in ``run.json`` before any work, a rerun with other settings
+or another operator is refused, a second process on the same folder is refused while the first runs, and a
+rerun with the same settings skips finished images. Input files that cannot be read are listed at the end
+(the good ones are solved) and the command exits non-zero.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,21 +32,20 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import DPSError
 from .images import measurement_picture, save_image
 from .operators import Operator, load_operator, save_operator
-from .solvers.dps import dps_sample
-from .tasks import Task, build_operator
-from .utils import atomic_path, atomic_write
+from .pipeline import RunFolder, load_measurement, measure
+from .seeds import FORMULAS, operator_seed, sample_generators
+from .solvers.methods import get_method, reconstruct
+from .tasks import Task, build_operator, check_operator_matches
+from .utils import atomic_path
 
-__all__ = ["SolveSettings", "run_solve", "image_seed", "sample_seed"]
-
-
-def image_seed(seed: int, i: int) -> int:
-    return seed * 1_000_003 + i
+__all__ = ["SolveSettings", "run_solve", "SomeInputsFailed"]
 
 
-def sample_seed(seed: int, i: int, k: int) -> int:
-    return image_seed(seed, i) * 1_009 + k + 1
+class SomeInputsFailed(DPSError):
+    """Some input files could not be used; the others were solved."""
 
 
 @dataclass
@@ -72,116 +73,109 @@ def _save_pt(t: torch.Tensor, path: Path) -> None:
         torch.save(t.detach().cpu().clone(), tmp)
 
 
-def _settings_key(task: Task, s: SolveSettings, shape) -> dict:
-    return {"task": task.to_dict(), "model": s.model, "samples": s.samples, "seed": s.seed, "image_shape": list(shape),
-            "method": s.method}
+def _operator_digest(op: Operator) -> str:
+    h = hashlib.sha256(repr((op.name, op.config)).encode())
+    for k, v in sorted(op.state_dict().items()):
+        if not k.startswith("model."):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
               measurements: Optional[Sequence[Path]] = None, settings: SolveSettings = SolveSettings(),
               operator_file: Optional[Path] = None, progress: bool = True, prior=None) -> dict:
-    """Solve for every image (or given measurement); returns the run record (also ``run.json``)."""
+    """Solve for every image (or given measurement); returns the run record (also ``run.json``).
+
+    Raises :class:`SomeInputsFailed` after solving the good inputs when some could not be read.
+    """
     from tqdm import tqdm
 
     from .data.folder import list_images, load_images
     from .models.loading import load_model
 
     if (images is None) == (measurements is None):
-        raise ValueError("give either input images or measurement files")
+        raise DPSError("give either input images (--input) or measurement files (--measurement)")
+    method = get_method(settings.method)
     out = Path(out)
     prior = prior if prior is not None else load_model(settings.model)
     shape = tuple(prior.event_shape)
-    C, H, W = shape
     if operator_file is not None:
         op = load_operator(operator_file)
+        check_operator_matches(op, task.operator, shape, str(operator_file))
     else:
-        op = build_operator(task.operator, shape, settings.seed)
-    if list(op.config.get("in_shape", shape)) != list(shape):
-        raise ValueError(f"operator expects images {op.config['in_shape']}, the model makes {list(shape)}")
+        op = build_operator(task.operator, shape, operator_seed(settings.seed))
+    if list(op.in_shape) != list(shape):
+        raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
     noise, cfg = task.noise_model(), task.dps_config()
+    method.check(op, noise)
 
-    if images is not None:
-        files = list_images(images)
-        x_all = load_images(files, H, C, settings.resize, settings.convert_channels)
-        if x_all.shape[1:] != shape:
-            raise ValueError(f"images are {tuple(x_all.shape[1:])}, the model needs {shape}")
-        names = [f.stem for f in files]
-    else:
-        files = [Path(m) for m in measurements]
-        x_all = None
-        names = [f.stem for f in files]
+    files = list_images(images) if images is not None else [Path(m) for m in measurements]
+    names = [f.stem for f in files]
     if len(set(names)) != len(names):
-        raise ValueError("input names must be unique (file stems are used as output names)")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DPSError(f"input names must be unique (file stems name the outputs); repeated: {', '.join(dup)}")
+    read = (lambda f: load_images([f], shape[-1], shape[0], settings.resize, settings.convert_channels)[0]) \
+        if images is not None else (lambda f: load_measurement(f, op))
+    inputs, failed = {}, []
+    for f in files:  # every readable input; the unreadable ones as one-line reasons
+        try:
+            inputs[f.stem] = read(f)
+        except DPSError as exc:
+            failed.append(str(exc))
+    x_by_name = inputs if images is not None else None
 
-    record_path = out / "run.json"
-    key = _settings_key(task, settings, shape)
-    record = json.loads(record_path.read_text()) if record_path.exists() else None
-    if record is not None and record.get("settings") != key:
-        raise ValueError(f"{out} holds a run with other settings; use another --out (or the same settings to resume)")
-    if record is None:
-        record = {"settings": key, "dps_config": {**cfg.__dict__}, "noise": repr(noise),
-                  "operator": {"name": op.name, "config": op.config},
-                  "seeds": {"operator": settings.seed, "noise": "seed * 1000003 + i",
-                            "sample": "(seed * 1000003 + i) * 1009 + k + 1"},
-                  "versions": {"torch": torch.__version__, "python": platform.python_version()},
-                  "images": {}}
-    for sub in ("input", "recon", "measurement") + (("label",) if x_all is not None else ()):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    if not (out / "operator.pt").exists():
-        save_operator(op, out / "operator.pt")
-
-    todo = [i for i, n in enumerate(names) if record["images"].get(n, {}).get("done") is not True]
-    K = settings.samples
-    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=f"dps solve {task.name}", unit="img",
-               disable=not progress)
-    for start in range(0, len(todo), settings.batch_size):
-        idx = todo[start:start + settings.batch_size]
-        ys = []
-        for i in idx:
-            if x_all is not None:
-                g = torch.Generator().manual_seed(image_seed(settings.seed, i))
-                ys.append(noise(op(x_all[i:i + 1]), g)[0])
-            else:
-                y = torch.load(files[i], weights_only=True)
-                ys.append(y[0] if y.ndim == 4 else y)
-        y = torch.stack(ys)
-        gens = [torch.Generator().manual_seed(sample_seed(settings.seed, i, k)) for i in idx for k in range(K)]
-        frames: list[torch.Tensor] = []
-        keep = _frame_steps(cfg.steps, settings.progress_frames)
-
-        def callback(state: dict) -> None:
-            if state["i"] in keep:  # x0_hat of sample 0 of every image, in data space
-                frames.append(prior.to_data(state["x0"]).clamp(0, 1).reshape(len(idx), K, *shape)[:, 0].cpu())
-
-        if settings.method == "dps":
-            res = dps_sample(prior, op, y, noise, cfg, num_samples=K, generator=gens,
-                             callback=callback if keep else None)
-            xs, residuals = res.x, res.residual
-        else:  # a comparison method: K independent runs, sample k of image i from its own generator
-            from .solvers.baselines import BASELINES, FOLLOWS_TASK_STEPS
-
-            kw = {"steps": cfg.steps, "zeta": cfg.zeta} if settings.method in FOLLOWS_TASK_STEPS else {}
-            runs = [BASELINES[settings.method](prior, op, y, noise,
-                                               [torch.Generator().manual_seed(sample_seed(settings.seed, i, k))
-                                                for i in idx], **kw) for k in range(K)]
-            xs = torch.stack([r[0] for r in runs], dim=1)
-            residuals = torch.stack([r[1] for r in runs], dim=1)
-        for b, i in enumerate(idx):
-            if frames:
-                (out / "progress").mkdir(exist_ok=True)
-                _save_pt(torch.stack([f[b] for f in frames]), out / "progress" / f"{names[i]}.pt")
-            _write_image(out, names[i], y[b], xs[b], residuals[b], None if x_all is None else x_all[i], op,
-                         task, record, i)
-            atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2)))
-            bar.update(1)
-    bar.close()
-    atomic_write(record_path, lambda p: p.write_text(json.dumps(record, indent=2)))
+    key = {"task": task.to_dict(), "model": settings.model, "samples": settings.samples, "seed": settings.seed,
+           "image_shape": list(shape), "method": settings.method, "operator": _operator_digest(op)}
+    initial = {"dps_config": cfg.to_dict(), "noise": repr(noise), "operator": {"name": op.name, "config": op.config},
+               "seeds": {"operator": settings.seed, **{k: v for k, v in FORMULAS.items() if k != "operator"}},
+               "versions": {"torch": torch.__version__, "python": platform.python_version()}, "images": {}}
+    with RunFolder(out, "run.json", key, initial) as run:
+        record = run.record
+        if not (out / "operator.pt").exists():
+            save_operator(op, out / "operator.pt")
+        good = [i for i, n in enumerate(names) if n in inputs]
+        todo = [i for i in good if record["images"].get(names[i], {}).get("done") is not True]
+        bar = tqdm(total=len(good), initial=len(good) - len(todo), desc=f"dps solve {task.name}", unit="img",
+                   disable=not progress)
+        for start in range(0, len(todo), settings.batch_size):
+            idx = todo[start:start + settings.batch_size]
+            _solve_batch(idx, names, inputs, images is not None, op, noise, cfg, prior, method, settings, task, out,
+                         record, run, bar)
+        bar.close()
+        run.save()
+    if failed:
+        raise SomeInputsFailed(f"{len(failed)} of {len(files)} input(s) failed, the others are in {out}: "
+                               + " | ".join(failed))
     return record
+
+
+def _solve_batch(idx, names, inputs, are_images, op, noise, cfg, prior, method, settings, task, out, record, run, bar):
+    K = settings.samples
+    shape = tuple(prior.event_shape)
+    batch = torch.stack([inputs[names[i]] for i in idx])
+    x = batch if are_images else None
+    y = measure(op, noise, x, settings.seed, idx) if are_images else batch
+    frames: list[torch.Tensor] = []
+    keep = _frame_steps(cfg.steps, settings.progress_frames)
+
+    def callback(state: dict) -> None:
+        if state["i"] in keep:  # x0_hat of sample 0 of every image, in data space
+            frames.append(prior.to_data(state["x0"]).clamp(0, 1).reshape(len(idx), K, *shape)[:, 0].cpu())
+
+    res = reconstruct(method, prior, op, y, noise, cfg, sample_generators(settings.seed, idx, K), K,
+                      callback=callback if keep else None)
+    for b, i in enumerate(idx):
+        if frames:
+            _save_pt(torch.stack([f[b] for f in frames]), out / "progress" / f"{names[i]}.pt")
+        _write_image(out, names[i], y[b], res.x[b], res.residual[b], None if x is None else x[b], op, task, record, i)
+        run.save()
+        bar.update(1)
 
 
 def _write_image(out: Path, name: str, y: torch.Tensor, xs: torch.Tensor, residual: torch.Tensor,
                  x_true: Optional[torch.Tensor], op: Operator, task: Task, record: dict, i: int) -> None:
-    """Write every file of one image; xs (K, C, H, W), residual (K,)."""
+    """Write every file of one image; xs (K, C, H, W), residual (K,) = ||y - A(x_k)||_2."""
     from .metrics import psnr, ssim
 
     K = xs.shape[0]
@@ -191,8 +185,6 @@ def _write_image(out: Path, name: str, y: torch.Tensor, xs: torch.Tensor, residu
     save_image(xs[chosen], out / "recon" / f"{name}.png")
     entry = {"index": i, "residual": [float(r) for r in residual], "chosen_sample": chosen}
     if K > 1:
-        for sub in ("samples", "mean", "std"):
-            (out / sub).mkdir(exist_ok=True)
         for k in range(K):
             save_image(xs[k], out / "recon" / f"{name}_{k}.png")
         _save_pt(xs, out / "samples" / f"{name}.pt")

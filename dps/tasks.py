@@ -8,9 +8,10 @@ A task file holds::
     dps: {steps: 1000, zeta: 0.3, step_rule: paper, clip_x0: [-1.0, 1.0]}
     select: best-residual                              # optional (K > 1): keep the lowest-residual sample
 
-Shipped presets carry the paper's settings (operators at 256 px scale with the image size). Users write
-their own files with the same keys; unknown keys are errors. This module is the one place where operator
-names become objects.
+Shipped presets carry the paper's settings (operators at 256 px scale with the image size); they are the
+one task catalogue: the demo's and the example's tasks are :class:`Variant` overrides of its entries.
+Users write their own files with the same keys; unknown keys and values of the wrong type or range are
+errors naming the key. This module is the one place where operator names become objects.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-import yaml
 
+from .errors import DPSError, check_float, check_int
+from .io import load_mapping_file
 from .noise import NoiseModel, parse_noise
 from .operators import Blur, Inpainting, Operator, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
 from .solvers.dps import DPSConfig
 
-__all__ = ["TASK_NAMES", "Task", "load_task", "build_operator", "OPERATOR_BUILDERS"]
+__all__ = ["TASK_NAMES", "Task", "Variant", "load_task", "build_operator", "check_operator_matches", "OPERATOR_BUILDERS"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "task_presets"
 TASK_NAMES = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_blur", "motion_blur",
@@ -38,39 +40,84 @@ Shape = tuple[int, int, int]
 def _nonuniform(shape: Shape, g: torch.Generator, seed: int, weights: str, latent_std: float = 1.2) -> Operator:
     from .operators import NonUniformBlur, load_kernel_wizard
 
-    op = NonUniformBlur(load_kernel_wizard(weights), shape, latent_std=latent_std, generator=g)
-    return op
+    return NonUniformBlur(load_kernel_wizard(weights), shape, latent_std=_f(latent_std, "latent_std", 0.0, None, True),
+                          generator=g)
 
 
-#: operator name -> builder(shape, generator, seed, **params). Random draws use the generator or seed.
+def _i(v: Any, key: str, lo: int = 1) -> Optional[int]:
+    return None if v is None else check_int(v, f"operator.{key}", lo)
+
+
+def _f(v: Any, key: str, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False) -> Optional[float]:
+    return None if v is None else check_float(v, f"operator.{key}", lo, hi, lo_open)
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise DPSError(f"operator.{key} must be true or false, got {v!r}")
+    return v
+
+
+def _boundary(v: Any) -> str:
+    if v not in ("reflect", "circular", "zeros"):
+        raise DPSError(f"operator.boundary must be reflect, circular or zeros, got {v!r}")
+    return v
+
+
+def _odd(v: Any, key: str) -> Optional[int]:
+    v = _i(v, key, 1)
+    if v is not None and v % 2 == 0:
+        raise DPSError(f"operator.{key} must be odd, got {v}")
+    return v
+
+
+#: operator name -> builder(shape, generator, seed, **params); parameters are validated here, where they
+#: enter, with the key named. Random draws use the generator or seed. The one place names become operators.
 OPERATOR_BUILDERS: dict[str, Callable[..., Operator]] = {
-    "super_resolution": lambda shape, g, seed, factor=4: SuperResolution(shape, int(factor)),
+    "super_resolution": lambda shape, g, seed, factor=4: SuperResolution(shape, _i(factor, "factor", 1)),
     "inpainting_box": lambda shape, g, seed, box=None, margin=None, centred=False: Inpainting.box(
-        shape, box, margin, bool(centred), generator=g),
-    "inpainting_random": lambda shape, g, seed, missing=0.92: Inpainting.random(shape, float(missing), generator=g),
+        shape, _i(box, "box", 1), _i(margin, "margin", 0), _bool(centred, "centred"), generator=g),
+    "inpainting_random": lambda shape, g, seed, missing=0.92: Inpainting.random(
+        shape, _f(missing, "missing", 0.0, 0.999), generator=g),
     "gaussian_blur": lambda shape, g, seed, size=None, std=None, boundary="reflect": Blur.gaussian(
-        shape, size, std, boundary),
+        shape, _odd(size, "size"), _f(std, "std", 0.0, None, True), _boundary(boundary)),
     "motion_blur": lambda shape, g, seed, size=None, intensity=0.5, boundary="reflect": Blur.motion(
-        shape, size, float(intensity), seed, boundary),
+        shape, _odd(size, "size"), _f(intensity, "intensity", 0.0, 1.0), seed, _boundary(boundary)),
     "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None: PhaseRetrieval(
-        shape, float(oversampling), pad),
+        shape, _f(oversampling, "oversampling", 1.0, 16.0), _i(pad, "pad", 0)),
     "saturated_motion_blur": lambda shape, g, seed, exposure=1.5, alpha=3.0, size=None, intensity=0.5: (
-        SaturatedMotionBlur(shape, float(exposure), float(alpha), seed,
-                            blur=Blur.motion(shape, size, float(intensity), seed))),
+        SaturatedMotionBlur(shape, _f(exposure, "exposure", 0.0, None, True), _f(alpha, "alpha", 0.0, None, True),
+                            seed, blur=Blur.motion(shape, _odd(size, "size"), _f(intensity, "intensity", 0.0, 1.0),
+                                                   seed))),
     "nonuniform_blur": _nonuniform,
 }
 
 
 def build_operator(spec: dict[str, Any], shape: Shape, seed: int) -> Operator:
     """Build ``spec`` = {name: ..., **params} for images of ``shape``; random parts from ``seed``."""
+    if not isinstance(spec, dict):
+        raise DPSError(f"operator must be a mapping with a name, got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in OPERATOR_BUILDERS:
-        raise ValueError(f"unknown operator {name!r}; known: {sorted(OPERATOR_BUILDERS)}")
+        raise DPSError(f"unknown operator {name!r}; known: {sorted(OPERATOR_BUILDERS)}")
     try:
         return OPERATOR_BUILDERS[name](shape, torch.Generator().manual_seed(seed), seed, **spec)
     except TypeError as exc:
-        raise ValueError(f"bad parameters for operator {name!r}: {exc}") from None
+        raise DPSError(f"bad parameters for operator {name!r}: {exc}") from None
+    except DPSError:
+        raise
+    except ValueError as exc:  # a constructor's own check (e.g. a box that does not fit the image)
+        raise DPSError(f"operator {name!r}: {exc}") from None
+
+
+def check_operator_matches(op: Operator, spec: dict[str, Any], shape: Shape, source: str) -> None:
+    """A DPSError unless ``op`` (e.g. loaded from ``source``) is the operator that ``spec`` describes: the
+    same kind and the same settings (its random draws may differ)."""
+    expected = build_operator(spec, shape, 0)
+    if op.name != expected.name or op.config != expected.config:
+        raise DPSError(f"{source} holds a {op.name} operator {op.config}, but the task's operator is "
+                       f"{expected.name} {expected.config}; pass the matching --task or --operator")
 
 
 @dataclass
@@ -84,20 +131,27 @@ class Task:
     select: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise DPSError(f"task name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.operator, dict) or "name" not in self.operator:
+            raise DPSError(f"task {self.name}: operator must be a mapping with a name, got {self.operator!r}")
+        if not isinstance(self.dps, dict):
+            raise DPSError(f"task {self.name}: dps must be a mapping of DPS settings, got {self.dps!r}")
         if self.select not in SELECT:
-            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
+            raise DPSError(f"select must be one of {SELECT}, got {self.select!r}")
         self.dps_config()  # validate now
         parse_noise(self.noise)
 
     def dps_config(self) -> DPSConfig:
         d = dict(self.dps)
-        if d.get("clip_x0") is not None:
-            d["clip_x0"] = tuple(float(v) for v in d["clip_x0"])
         known = {f.name for f in fields(DPSConfig)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown dps settings {unknown}; known: {sorted(known)}")
-        return DPSConfig(**d)
+            raise DPSError(f"unknown dps settings {unknown}; known: {sorted(known)}")
+        try:
+            return DPSConfig(**d)
+        except DPSError as exc:
+            raise DPSError(f"task {self.name}: dps.{exc}") from None
 
     def noise_model(self) -> NoiseModel:
         return parse_noise(self.noise)
@@ -112,17 +166,41 @@ def load_task(name_or_path: Union[str, Path]) -> Task:
     text = str(name_or_path)
     path = PRESET_DIR / f"{text}.yaml" if text in TASK_NAMES else Path(text)
     if not path.is_file():
-        raise ValueError(f"unknown task {text!r}: not a preset ({', '.join(TASK_NAMES)}) and not a file")
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and isinstance(data.get("settings"), dict) and "task" in data["settings"]:
+        raise DPSError(f"unknown task {text!r}: not a preset ({', '.join(TASK_NAMES)}) and not a file")
+    data = load_mapping_file(path, "task file")
+    if isinstance(data.get("settings"), dict) and "task" in data["settings"]:
         data = data["settings"]["task"]  # the run.json of a solve run
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a task file must be a mapping")
     allowed = {"name", "operator", "noise", "dps", "select"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise ValueError(f"{path}: unknown task keys {unknown}; allowed: {sorted(allowed)}")
+        raise DPSError(f"{path}: unknown task keys {unknown}; allowed: {sorted(allowed)}")
     if "operator" not in data or "noise" not in data:
-        raise ValueError(f"{path}: a task needs 'operator' and 'noise'")
-    return Task(name=data.get("name", path.stem), operator=data["operator"], noise=data["noise"],
-                dps=data.get("dps") or {}, select=data.get("select"))
+        raise DPSError(f"{path}: a task needs 'operator' and 'noise'")
+    try:
+        return Task(name=data.get("name", path.stem), operator=data["operator"], noise=data["noise"],
+                    dps=data.get("dps") or {}, select=data.get("select"))
+    except DPSError as exc:
+        raise DPSError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A catalogue task with overrides (the demo's and the example's tasks are such variants).
+
+    :param name: the variant's name; :param task: the catalogue entry it starts from;
+    :param operator: operator parameters that replace the entry's; :param noise: the noise (None: the
+    entry's); :param zeta: zeta' (rule "paper"); :param title: a label for figures.
+    """
+
+    name: str
+    task: str
+    title: str
+    operator: dict = field(default_factory=dict)
+    noise: Optional[str] = None
+    zeta: Optional[float] = None
+
+    def resolve(self, steps: Optional[int] = None, **dps: Any) -> Task:
+        base = load_task(self.task)
+        settings = {**base.dps, **({"zeta": self.zeta} if self.zeta is not None else {}),
+                    **({"steps": steps} if steps is not None else {}), **dps}
+        return Task(self.name, {**base.operator, **self.operator}, self.noise or base.noise, settings, base.select)

@@ -109,20 +109,24 @@ def _save_state(path: Path, step: int, net: nn.Module, ema: nn.Module, opt: torc
 
 def _load_state(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                 gen: torch.Generator) -> tuple[int, float, float]:
-    from safetensors.torch import load_file
-    from safetensors import safe_open
+    from .errors import DPSError
+    from .io import open_safetensors
 
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
-    step = int(meta["step"])
+    restart = f"delete {path} to restart the training from step 0 (the other files of the run are rewritten)"
+    try:
+        tensors, meta = open_safetensors(path, "training state")
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, strict=True)
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, strict=True)
+        step = int(meta["step"])
+        gen.set_state(tensors["rng"])
+    except DPSError as exc:
+        raise DPSError(f"{exc}; {restart}") from None
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise DPSError(f"training state {path} does not fit this run ({type(exc).__name__}); {restart}") from None
     for name, p in net.named_parameters():
         if f"opt.{name}.exp_avg" in tensors:
             opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"opt.{name}.exp_avg"],
                             "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]}
-    gen.set_state(tensors["rng"])
     return step, float(meta["ema_loss"]), float(meta.get("wall_s", 0.0))
 
 

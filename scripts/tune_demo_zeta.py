@@ -12,9 +12,12 @@ import torch
 
 from dps.data.digits import digits_split
 from dps.demo import demo_tasks
+from dps.errors import Diverged
 from dps.metrics import psnr
 from dps.models.loading import load_model
-from dps.solvers.dps import STEP_RULES, DPSConfig, dps_sample
+from dps.solvers.dps import STEP_RULES
+from dps.solvers.methods import reconstruct
+from dps.tasks import build_operator
 
 
 def main() -> None:
@@ -23,25 +26,26 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--grid", default="0.3,1,3")
-    ap.add_argument("--rule", default="paper", choices=STEP_RULES)
+    ap.add_argument("--rule", default="paper", choices=list(STEP_RULES))
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     args = ap.parse_args()
     prior = load_model(args.model)
     x, _ = digits_split("train")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     best = {}
-    for task in demo_tasks(tuple(prior.event_shape)):
-        if args.tasks and task.name not in args.tasks.split(","):
-            continue
-        y = task.noise(task.operator(x), torch.Generator().manual_seed(0))
+    for variant, _ in demo_tasks(args.steps, args.tasks.split(",") if args.tasks else None):
+        op = build_operator(variant.resolve().operator, tuple(prior.event_shape), 0)
+        noise = variant.resolve().noise_model()
+        y = noise(op(x), torch.Generator().manual_seed(0))
+        task = variant
         scores = {}
         for z in [float(v) for v in args.grid.split(",")]:
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
+            cfg = variant.resolve(args.steps, zeta=z, step_rule=args.rule).dps_config()
             try:
-                res = dps_sample(prior, task.operator, y, task.noise,
-                                 DPSConfig(steps=args.steps, zeta=z, step_rule=args.rule, clip_x0=(-1.0, 1.0)), generator=gens)
+                res = reconstruct("dps", prior, op, y, noise, cfg, gens)
                 scores[z] = float(psnr(res.x[:, 0], x).mean())
-            except FloatingPointError:
+            except Diverged:
                 scores[z] = float("nan")
             print(f"{task.name:24s} {args.rule} zeta'={z:<5g} PSNR {scores[z]:.2f}", flush=True)
         best[task.name] = max((v, k) for k, v in scores.items() if v == v)[1]

@@ -7,9 +7,17 @@ import torch
 from dps.example import pattern_prior
 from dps.noise import GaussianNoise
 from dps.operators import Blur, Inpainting, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
-from dps.solvers.baselines import BASELINES, NotApplicable
+from dps.errors import NotApplicable
+from dps.solvers.dps import DPSConfig
+from dps.solvers.methods import METHODS, reconstruct
 
 SHAPE = (1, 32, 32)
+
+
+def run(method, prior, op, y, noise, generators, steps=1000, **settings):
+    """One reconstruction per measurement through the method table: (x (B, ...), residual (B,))."""
+    res = reconstruct(method, prior, op, y, noise, DPSConfig(steps=steps), generators, **settings)
+    return res.x[:, 0], res.residual[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +52,9 @@ def test_method_lowers_residual_from_its_start(prior, method, task):
     gens = [torch.Generator().manual_seed(k) for k in range(2)]
     if method == "ddrm" and task == "motion_blur":
         with pytest.raises(NotApplicable):
-            BASELINES[method](prior.float(), op, y, noise, gens)
+            run(method, prior.float(), op, y, noise, gens)
         return
-    out, res = BASELINES[method](prior.float(), op, y, noise, gens, **SETTINGS[method])
+    out, res = run(method, prior.float(), op, y, noise, gens, **SETTINGS[method])
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(res, (y - op(out)).flatten(1).norm(dim=1))
     grey = (y - op(torch.full_like(x, 0.5))).flatten(1).norm(dim=1)  # the ADMM start
@@ -59,7 +67,7 @@ def test_method_lowers_residual_from_its_start(prior, method, task):
 def test_noiseless_inpainting_keeps_observed_pixels(prior, method):
     op = LINEAR["inpainting_random"]()
     x, y, _ = _problem(prior.float(), op, sigma=0.0)
-    out, res = BASELINES[method](prior.float(), op, y, GaussianNoise(1e-3), [torch.Generator().manual_seed(k) for k in range(2)],
+    out, res = run(method, prior.float(), op, y, GaussianNoise(1e-3), [torch.Generator().manual_seed(k) for k in range(2)],
                                  steps=30)
     mask = op.mask.bool().expand_as(out)
     torch.testing.assert_close(out[mask], x[mask], atol=1e-5, rtol=0)
@@ -71,7 +79,7 @@ def test_projection_methods_refuse_nonlinear_operators(prior):
     y = op(torch.rand(1, *SHAPE))
     for m in ("mcg", "score_sde", "pnp_admm", "admm_tv", "hio"):
         with pytest.raises(NotApplicable):
-            BASELINES[m](prior, op, y, GaussianNoise(0.05), [torch.Generator()], steps=2, iters=2)
+            run(m, prior, op, y, GaussianNoise(0.05), [torch.Generator()], steps=2)
 
 
 @pytest.mark.parametrize("method", ["hio", "er", "oss"])
@@ -82,7 +90,7 @@ def test_phase_retrieval_recovers_a_simple_image(method):
     x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=g), 5, stride=1) * 0.8 + 0.2
     op = PhaseRetrieval((1, 16, 16), 2.0)
     y = op(x)
-    out, res = BASELINES[method](None, op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(0)],
+    out, res = run(method, None, op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(0)],
                                  restarts=4, iters=400)
     # trivial ambiguities with a known support: the image or its 180-degree rotation (twin image)
     err = min(float((out - x).norm()), float((out - x.flip(-1, -2)).norm())) / float(x.norm())
@@ -96,10 +104,8 @@ def test_phase_retrieval_recovers_a_simple_image(method):
                                   lambda: Blur.gaussian(SHAPE, size=9, std=1.5),
                                   lambda: Blur.gaussian(SHAPE, size=9, std=1.5, boundary="zeros")])
 def test_ddrm_spectral_form_reproduces_the_operator(make):
-    from dps.solvers.ddrm import spectral_form
-
     op = make()
-    svd = spectral_form(op)
+    svd = op.spectral()
     x = torch.rand(2, *SHAPE, dtype=torch.float64)
     torch.testing.assert_close(svd.A(x), op(x.float()).double(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(svd.V(svd.Vt(x)), x)  # V is orthogonal
@@ -108,13 +114,13 @@ def test_ddrm_spectral_form_reproduces_the_operator(make):
 def test_ddrm_not_applicable_to_motion_blur(prior):
     op = Blur.motion(SHAPE, size=9)
     with pytest.raises(NotApplicable, match="motion"):
-        BASELINES["ddrm"](prior, op, op(torch.rand(1, *SHAPE)), GaussianNoise(0.05), [torch.Generator()])
+        run("ddrm", prior, op, op(torch.rand(1, *SHAPE)), GaussianNoise(0.05), [torch.Generator()])
 
 
 def test_ddrm_noiseless_inpainting_keeps_observed_pixels(prior):
     op = LINEAR["inpainting_random"]()
     x, y, _ = _problem(prior.float(), op, sigma=0.0)
-    out, res = BASELINES["ddrm"](prior.float(), op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(k) for k in range(2)])
+    out, res = run("ddrm", prior.float(), op, y, GaussianNoise(0.0), [torch.Generator().manual_seed(k) for k in range(2)])
     mask = op.mask.bool().expand_as(out)
     torch.testing.assert_close(out[mask], x[mask], atol=1e-5, rtol=0)
 
@@ -131,8 +137,8 @@ def test_ddrm_unobserved_pixels_follow_the_exact_prior():
     sigma = 0.1
     x = p.sample(1, torch.Generator().manual_seed(0))
     y = op(x) + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype) * op.mask
-    outs = torch.cat([BASELINES["ddrm"](p, op, y, GaussianNoise(sigma), torch.Generator().manual_seed(k), steps=500,
-                                        eta=0.0)[0] for k in range(100)])
+    outs = torch.cat([reconstruct("ddrm", p, op, y, GaussianNoise(sigma), DPSConfig(),
+                                  torch.Generator().manual_seed(k), steps=500, eta=0.0).x[:, 0] for k in range(100)])
     miss = ~op.mask.bool().expand_as(x)[0]
     vals = outs[:, miss]
     assert abs(float(vals.mean()) - 0.4) < 0.01
@@ -153,20 +159,42 @@ def test_ddrm_and_mcg_on_the_gmm_benchmark():
 
 def test_dense_spectral_form():
     from dps.operators import MatrixOperator
-    from dps.solvers.ddrm import spectral_form
 
     A = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     op = MatrixOperator(A)
     x = torch.randn(5, 8, dtype=torch.float64)
-    svd = spectral_form(op)
+    svd = op.spectral()
     torch.testing.assert_close(svd.A(x), op(x))
     torch.testing.assert_close(op.A_dagger(op(x)) @ A.T, op(x))
 
 
-def test_fft_data_step_solves_the_normal_equations():
-    from dps.solvers.baselines import _data_step
-
-    op = Blur.motion(SHAPE, size=9, boundary="circular")
+@pytest.mark.parametrize("make", [lambda: Blur.motion(SHAPE, size=9, boundary="circular"),
+                                  lambda: Inpainting.random(SHAPE, 0.5, generator=torch.Generator().manual_seed(1)),
+                                  lambda: Blur.motion(SHAPE, size=9, boundary="reflect")])
+def test_data_step_solves_the_normal_equations(make):
+    """solve_normal (FFT for circular blur, closed form for masks, CG otherwise) solves (A^T A + rho I) x = rhs."""
+    op = make()
     rhs = torch.rand(2, *SHAPE, dtype=torch.float64)
-    x = _data_step(op, rhs, 0.3, torch.zeros_like(rhs), 0)
-    torch.testing.assert_close(op.A_adjoint(op(x)) + 0.3 * x, rhs, atol=1e-8, rtol=1e-8)
+    x = op.solve_normal(rhs, 0.3, torch.zeros_like(rhs), 200)
+    torch.testing.assert_close(op.A_adjoint(op(x)) + 0.3 * x, rhs, atol=1e-7, rtol=1e-7)
+
+
+def test_every_method_declares_why_it_does_not_apply():
+    """The table's applicability matches what the methods can run: a refusal names the reason."""
+    from dps.noise import PoissonNoise
+
+    cases = {"motion": (Blur.motion(SHAPE, size=9), GaussianNoise(0.05)),
+             "nonlinear": (SaturatedMotionBlur(SHAPE, blur=Blur.motion(SHAPE, size=9)), GaussianNoise(0.05)),
+             "poisson": (SuperResolution(SHAPE, 4), PoissonNoise(1.0)),
+             "phase": (PhaseRetrieval(SHAPE, 2.0), GaussianNoise(0.05))}
+    expected = {  # method -> the cases it must refuse
+        "dps": set(), "ddrm": {"motion", "nonlinear", "poisson", "phase"}, "mcg": {"nonlinear", "phase"},
+        "score_sde": {"nonlinear", "phase"}, "pnp_admm": {"nonlinear", "phase"}, "admm_tv": {"nonlinear", "phase"},
+        "hio": {"motion", "nonlinear", "poisson"}, "er": {"motion", "nonlinear", "poisson"},
+        "oss": {"motion", "nonlinear", "poisson"}}
+    assert set(expected) == set(METHODS)
+    for name, method in METHODS.items():
+        refused = {c for c, (op, noise) in cases.items() if method.why_not(op, noise) is not None}
+        assert refused == expected[name], name
+    assert "Gaussian noise" in METHODS["ddrm"].why_not(*cases["poisson"])
+    assert "not separable" in METHODS["ddrm"].why_not(*cases["motion"])

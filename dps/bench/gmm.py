@@ -14,7 +14,7 @@ import torch
 
 from ..noise import GaussianNoise
 from ..priors.analytic import GaussianMixturePrior
-from ..solvers.dps import DPSConfig, dps_sample
+from ..solvers.dps import DPSConfig
 
 #: The documented zeta' of each step rule on this benchmark (one value for every cell and step count;
 #: benchmarks/gmm.md has the studies behind them).
@@ -23,7 +23,8 @@ GMM_DEFAULT_ZETA = {"paper": 0.2, "beta": 0.2, "variance": 4.0}
 #: 1000 steps with the one zeta' above; "paper" over-guides as N grows (its per-step guidance is constant).
 GMM_DEFAULT_RULE = "variance"
 
-__all__ = ["GMM_DEFAULT_ZETA", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult"]
+__all__ = ["GMM_DEFAULT_ZETA", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult",
+           "gmm_methods", "gmm_method_config"]
 
 
 @dataclass
@@ -104,17 +105,33 @@ class CellResult:
         return out
 
 
-#: comparison methods available on this benchmark, with their settings (DDRM: the paper's eta 0.85,
-#: eta_b 1, at the cell's step count; MCG: DPS's "paper" step plus the projection, at the cell's zeta' when the
-#: DPS run uses rule "paper", else at the paper rule's GMM default 0.2).
-GMM_METHODS = ("ddrm", "mcg")
+def gmm_method_config(method: str, config: DPSConfig) -> tuple[DPSConfig, dict]:
+    """The benchmark's protocol for a comparison method: the DPS config and settings it runs with.
+
+    DDRM runs at the cell's step count (not its image default of 20); MCG takes DPS's "paper" step at the
+    cell's zeta' when the DPS run uses rule "paper", else at the paper rule's GMM default 0.2.
+    """
+    if method == "ddrm":
+        return config, {"steps": config.steps}
+    if method == "mcg" and config.rule.name != "paper":
+        return DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"]), {}
+    return config, {}
+
+
+def gmm_methods() -> list[str]:
+    """The methods of the method table that apply to the benchmark (a matrix operator, Gaussian noise)."""
+    from ..operators import MatrixOperator
+    from ..solvers.methods import METHODS
+
+    op, noise = MatrixOperator(torch.eye(2, dtype=torch.float64)), GaussianNoise(0.1)
+    return [name for name, m in METHODS.items() if m.why_not(op, noise) is None]
 
 
 def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000,
              methods: tuple[str, ...] = ()) -> CellResult:
-    """DPS (and ``methods``), prior and floor distances to the exact posterior for each problem seed."""
+    """DPS (and the comparison ``methods``), prior and floor distances to the exact posterior per problem seed."""
     from ..operators import MatrixOperator
-    from ..solvers.baselines import BASELINES
+    from ..solvers.methods import reconstruct
 
     out = CellResult([], [], [], {m: [] for m in methods})
     for seed in seeds:
@@ -124,21 +141,19 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         exact = post.sample(n_samples, g)
         exact2 = post.sample(n_samples, g)
         prior_samples = pb.prior.sample(n_samples, g)
-        A = pb.A
-        res = dps_sample(pb.prior, lambda x: x @ A.T, pb.y[None], GaussianNoise(min(pb.sigma_y, 1.0)), config,
-                         num_samples=n_samples, generator=g)
-        samples = res.x[0]
-        gd = torch.Generator().manual_seed(20_000 + seed)
-        out.dps.append(sliced_wasserstein(samples, exact, generator=gd.manual_seed(20_000 + seed)))
-        out.prior.append(sliced_wasserstein(prior_samples, exact, generator=gd.manual_seed(20_000 + seed)))
-        out.floor.append(sliced_wasserstein(exact2, exact, generator=gd.manual_seed(20_000 + seed)))
-        op = MatrixOperator(A)
+        op = MatrixOperator(pb.A)
         noise = GaussianNoise(min(pb.sigma_y, 1.0))
-        y_rep = pb.y[None].expand(n_samples, -1)
+        samples = reconstruct("dps", pb.prior, op, pb.y[None], noise, config, g, num_samples=n_samples).x[0]
+
+        def distance(a: torch.Tensor) -> float:
+            return sliced_wasserstein(a, exact, generator=torch.Generator().manual_seed(20_000 + seed))
+
+        out.dps.append(distance(samples))
+        out.prior.append(distance(prior_samples))
+        out.floor.append(distance(exact2))
         for m in methods:
+            cfg, settings = gmm_method_config(m, config)
             gm = torch.Generator().manual_seed(30_000 + seed)
-            mcg_zeta = config.zeta if config.step_rule == "paper" else GMM_DEFAULT_ZETA["paper"]
-            kw = {"steps": config.steps} if m == "ddrm" else {"steps": config.steps, "zeta": mcg_zeta}
-            xm, _ = BASELINES[m](pb.prior, op, y_rep, noise, gm, **kw)
-            out.others[m].append(sliced_wasserstein(xm, exact, generator=gd.manual_seed(20_000 + seed)))
+            xm = reconstruct(m, pb.prior, op, pb.y[None], noise, cfg, gm, num_samples=n_samples, **settings).x[0]
+            out.others[m].append(distance(xm))
     return out

@@ -8,7 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "load_images", "load_image_folder", "to_tensor"]
+from ..errors import DPSError
+from ..io import read_image
+
+__all__ = ["IMAGE_SUFFIXES", "list_images", "load_images", "load_image_folder", "RESIZE_MODES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -22,56 +25,51 @@ def list_images(paths: Iterable[Union[str, Path]]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"no such image file or folder: {p}")
+            raise DPSError(f"no such image file or folder: {p}")
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {list(map(str, paths))}")
+        raise DPSError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {list(map(str, paths))}")
     return files
 
 
-def to_tensor(im: Image.Image, channels: int) -> torch.Tensor:
-    """A PIL image -> (C, H, W) float32 in [0, 1] with ``channels`` = 1 (grey) or 3 (RGB)."""
-    im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy())
+def _resize_channels(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic resize of (C, h, w) float32 to (C, size, size), channel by channel at float precision."""
+    planes = [np.asarray(Image.fromarray(c.numpy(), mode="F").resize((size, size), Image.BICUBIC)) for c in x]
+    return torch.from_numpy(np.stack(planes)).clamp(0, 1)
 
 
-def _fit(im: Image.Image, size: int, resize: str, path: Path) -> Image.Image:
-    if im.size == (size, size):
-        return im
+def _fit(x: torch.Tensor, size: int, resize: str, path: Path) -> torch.Tensor:
+    """(C, h, w) -> (C, size, size): an error, a bicubic resize, or a centred square crop then resize."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
     if resize == "error":
-        raise ValueError(f"{path} is {im.size[0]} x {im.size[1]}, the model needs {size} x {size}; "
-                         "resize it or pass --resize center-crop|resize")
+        raise DPSError(f"{path} is {w} x {h}, the model needs {size} x {size}; "
+                       "resize it or pass --resize center-crop|resize")
     if resize == "center-crop":
-        s = min(im.size)
-        left, top = (im.size[0] - s) // 2, (im.size[1] - s) // 2
-        im = im.crop((left, top, left + s, top + s))
-    return im.resize((size, size), Image.BICUBIC)
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[:, top:top + s, left:left + s]
+    return _resize_channels(x, size)
 
 
-def _channels(im: Image.Image) -> int:
-    return 1 if im.mode in ("1", "L", "I", "I;16", "F", "LA") else 3
+RESIZE_MODES = ("error", "resize", "center-crop")
 
 
 def load_images(files: Sequence[Union[str, Path]], size: Optional[int], channels: int,
                 resize: str = "error", convert_channels: bool = True) -> torch.Tensor:
-    """Load image files as (N, channels, size, size) float32 in [0, 1].
+    """Load image files as (N, channels, size, size) float32 in [0, 1], at full precision
+    (:func:`dps.io.read_image`; 16-bit files keep 16 bits).
 
     :param resize: ``"error"`` (a wrong size is an error), ``"resize"`` (bicubic to size x size) or
         ``"center-crop"`` (the largest centred square, then bicubic).
     :param convert_channels: convert grey <-> RGB to ``channels``; if False a mismatch is an error.
     """
-    if resize not in ("error", "resize", "center-crop"):
-        raise ValueError(f"resize must be 'error', 'resize' or 'center-crop', got {resize!r}")
+    if resize not in RESIZE_MODES:
+        raise DPSError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     out = []
     for f in map(Path, files):
-        with Image.open(f) as im:
-            im.load()
-            if not convert_channels and _channels(im) != channels:
-                raise ValueError(f"{f} has {_channels(im)} channel(s) ({im.mode}), the model takes {channels}; "
-                                 "convert it or pass --convert-channels")
-            if size is not None:
-                im = _fit(im, size, resize, f)
-            out.append(to_tensor(im, channels))
+        x = read_image(f, channels, convert_channels)
+        out.append(_fit(x, size, resize, f) if size is not None else x)
     return torch.stack(out)
 
 

@@ -55,22 +55,54 @@ def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, abar: torch.Tensor) -> torch.
 class Prior(nn.Module):
     """Base class of every prior: ``forward(x_t, t) -> DenoiserOutput``.
 
-    Subclasses set ``self.schedule`` (the T-step training schedule that defines abar_t for the integer
-    timesteps t) and implement :meth:`forward`. ``to_data`` maps the model's space to the data space in
-    which measurements are taken (identity here; images map [-1, 1] to [0, 1]).
+    The contract every solver reads (and nothing else about a prior):
+
+    - ``schedule``: the T-step training schedule that defines abar_t for the integer timesteps t;
+    - ``event_shape``: the shape of one sample, e.g. (3, 256, 256) or (d,);
+    - the affine map between the model's space and the data space in which measurements are taken,
+      data = ``data_scale`` * x + ``data_offset`` (:meth:`to_data`, :meth:`from_data`; images in
+      [-1, 1] have scale 1/2 and offset 1/2);
+    - ``data_bounds``: the range of valid data values ((0, 1) for images), or None when unbounded;
+      :meth:`clip_data` and :meth:`clip_x0` clamp to it.
+
+    Subclasses set ``schedule`` and ``event_shape`` and implement :meth:`forward`.
     """
 
     schedule: Schedule
+    event_shape: tuple[int, ...]
+    data_scale: float = 1.0
+    data_offset: float = 0.0
+    data_bounds: Optional[tuple[float, float]] = None
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """abar_t for integer model timesteps t (B,), float64."""
         return self.schedule.alphas_cumprod.to(t.device)[t]
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """Model space -> data space: data_scale * x + data_offset."""
+        return x if (self.data_scale, self.data_offset) == (1.0, 0.0) else self.data_offset + self.data_scale * x
 
     def from_data(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        """Data space -> model space: (x - data_offset) / data_scale."""
+        return x if (self.data_scale, self.data_offset) == (1.0, 0.0) else (x - self.data_offset) / self.data_scale
+
+    def clip_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp data-space x to ``data_bounds`` (unchanged when the prior has none)."""
+        return x if self.data_bounds is None else x.clamp(*self.data_bounds)
+
+    def clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clamp a model-space x0_hat to the model-space image of ``data_bounds`` (the authors' clip_denoised)."""
+        if self.data_bounds is None:
+            return x0
+        lo, hi = (float(self.from_data(torch.tensor(b))) for b in self.data_bounds)
+        return x0.clamp(min(lo, hi), max(lo, hi))
+
+    def model_radius(self) -> float:
+        """An upper bound of the per-element RMS of x_0 in model space (1 for [-1, 1] images): divergence
+        checks compare iterates with it. Unbounded priors override it."""
+        if self.data_bounds is None:
+            raise NotImplementedError(f"{type(self).__name__} has no data bounds: override model_radius")
+        return max(abs(float(self.from_data(torch.tensor(b)))) for b in self.data_bounds)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -107,7 +139,10 @@ class NetworkPrior(Prior):
         self.prediction = prediction
         self.learn_sigma = learn_sigma
         self.data_range = data_range
-        self.data_bounds = (0.0, 1.0) if data_range is not None else None
+        if data_range is not None:
+            lo, hi = data_range
+            self.data_scale, self.data_offset = 1.0 / (hi - lo), -lo / (hi - lo)
+            self.data_bounds = (0.0, 1.0)
         self.event_shape = event_shape
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
@@ -129,15 +164,3 @@ class NetworkPrior(Prior):
             x0 = a.sqrt() * x - (1 - a).sqrt() * out
             eps = (1 - a).sqrt() * x + a.sqrt() * out
         return DenoiserOutput(eps=eps, x0=x0, var_values=var_values)
-
-    def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        if self.data_range is None:
-            return x
-        lo, hi = self.data_range
-        return (x - lo) / (hi - lo)
-
-    def from_data(self, x: torch.Tensor) -> torch.Tensor:
-        if self.data_range is None:
-            return x
-        lo, hi = self.data_range
-        return x * (hi - lo) + lo

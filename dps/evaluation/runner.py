@@ -4,7 +4,11 @@ For every (method, task) pair each image is measured (operator drawn from ``seed
 image's seed, as in ``dps solve``), reconstructed, and stored under
 ``OUT/results/<method>/<task>/<name>.png`` with a ``.json`` of its per-image metrics. A rerun of the same
 command skips images whose JSON exists (files are written atomically), so an interrupted run resumes and
-produces the same table. The tables (``table.md``, ``table.csv``, ``table.json``) are rebuilt from the
+produces the same table. ``bench.json`` records the settings before any work (images, steps, seed, model,
+data and every task's definition); a rerun with other settings is refused, and a second process is
+refused while the first holds the folder (:mod:`dps.pipeline`). Methods come from the one method table
+(:mod:`dps.solvers.methods`), which also says why a method does not apply (``NOT_APPLICABLE``). The
+residual column is ||y - A(x)||_2 for every method. The tables (``table.md``, ``table.csv``, ``table.json``) are rebuilt from the
 per-image files at the end.
 
 Metrics: PSNR and SSIM (ours, tested against scikit-image); FID and LPIPS through torchmetrics / lpips
@@ -15,6 +19,7 @@ reconstructions and ground truths ("FD-digits").
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -22,40 +27,20 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from ..images import save_image
+from ..errors import DPSError
+from ..images import measurement_picture, save_image
 from ..metrics import psnr, ssim
-from ..images import measurement_picture
-from ..solve import image_seed, sample_seed
-from ..solvers.dps import dps_sample
+from ..pipeline import RunFolder, measure, write_json
+from ..seeds import operator_seed, sample_generators
+from ..solvers.methods import METHODS, get_method, reconstruct
 from ..tasks import Task, build_operator, load_task
-from ..utils import atomic_path, atomic_write
+from ..utils import atomic_path
 
-__all__ = ["METHODS", "BenchSettings", "run_bench", "render_tables"]
-
-
-def _dps(prior, op, y, noise, task: Task, generators) -> tuple[torch.Tensor, torch.Tensor]:
-    res = dps_sample(prior, op, y, noise, task.dps_config(), num_samples=1, generator=generators)
-    return res.x[:, 0], res.residual[:, 0]
-
-
-def _baseline(name: str) -> Callable:
-    def run(prior, op, y, noise, task: Task, generators):
-        from ..solvers.baselines import BASELINES, FOLLOWS_TASK_STEPS
-
-        cfg = task.dps_config()
-        kw = {"steps": cfg.steps, "zeta": cfg.zeta} if name in FOLLOWS_TASK_STEPS else {}
-        return BASELINES[name](prior, op, y, noise, generators, **kw)
-
-    return run
-
-
-#: method name -> solver(prior, operator, y, noise, task, generators) -> (x (B, C, H, W), residual (B,)).
-METHODS: dict[str, Callable] = {"dps": _dps, **{m: _baseline(m) for m in
-                                                ("ddrm", "mcg", "score_sde", "pnp_admm", "admm_tv", "hio", "er", "oss")}}
+__all__ = ["BenchSettings", "run_bench", "render_tables"]
 
 
 @dataclass
@@ -99,16 +84,19 @@ def _optional_metrics():
         return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def _settings_key(settings: BenchSettings, tasks: Sequence[Task], names: Sequence[str]) -> dict:
+    """What must match for a rerun to reuse the folder's per-image results (methods and tasks may be added)."""
+    return {"images": list(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
+            "data": settings.data, "tasks": {t.name: t.to_dict() for t in tasks}}
+
+
 def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
+    from ..distributed import barrier, setup, shard
     from ..models.loading import load_model
 
-    unknown = sorted(set(settings.methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown or not yet available method(s) {unknown}; available: {sorted(METHODS)}")
-    from ..distributed import barrier, setup, shard
-
+    methods = [get_method(m) for m in settings.methods]
     ctx = setup()
     out = Path(out)
     prior = prior if prior is not None else load_model(settings.model)
@@ -116,84 +104,75 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     shape = tuple(prior.event_shape)
     x_all, names, labels = _load_data(settings, shape)
     tasks = [load_task(t) for t in settings.tasks]
-    if ctx.is_main:
-        atomic_write(out / "bench.json", lambda p: p.write_text(json.dumps(
-            {**settings.__dict__, "methods": list(settings.methods), "tasks": list(settings.tasks)}, indent=2)))
-    for method in settings.methods:
-        for task in tasks:
-            if settings.steps is not None:
-                task = Task(task.name, task.operator, task.noise, {**task.dps, "steps": settings.steps}, task.select)
-            folder = out / "results" / method / task.name
-            folder.mkdir(parents=True, exist_ok=True)
-            if not _applicable(method, task, shape, settings.seed, folder):
-                continue
-            # shard the full list first, then skip finished images: the split must not depend on timing
-            todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
-            op = build_operator(task.operator, shape, settings.seed)  # measurements are made on the CPU
-            op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
-            noise = task.noise_model()
-            (out / "inputs" / task.name).mkdir(parents=True, exist_ok=True)
-            (out / "labels").mkdir(parents=True, exist_ok=True)
-            bar = tqdm(total=len(todo), desc=f"{method}/{task.name}" + (f" [rank {ctx.rank}]" if ctx.world > 1 else ""),
-                       unit="img", disable=not progress)
-            for s in range(0, len(todo), settings.batch_size):
-                idx = todo[s:s + settings.batch_size]
-                y = torch.cat([noise(op(x_all[i:i + 1]), torch.Generator().manual_seed(image_seed(settings.seed, i)))
-                               for i in idx]).to(ctx.device)
-                gens = [torch.Generator(ctx.device).manual_seed(sample_seed(settings.seed, i, 0)) for i in idx]
-                t0 = time.time()
-                recon, residual = METHODS[method](prior, op_dev, y, noise, task, gens)
-                recon, residual = recon.cpu(), residual.cpu()
-                seconds = (time.time() - t0) / len(idx)
-                x = x_all[idx]
-                p, q = psnr(recon, x), ssim(recon, x)
-                for b, i in enumerate(idx):
-                    save_image(measurement_picture(y[b], shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
-                    save_image(x_all[i], out / "labels" / f"{names[i]}.png")
-                    save_image(recon[b], folder / f"{names[i]}.png")
-                    with atomic_path(folder / f"{names[i]}.pt") as tmp:
-                        torch.save(recon[b].clone(), tmp)
-                    row = {"image": names[i], "index": i, "psnr": float(p[b]), "ssim": float(q[b]),
-                           "residual": float(residual[b]), "seconds": seconds}
-                    atomic_write(folder / f"{names[i]}.json", lambda f, r=row: f.write_text(json.dumps(r)))
-                    bar.update(1)
-            bar.close()
-    barrier(ctx)  # every shard written
-    if not ctx.is_main:
-        return {}
-    table = aggregate(out, settings, [t.name for t in tasks], x_all, names, labels)
-    atomic_write(out / "table.json", lambda p: p.write_text(json.dumps(table, indent=2)))
-    atomic_write(out / "table.csv", lambda p: p.write_text(_csv(table)))
-    atomic_write(out / "table.md", lambda p: p.write_text(render_tables(table)))
-    from .figures import bench_figure
+    if settings.steps is not None:
+        tasks = [Task(t.name, t.operator, t.noise, {**t.dps, "steps": settings.steps}, t.select) for t in tasks]
+    if len({t.name for t in tasks}) != len(tasks):
+        raise DPSError("task names must be unique in one bench run")
+    # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it
+    folder_ctx = RunFolder(out, "bench.json", _settings_key(settings, tasks, names)) if ctx.is_main \
+        else contextlib.nullcontext()
+    with folder_ctx:
+        barrier(ctx)
+        for method in methods:
+            for task in tasks:
+                _run_pair(method, task, prior, shape, x_all, names, settings, out, ctx, shard, progress, tqdm)
+        barrier(ctx)  # every shard written
+        if not ctx.is_main:
+            return {}
+        table = aggregate(out, settings, [t.name for t in tasks], x_all, names, labels)
+        write_json(out / "table.json", table)
+        for name, text in (("table.csv", _csv(table)), ("table.md", render_tables(table))):
+            from ..utils import atomic_write
 
-    for task in tasks:
-        bench_figure(out, task.name, [m for m in settings.methods
-                                      if not (out / "results" / m / task.name / "NOT_APPLICABLE").exists()], names[:8])
+            atomic_write(out / name, lambda p, t=text: p.write_text(t))
+        from .figures import bench_figure
+
+        for task in tasks:
+            bench_figure(out, task.name, [m.name for m in methods
+                                          if not (out / "results" / m.name / task.name / "NOT_APPLICABLE").exists()],
+                         names[:8])
     return table
 
 
-def _applicable(method: str, task: Task, shape, seed: int, folder: Path) -> bool:
-    """False (and a NOT_APPLICABLE note in the folder) when the method cannot run on this operator."""
-    from ..operators import LinearOperator, PhaseRetrieval
+def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSettings, out: Path, ctx, shard,
+              progress: bool, tqdm) -> None:
+    """Every image of one (method, task) pair, skipping finished ones; NOT_APPLICABLE with the reason."""
+    from ..utils import atomic_write
 
-    op = build_operator(task.operator, shape, seed)
-    reason = None
-    if method in ("mcg", "score_sde", "pnp_admm", "admm_tv") and not isinstance(op, LinearOperator):
-        reason = f"{method} needs a linear operator; {op.name} is nonlinear"
-    if method == "ddrm":
-        from ..solvers.ddrm import spectral_form
-
-        try:
-            spectral_form(op)
-        except ValueError as exc:
-            reason = str(exc)
-    if method in ("hio", "er", "oss") and not isinstance(op, PhaseRetrieval):
-        reason = f"{method} is a phase-retrieval algorithm"
-    if reason is None:
-        return True
-    atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
-    return False
+    folder = out / "results" / method.name / task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    op = build_operator(task.operator, shape, operator_seed(settings.seed))  # measurements are made on the CPU
+    noise, cfg = task.noise_model(), task.dps_config()
+    reason = method.why_not(op, noise)
+    if reason is not None:
+        if ctx.is_main:
+            atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
+        return
+    # shard the full list first, then skip finished images: the split must not depend on timing
+    todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
+    op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
+    bar = tqdm(total=len(todo), desc=f"{method.name}/{task.name}" + (f" [rank {ctx.rank}]" if ctx.world > 1 else ""),
+               unit="img", disable=not progress)
+    for s in range(0, len(todo), settings.batch_size):
+        idx = todo[s:s + settings.batch_size]
+        y = measure(op, noise, x_all[idx], settings.seed, idx).to(ctx.device)
+        t0 = time.time()
+        res = reconstruct(method, prior, op_dev, y, noise, cfg, sample_generators(settings.seed, idx, 1, ctx.device))
+        recon, residual = res.x[:, 0].cpu(), res.residual[:, 0].cpu()
+        seconds = (time.time() - t0) / len(idx)
+        x = x_all[idx]
+        p, q = psnr(recon, x), ssim(recon, x)
+        for b, i in enumerate(idx):
+            save_image(measurement_picture(y[b].cpu(), shape[-1], op), out / "inputs" / task.name / f"{names[i]}.png")
+            save_image(x_all[i], out / "labels" / f"{names[i]}.png")
+            save_image(recon[b], folder / f"{names[i]}.png")
+            with atomic_path(folder / f"{names[i]}.pt") as tmp:
+                torch.save(recon[b].clone(), tmp)
+            row = {"image": names[i], "index": i, "psnr": float(p[b]), "ssim": float(q[b]),
+                   "residual": float(residual[b]), "seconds": seconds}
+            write_json(folder / f"{names[i]}.json", row)
+            bar.update(1)
+    bar.close()
 
 
 def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_all, names, labels) -> dict:

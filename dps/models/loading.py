@@ -168,14 +168,9 @@ def resolve_config(config: ConfigLike) -> Optional[dict[str, Any]]:
     path = Path(text)
     if not path.is_file():
         raise ValueError(f"config {text!r} is neither a preset ({', '.join(GUIDED_DIFFUSION_PRESETS)}) nor a file")
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-    else:
-        import yaml
+    from ..io import load_mapping_file
 
-        data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of create_model keywords")
+    data = load_mapping_file(path, "model config")
     # the DPS authors' model YAMLs also carry model_path; it is not an architecture keyword
     data.pop("model_path", None)
     return data
@@ -196,7 +191,9 @@ def load_guided_diffusion(path: Union[str, Path], config: ConfigLike = None,
     epsilon prediction, images in [-1, 1] (mapped to our [0, 1] by the prior).
     """
     path = Path(path)
-    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    from ..io import load_torch_file
+
+    state_dict = load_torch_file(path, "checkpoint")
     if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
@@ -235,13 +232,11 @@ def save_unet_safetensors(path: Union[str, Path], net: UNetModel, schedule_name:
 
 def load_unet_safetensors(path: Union[str, Path], map_location: str = "cpu") -> NetworkPrior:
     """Load a file written by :func:`save_unet_safetensors` (``dps train``) as a prior."""
-    from safetensors import safe_open
+    from ..io import open_safetensors
 
-    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "dps-unet":
-            raise CheckpointMismatchError(f"{path} is not a dps UNet file (metadata format={meta.get('format')!r})")
-        state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    state_dict, meta = open_safetensors(path, "model file")
+    if meta.get("format") != "dps-unet":
+        raise CheckpointMismatchError(f"{path} is not a dps UNet file (metadata format={meta.get('format')!r})")
     net = UNetModel(UNetConfig.from_dict(json.loads(meta["unet_config"])))
     check_state_dict(net, state_dict, source=str(path))
     net.load_state_dict(state_dict, strict=True)

@@ -16,7 +16,7 @@ nonlinear deblur       :class:`NonUniformBlur` (KernelWizard) or                
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -32,31 +32,13 @@ from .resize import SuperResolution
 __all__ = [
     "Operator", "LinearOperator", "MatrixOperator", "conjugate_gradient", "Blur", "gaussian_kernel", "motion_kernel", "Inpainting",
     "SuperResolution", "PhaseRetrieval", "SaturatedMotionBlur", "NonUniformBlur", "KernelWizard",
-    "load_kernel_wizard", "fft2c", "save_operator", "load_operator",
+    "load_kernel_wizard", "fft2c", "save_operator", "load_operator", "OPERATOR_CLASSES",
 ]
 
 
-def _shape(cfg: dict[str, Any]) -> tuple[int, int, int]:
-    return tuple(cfg["in_shape"])  # type: ignore[return-value]
-
-
-# The one table from saved names to constructors (placeholders are overwritten by the saved state).
-_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, torch.Tensor], Optional[KernelWizard]], Operator]] = {
-    "inpainting": lambda c, s, _: Inpainting(s["mask"], c["in_shape"][0], c["kind"]),
-    "super_resolution": lambda c, s, _: SuperResolution(_shape(c), c["factor"]),
-    "blur": lambda c, s, _: Blur(s["kernel"], _shape(c), c["boundary"], c["kind"]),
-    "phase_retrieval": lambda c, s, _: PhaseRetrieval(_shape(c), pad=c["pad"]),
-    "saturated_motion_blur": lambda c, s, _: SaturatedMotionBlur(
-        _shape(c), c["exposure"], c["alpha"],
-        blur=Blur(s["blur.kernel"], _shape(c["blur"]), c["blur"]["boundary"], c["blur"]["kind"])),
-    "nonuniform_blur": lambda c, s, kw: NonUniformBlur(_require(kw), _shape(c), c["latent_std"], c["clamp"]),
-}
-
-
-def _require(kw: Optional[KernelWizard]) -> KernelWizard:
-    if kw is None:
-        raise ValueError("this operator is a KernelWizard blur: pass kernel_wizard=load_kernel_wizard(PATH)")
-    return kw
+#: saved name -> operator class; each class rebuilds itself with ``from_saved`` (the one table).
+OPERATOR_CLASSES: dict[str, type[Operator]] = {cls.name: cls for cls in (
+    Inpainting, SuperResolution, Blur, PhaseRetrieval, SaturatedMotionBlur, NonUniformBlur, MatrixOperator)}
 
 
 def save_operator(op: Operator, path: str | Path) -> None:
@@ -72,14 +54,27 @@ def save_operator(op: Operator, path: str | Path) -> None:
 
 
 def load_operator(path: str | Path, kernel_wizard: Optional[KernelWizard] = None) -> Operator:
-    """Rebuild an operator saved by :func:`save_operator`, exactly (same mask, kernel or latent)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    name = payload.get("name")
-    if name not in _BUILDERS:
-        raise ValueError(f"{path}: unknown operator {name!r}; known: {sorted(_BUILDERS)}")
-    op = _BUILDERS[name](payload["config"], payload["state"], kernel_wizard)
-    state = dict(payload["state"])
-    if name == "nonuniform_blur":
-        state.update({f"model.{k}": v for k, v in op.model.state_dict().items()})
-    op.load_state_dict(state, strict=True)
+    """Rebuild an operator saved by :func:`save_operator`, exactly (same mask, kernel or latent).
+
+    A file that is not an operator file is a :class:`~dps.errors.DPSError` naming it.
+    """
+    from ..errors import DPSError
+    from ..io import load_torch_file
+
+    payload = load_torch_file(path, "operator file")
+    if not isinstance(payload, dict) or not {"name", "config", "state"} <= set(payload):
+        raise DPSError(f"{path} is not an operator file (expected the operator.pt that dps solve writes)")
+    name = payload["name"]
+    if name not in OPERATOR_CLASSES:
+        raise DPSError(f"{path}: unknown operator {name!r}; known: {sorted(OPERATOR_CLASSES)}")
+    try:
+        op = OPERATOR_CLASSES[name].from_saved(payload["config"], payload["state"], kernel_wizard=kernel_wizard)
+        state = dict(payload["state"])
+        state.update({f"model.{k}": v for k, v in op.state_dict().items() if k.startswith("model.")})
+        op.load_state_dict(state, strict=True)
+    except DPSError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DPSError(f"{path}: the {name} operator file is damaged ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}); rerun the run that made it") from None
     return op

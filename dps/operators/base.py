@@ -8,20 +8,41 @@ can be reproduced exactly.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
+
+from ..errors import CapabilityMissing, DPSError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .spectral import SpectralForm
 
 __all__ = ["Operator", "LinearOperator", "MatrixOperator", "conjugate_gradient"]
 
 
 class Operator(nn.Module):
     """A differentiable forward model. Subclasses implement :meth:`A` and record their constructor
-    arguments in ``self.config`` (plain numbers, strings, lists) for saving."""
+    arguments in ``self.config`` (plain numbers, strings, lists) for saving.
+
+    Capabilities that solvers read (declared here, overridden by the operators that have them; no solver
+    inspects a concrete class):
+
+    - ``linear``: A is linear with a true adjoint (:class:`LinearOperator`);
+    - ``fourier_support``: for Fourier-magnitude operators y = |F pad(x)|, the zero padding p per side,
+      which makes the object's support known (phase-retrieval algorithms need it); None otherwise;
+    - :meth:`naive_inverse`: a cheap estimate of x from y (the baseline of the demo and figures).
+    """
 
     name: str = "operator"
     config: dict[str, Any]
+    linear: bool = False
+    fourier_support: Optional[int] = None
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], state: dict[str, torch.Tensor], **resources: Any) -> "Operator":
+        """Rebuild from a saved ``config`` and state dict (see :func:`dps.operators.save_operator`)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from a file")
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -33,16 +54,41 @@ class Operator(nn.Module):
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.config["in_shape"])
 
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one measurement y (computed once, by applying A to zeros)."""
+        if "_out_shape" not in self.__dict__:
+            with torch.no_grad():
+                self.__dict__["_out_shape"] = tuple(self.A(torch.zeros(1, *self.in_shape)).shape[1:])
+        return self.__dict__["_out_shape"]
+
+    def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """A cheap estimate of x (B, *in_shape) in [0, 1] from y: here y itself (for same-shape operators)."""
+        if tuple(y.shape[1:]) != self.in_shape:
+            raise CapabilityMissing(f"{self.name} has no naive inverse for measurements of shape {tuple(y.shape[1:])}")
+        return y.clamp(0, 1)
+
     def check_input(self, x: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(
+            raise DPSError(
                 f"{self.name} expects inputs of shape (B, {', '.join(map(str, self.in_shape))}), "
                 f"got {tuple(x.shape)}; resize or crop the image, or build the operator for this size"
             )
 
 
 class LinearOperator(Operator):
-    """A linear operator with a true adjoint: <A x, y> = <x, A^T y>."""
+    """A linear operator with a true adjoint: <A x, y> = <x, A^T y>.
+
+    Capabilities (overridden where the structure allows it):
+
+    - ``exact_pinv``: :meth:`A_dagger` is the exact pseudo-inverse (masks, SR, matrices), not CG;
+    - :meth:`spectral`: the SVD form A = U S V^T (DDRM), or :class:`~dps.errors.CapabilityMissing`;
+    - :meth:`solve_normal`: (A^T A + rho I)^-1 rhs, the data step of ADMM (closed form or FFT where possible);
+    - :meth:`damped_pinv`: A^+ r for projections, damped where A^+ is not exact.
+    """
+
+    linear = True
+    exact_pinv: bool = False
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -51,6 +97,29 @@ class LinearOperator(Operator):
         """Pseudo-inverse A^+ y: the least-squares solution of A x = y (minimum norm from x = 0),
         by conjugate gradients on A^T A x = A^T y. Subclasses override it where it is exact and cheap."""
         return conjugate_gradient(lambda v: self.A_adjoint(self.A(v)), self.A_adjoint(y), iters=iters, tol=tol)
+
+    def spectral(self) -> "SpectralForm":
+        """The SVD form of A; operators without one raise :class:`~dps.errors.CapabilityMissing`."""
+        raise CapabilityMissing(f"no SVD form is available for {self.name}")
+
+    def solve_normal(self, rhs: torch.Tensor, rho: float, x0: torch.Tensor, iters: int = 30) -> torch.Tensor:
+        """x = (A^T A + rho I)^-1 rhs, by conjugate gradients started at x0 (overridden where exact)."""
+        return x0 + conjugate_gradient(lambda v: self.A_adjoint(self.A(v)) + rho * v,
+                                       rhs - self.A_adjoint(self.A(x0)) - rho * x0, iters=iters, tol=1e-8)
+
+    def damped_pinv(self, r: torch.Tensor, delta: float) -> torch.Tensor:
+        """A^+ r: exact where ``exact_pinv``; otherwise A^T (A A^T + delta I)^-1 r by CG, which keeps a
+        projection from amplifying noise at the operator's zeros (delta ~ sigma_y^2)."""
+        if self.exact_pinv:
+            return self.A_dagger(r)
+        z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)) + delta * v, r, iters=50, tol=1e-8)
+        return self.A_adjoint(z)
+
+    def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """A^+ y clipped to [0, 1] where the pseudo-inverse is exact; y itself for same-shape operators."""
+        if self.exact_pinv:
+            return self.A_dagger(y).clamp(0, 1)
+        return super().naive_inverse(y)
 
 
 class MatrixOperator(LinearOperator):
@@ -73,6 +142,15 @@ class MatrixOperator(LinearOperator):
 
     def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
         return y @ self.matrix_pinv.to(y).T
+
+    def spectral(self) -> "SpectralForm":
+        from .spectral import dense_form
+
+        return dense_form(self.matrix)
+
+    @classmethod
+    def from_saved(cls, config, state, **resources):
+        return cls(state["matrix"])
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -87,3 +87,17 @@ class Inpainting(LinearOperator):
 
     def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
         return y * self.mask.to(y.dtype)
+
+    def spectral(self):
+        """V = U = I, singular values = the mask."""
+        from .spectral import SpectralForm
+
+        return SpectralForm("mask", self.mask.double())
+
+    def solve_normal(self, rhs: torch.Tensor, rho: float, x0: torch.Tensor, iters: int = 0) -> torch.Tensor:
+        """A^T A = diag(m): (A^T A + rho I)^-1 rhs = rhs / (m + rho)."""
+        return rhs / (self.mask.to(rhs.dtype) + rho)
+
+    @classmethod
+    def from_saved(cls, config, state, **resources):
+        return cls(state["mask"], config["in_shape"][0], config["kind"])

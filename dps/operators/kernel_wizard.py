@@ -185,7 +185,9 @@ def load_kernel_wizard(path: str | Path, options: dict[str, Any] | str | Path | 
     if isinstance(options, (str, Path)):
         options = json.loads(Path(options).read_text())
     model = KernelWizard(options or DEFAULT_OPTIONS)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from ..io import load_torch_file
+
+    state = load_torch_file(path, "KernelWizard weights")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     mismatch = _describe_mismatch(model, state)
@@ -215,6 +217,15 @@ class NonUniformBlur(Operator):
         self.register_buffer("latent", latent_std * torch.randn(1, *shape, generator=generator))
         self.clamp = clamp
         self.config = {"in_shape": list(in_shape), "latent_std": latent_std, "clamp": clamp}
+
+    @classmethod
+    def from_saved(cls, config, state, kernel_wizard: Optional[KernelWizard] = None, **resources):
+        if kernel_wizard is None:
+            from ..errors import DPSError
+
+            raise DPSError("this operator is a KernelWizard blur: pass kernel_wizard=load_kernel_wizard(PATH) "
+                           "(on the command line: --kernel-wizard GOPRO_wVAE.pth)")
+        return cls(kernel_wizard, tuple(config["in_shape"]), config["latent_std"], config["clamp"])
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

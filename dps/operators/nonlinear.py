@@ -44,7 +44,19 @@ class PhaseRetrieval(Operator):
                 raise ValueError(f"oversampling ratio must be >= 1, got {oversampling}")
             pad = round((oversampling - 1) * H / 2)
         self.pad = int(pad)
+        self.fourier_support = self.pad
         self.config = {"in_shape": [C, H, W], "pad": self.pad}
+
+    @classmethod
+    def from_saved(cls, config, state, **resources):
+        return cls(tuple(config["in_shape"]), pad=config["pad"])
+
+    def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """|IFFT(y)| with zero phase, cropped to the support and scaled to a maximum of 1."""
+        p = self.pad
+        x = torch.fft.ifftshift(torch.fft.ifft2(torch.fft.fftshift(y, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
+        x = x.abs()[..., p:x.shape[-2] - p, p:x.shape[-1] - p]
+        return (x / x.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)).clamp(0, 1)
 
     @classmethod
     def authors(cls, in_shape: tuple[int, int, int] = (3, 256, 256), oversample: float = 2.0) -> "PhaseRetrieval":
@@ -82,3 +94,9 @@ class SaturatedMotionBlur(Operator):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return self.response(self.exposure * self.blur.A(x))
+
+    @classmethod
+    def from_saved(cls, config, state, **resources):
+        b = config["blur"]
+        blur = Blur(state["blur.kernel"], tuple(b["in_shape"]), b["boundary"], b["kind"])
+        return cls(tuple(config["in_shape"]), config["exposure"], config["alpha"], blur=blur)

@@ -56,20 +56,7 @@ class MixturePosterior:
         return (self.means[k] + z @ L.T).reshape(n, *self.event_shape)
 
 
-class _AffineData:
-    """Optional affine map from the prior's space to data space: data = offset + scale * x."""
-
-    data_offset: float = 0.0
-    data_scale: float = 1.0
-
-    def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        return self.data_offset + self.data_scale * x
-
-    def from_data(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.data_offset) / self.data_scale
-
-
-class GaussianPrior(_AffineData, Prior):
+class GaussianPrior(Prior):
     """x_0 ~ N(mean, std^2 I).
 
     :param mean: tensor of the event shape, e.g. (d,) or (C, H, W).
@@ -96,6 +83,10 @@ class GaussianPrior(_AffineData, Prior):
         z = torch.randn(n, *self.event_shape, generator=generator, dtype=self.mean.dtype)
         return self.mean + self.std * z
 
+    def model_radius(self) -> float:
+        """RMS of the mean plus the standard deviation: a bound of x_0's typical per-element RMS."""
+        return float(self.mean.double().pow(2).mean().sqrt()) + self.std
+
     def posterior(self, A: torch.Tensor, sigma_y: float, y: torch.Tensor) -> GaussianPosterior:
         """Exact p(x | y) for y = A x + sigma_y n; A (d_y, D), y (d_y,).
 
@@ -110,7 +101,7 @@ class GaussianPrior(_AffineData, Prior):
         return GaussianPosterior(mean=m, cov=C, event_shape=self.event_shape)
 
 
-class GaussianMixturePrior(_AffineData, Prior):
+class GaussianMixturePrior(Prior):
     """x_0 ~ sum_k w_k N(mu_k, I) (unit-covariance components, as in the MCGdiff benchmark).
 
     :param weights: (K,) mixture weights (normalised here).
@@ -141,6 +132,10 @@ class GaussianMixturePrior(_AffineData, Prior):
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, *self.event_shape, generator=generator, dtype=self.means.dtype)
         return self.means[k] + z
+
+    def model_radius(self) -> float:
+        """The largest component mean's RMS plus the unit standard deviation."""
+        return float(_flat(self.means.double()).pow(2).mean(1).sqrt().max()) + 1.0
 
     def posterior(self, A: torch.Tensor, sigma_y: float, y: torch.Tensor) -> MixturePosterior:
         """Exact p(x | y) for y = A x + sigma_y n (GMM_BENCHMARK.md):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -41,11 +41,69 @@ from torch import nn
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
+from ..errors import Diverged, DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
 
-__all__ = ["DPSConfig", "DPSResult", "dps_sample", "STEP_RULES", "step_size", "guidance", "frozen_parameters"]
+__all__ = ["DPSConfig", "DPSResult", "dps_sample", "StepRule", "PaperRule", "BetaRule", "VarianceRule", "STEP_RULES",
+           "step_size", "guidance", "frozen_parameters", "check_measurement", "DivergenceGuard"]
 
-STEP_RULES = ("paper", "beta", "variance")
+class StepRule:
+    """A step-size rule: zeta_i (B,) that multiplies grad_{x_i} ||y - A(x0_hat)||^2 at step i.
+
+    Subclass it and pass an instance as ``DPSConfig(step_rule=...)`` to try a new rule; the built-in names
+    are :data:`STEP_RULES`. ``needs_jacobian = True`` asks the sampler for kappa (B,) and noise_var (B,)
+    (see the module docstring), which cost nothing extra: they come from the same backward pass.
+    """
+
+    name: str = "custom"
+    needs_jacobian: bool = False
+
+    def __call__(self, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
+                 kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _safe(norm: torch.Tensor) -> torch.Tensor:
+    return norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+class PaperRule(StepRule):
+    """zeta_i = zeta' / ||y - A(x0_hat)|| (Appendix C.2)."""
+
+    name = "paper"
+
+    def __call__(self, zeta, residual_norm, schedule, i, **_):
+        return zeta / _safe(residual_norm)
+
+
+class BetaRule(StepRule):
+    """zeta_i = zeta' beta_i / (beta_max ||y - A(x0_hat)||)."""
+
+    name = "beta"
+
+    def __call__(self, zeta, residual_norm, schedule, i, **_):
+        return zeta / _safe(residual_norm) * float(schedule.betas[i] / schedule.betas.max())
+
+
+class VarianceRule(StepRule):
+    """zeta_i = zeta' beta_i / (2 sqrt(alpha_i) v_i), v_i = noise_var + (1 - abar_i) / sqrt(abar_i) kappa_i."""
+
+    name = "variance"
+    needs_jacobian = True
+
+    def __call__(self, zeta, residual_norm, schedule, i, *, kappa=None, noise_var=None):
+        if kappa is None or noise_var is None:
+            raise ValueError("step rule 'variance' needs kappa and noise_var")
+        beta, abar = float(schedule.betas[i]), float(schedule.alphas_cumprod[i])
+        v = (noise_var + (1.0 - abar) / abar ** 0.5 * kappa).clamp_min(torch.finfo(kappa.dtype).eps)
+        return zeta * beta / (2.0 * (1.0 - beta) ** 0.5 * v)
+
+
+#: the built-in step rules by name (the names the CLI and task files accept).
+STEP_RULES: dict[str, StepRule] = {r.name: r for r in (PaperRule(), BetaRule(), VarianceRule())}
 
 
 @dataclass(frozen=True)
@@ -54,7 +112,8 @@ class DPSConfig:
 
     :param steps: number N of reverse steps (the training schedule is respaced to N).
     :param zeta: zeta', the step-size constant of ``step_rule``.
-    :param step_rule: ``"paper"``, ``"beta"`` or ``"variance"`` (see module docstring).
+    :param step_rule: ``"paper"``, ``"beta"`` or ``"variance"`` (see module docstring), or a
+        :class:`StepRule` instance.
     :param sampler: ``"ddpm"`` (Algorithm 1) or ``"ddim"`` (with ``eta``).
     :param eta: DDIM's eta (only with ``sampler="ddim"``).
     :param variance: ``"fixed_small"``, ``"fixed_large"`` or ``"learned_range"``; ``None`` picks
@@ -66,7 +125,7 @@ class DPSConfig:
 
     steps: int = 1000
     zeta: float = 1.0
-    step_rule: str = "paper"
+    step_rule: Union[str, StepRule] = "paper"
     sampler: str = "ddpm"
     eta: float = 0.0
     variance: Optional[str] = None
@@ -74,14 +133,34 @@ class DPSConfig:
     clip_x0: Optional[tuple[float, float]] = None
 
     def __post_init__(self) -> None:
-        if self.step_rule not in STEP_RULES:
-            raise ValueError(f"unknown step_rule {self.step_rule!r}; choose one of {STEP_RULES}")
+        if not isinstance(self.step_rule, StepRule) and self.step_rule not in STEP_RULES:
+            raise DPSError(f"unknown step_rule {self.step_rule!r}; choose one of {sorted(STEP_RULES)}")
         if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
-        if self.steps < 1:
-            raise ValueError("steps must be >= 1")
-        if self.zeta < 0:
-            raise ValueError("zeta must be >= 0")
+            raise DPSError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
+        if self.spacing not in ("even", "ddim"):
+            raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
+        if self.variance not in (None, "fixed_small", "fixed_large", "learned_range"):
+            raise DPSError(f"unknown variance {self.variance!r}; use fixed_small, fixed_large or learned_range")
+        object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
+        object.__setattr__(self, "zeta", check_float(self.zeta, "zeta (the step size)", 0.0))
+        object.__setattr__(self, "eta", check_float(self.eta, "eta", 0.0, 1.0))
+        if self.clip_x0 is not None:
+            if not isinstance(self.clip_x0, (tuple, list)) or len(self.clip_x0) != 2:
+                raise DPSError(f"clip_x0 must be a pair [low, high], got {self.clip_x0!r}")
+            lo, hi = (check_float(v, "clip_x0") for v in self.clip_x0)
+            if lo >= hi:
+                raise DPSError(f"clip_x0 must have low < high, got {self.clip_x0!r}")
+            object.__setattr__(self, "clip_x0", (lo, hi))
+
+    @property
+    def rule(self) -> StepRule:
+        """The step rule as an object."""
+        return self.step_rule if isinstance(self.step_rule, StepRule) else STEP_RULES[self.step_rule]
+
+    def to_dict(self) -> dict:
+        """Plain values (the rule by name) for run records."""
+        return {**self.__dict__, "step_rule": self.rule.name,
+                "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
 
 
 @dataclass
@@ -94,24 +173,11 @@ class DPSResult:
     schedule: Schedule = field(repr=False)
 
 
-def step_size(rule: str, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
+def step_size(rule: Union[str, StepRule], zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
               kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample zeta_i (B,) that multiplies grad_{x_i} ||y - A(x0_hat)||^2 at step i.
-
-    ``kappa`` (B,) and ``noise_var`` (B,) are needed by rule ``"variance"`` only (see module docstring).
-    """
-    norm = residual_norm.clamp_min(torch.finfo(residual_norm.dtype).tiny)
-    if rule == "paper":
-        return zeta / norm
-    if rule == "beta":
-        return zeta / norm * float(schedule.betas[i] / schedule.betas.max())
-    if rule == "variance":
-        if kappa is None or noise_var is None:
-            raise ValueError("step rule 'variance' needs kappa and noise_var")
-        beta, abar = float(schedule.betas[i]), float(schedule.alphas_cumprod[i])
-        v = (noise_var + (1.0 - abar) / abar ** 0.5 * kappa).clamp_min(torch.finfo(kappa.dtype).eps)
-        return zeta * beta / (2.0 * (1.0 - beta) ** 0.5 * v)
-    raise ValueError(f"unknown step_rule {rule!r}")
+    """Per-sample zeta_i (B,) of ``rule`` (a name or a :class:`StepRule`) at step i."""
+    rule = rule if isinstance(rule, StepRule) else STEP_RULES[rule]
+    return rule(zeta, residual_norm, schedule, i, kappa=kappa, noise_var=noise_var)
 
 
 def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x0: torch.Tensor, x: torch.Tensor,
@@ -122,14 +188,15 @@ def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x
     residual (B,) is its detached square root. Rule ``"variance"`` takes the gradient to x0_hat too, g0, for
     kappa = <g0, J^T g0> / (4 ||r||^2), and uses noise_var (B,), the noise model's variance.
     """
-    if config.step_rule != "variance":
-        zeta_i = step_size(config.step_rule, config.zeta, residual, schedule, i)
+    rule = config.rule
+    if not rule.needs_jacobian:
+        zeta_i = rule(config.zeta, residual, schedule, i)
         (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
         return grad, zeta_i
     g0, grad = torch.autograd.grad(sq_norm.sum(), [x0, x])  # g0 and J^T g0
     kappa = (g0 * grad).flatten(1).sum(1).clamp_min(0) / (4 * sq_norm.detach().clamp_min(
         torch.finfo(sq_norm.dtype).tiny))
-    zeta_i = step_size("variance", config.zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
+    zeta_i = rule(config.zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
     return zeta_i.view(-1, *([1] * (grad.ndim - 1))) * grad, zeta_i
 
 
@@ -146,6 +213,34 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def check_measurement(y: torch.Tensor, what: str = "measurement") -> None:
+    """A DPSError unless every value of y is finite (a NaN measurement is a bad input, not a step-size problem)."""
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        raise DPSError(f"the {what} holds {int(bad.sum())} NaN or infinite value(s) out of {y.numel()}; "
+                       "check the file or the operator that produced it")
+
+
+class DivergenceGuard:
+    """Stops an iteration whose iterate leaves the range the prior allows.
+
+    Under the VP process x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps, the per-element RMS of x_i is at
+    most about R + 1, R = :meth:`Prior.model_radius` (1 for [-1, 1] images). The guard fires when a
+    sample's RMS exceeds ``factor`` (R + 1), or is not finite: one host synchronisation per step.
+    """
+
+    def __init__(self, prior: Prior, factor: float = 10.0) -> None:
+        self.limit = factor * (prior.model_radius() + 1.0)
+
+    def check(self, x: torch.Tensor, i: int, t: int, advice: str) -> None:
+        worst = float(x.detach().flatten(1).pow(2).mean(1).sqrt().max())
+        if worst <= self.limit:
+            return
+        state = "is not finite" if worst != worst or worst == float("inf") else \
+            f"has RMS {worst:.3g}, beyond the {self.limit:.3g} the prior allows"
+        raise Diverged(f"diverged at step {i} (t={t}): the iterate {state}; {advice}")
+
+
 def dps_sample(
     prior: Prior,
     operator: Callable[[torch.Tensor], torch.Tensor],
@@ -157,6 +252,7 @@ def dps_sample(
     generator: Generators = None,
     x_T: Optional[torch.Tensor] = None,
     callback: Optional[Callable[[dict], None]] = None,
+    post_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
 ) -> DPSResult:
     """Draw ``num_samples`` = K posterior samples for each of the B measurements ``y``.
 
@@ -169,7 +265,9 @@ def dps_sample(
         makes every sample independent of the rest of its batch.
     :param x_T: optional start noise (B*K, *event_shape); drawn from ``generator`` otherwise.
     :param callback: called after every step with a dict: i, t, x (x_{i-1}), x0 (x0_hat of step i, model
-        space), residual (B*K,), zeta (B*K,).
+        space), residual (B*K,), zeta (B*K,). Read-only: it gets copies, so it cannot change the run.
+    :param post_step: ``post_step(x_prev, i) -> x_prev``, applied to x_{i-1} after the DPS update; the
+        one way for a method built on DPS (MCG's projection) to modify the iterate.
     :returns: :class:`DPSResult` with x of shape (B, K, *event_shape).
     """
     schedule = respace(prior.schedule, config.steps, config.spacing)
@@ -183,6 +281,10 @@ def dps_sample(
     variance = config.variance
     residual = torch.full((B * K,), float("nan"), dtype=dtype, device=y.device)
     noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
+    check_measurement(y)
+    guard = DivergenceGuard(prior)
+    advice = (f"the step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
+              "lower it")
 
     with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):
@@ -204,19 +306,13 @@ def dps_sample(
                 else:
                     x_prev = ddim_step(x.detach(), x0d, schedule, i, z, config.eta)
                 x_prev = x_prev - grad  # line 7: zeta_i already inside the gradient
-            if not torch.isfinite(x_prev).all():
-                raise FloatingPointError(
-                    f"DPS diverged at step {i} (t={int(schedule.timesteps[i])}): x is not finite; "
-                    f"the step size zeta={config.zeta} (rule {config.step_rule!r}) is too large for this "
-                    "problem, lower it"
-                )
+                if post_step is not None:
+                    x_prev = post_step(x_prev, i)
+            guard.check(x_prev, i, int(schedule.timesteps[i]), "DPS " + advice)
             if callback is not None:
-                callback({"i": i, "t": int(schedule.timesteps[i]), "x": x_prev, "x0": x0d,
-                          "residual": residual, "zeta": zeta_i.detach()})
+                callback({"i": i, "t": int(schedule.timesteps[i]), "x": x_prev.clone(), "x0": x0d.clone(),
+                          "residual": residual.clone(), "zeta": zeta_i.detach().clone()})
             x = x_prev
-    x_data = prior.to_data(x.detach())
-    bounds = getattr(prior, "data_bounds", None)
-    if bounds is not None:
-        x_data = x_data.clamp(*bounds)
+    x_data = prior.clip_data(prior.to_data(x.detach()))
     return DPSResult(x=x_data.reshape(B, K, *event_shape), residual=residual.reshape(B, K), schedule=schedule)
 

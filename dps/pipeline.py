@@ -1,0 +1,161 @@
+"""The one reconstruction pipeline that ``dps solve``, ``dps bench images`` and ``dps demo`` run:
+
+    load and validate inputs -> measure (or load a measurement and its operator, checked) ->
+    reconstruct (the method table) -> write atomically -> record
+
+and the run folder they write into (:class:`RunFolder`): the settings are recorded before any work, a
+rerun with other settings is refused, a second process is refused while the first holds the folder's lock,
+stale temporary files of an interrupted run are removed, and finished items are skipped on a rerun.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import DPSError, RunFolderBusy
+from .seeds import noise_seed
+from .utils import atomic_write
+
+__all__ = ["RunFolder", "measure", "load_measurement", "write_json"]
+
+LOCK = ".lock"
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunFolder:
+    """A run folder held by one process: ``with RunFolder(out, "run.json", settings) as run: ...``.
+
+    :param record_name: the JSON file whose ``"settings"`` key identifies the run.
+    :param settings: plain values (JSON) that must match on a rerun (a mismatch is refused).
+    :param initial: extra keys written with the settings when the run is new.
+    """
+
+    def __init__(self, path: Path, record_name: str, settings: dict, initial: Optional[dict] = None) -> None:
+        self.path = Path(path)
+        self.record_path = self.path / record_name
+        self.settings = json.loads(json.dumps(settings))  # plain JSON values, as they will be read back
+        self.initial = initial or {}
+        self.record: dict = {}
+        self._lock: Optional[Path] = None
+
+    # -- lock ---------------------------------------------------------------------------------------------
+    def _acquire(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DPSError(f"cannot create the output folder {self.path}: {exc.strerror}; choose another --out") \
+                from None
+        if not os.access(self.path, os.W_OK):
+            raise DPSError(f"the output folder {self.path} is not writable; choose another --out")
+        lock = self.path / LOCK
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _attempt in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock.read_text().split() if lock.exists() else []
+                if len(holder) == 2 and holder[0] == socket.gethostname() and holder[1].isdigit() \
+                        and not _pid_alive(int(holder[1])):
+                    lock.unlink(missing_ok=True)  # left by a process that no longer runs
+                    continue
+                raise RunFolderBusy(f"{self.path} is in use by another dps process ({' '.join(holder) or 'unknown'}"
+                                    f"); wait for it, or delete {lock} if that process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self._lock = lock
+            return
+        raise RunFolderBusy(f"could not take the lock {lock}")
+
+    def _clean_stale(self) -> None:
+        """Remove temporary files (``.NAME.*.tmp``) that an interrupted run left behind."""
+        for tmp in self.path.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    # -- record -------------------------------------------------------------------------------------------
+    def _open_record(self) -> None:
+        if self.record_path.exists():
+            try:
+                record = json.loads(self.record_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise DPSError(f"{self.record_path} is damaged; delete the folder {self.path} or use another --out") \
+                    from None
+            if record.get("settings") != self.settings:
+                diff = sorted(k for k in set(self.settings) | set(record.get("settings") or {})
+                              if (record.get("settings") or {}).get(k) != self.settings.get(k))
+                raise DPSError(f"{self.path} holds a run with other settings ({', '.join(diff)} differ); use another "
+                               "--out, or the same settings to resume")
+            self.record = record
+        else:
+            self.record = {"settings": self.settings, **self.initial}
+            self.save()  # the settings are recorded before any work
+
+    def save(self) -> None:
+        write_json(self.record_path, self.record)
+
+    def __enter__(self) -> "RunFolder":
+        self._acquire()
+        try:
+            self._clean_stale()
+            self._open_record()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.unlink(missing_ok=True)
+            self._lock = None
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+
+def measure(op, noise, x: torch.Tensor, seed: int, indices: Sequence[int]) -> torch.Tensor:
+    """y_b = noise(A(x_b)) for images x (B, *in_shape), image indices[b]'s noise from its own seed."""
+    with torch.no_grad():
+        return torch.cat([noise(op(x[b:b + 1]), torch.Generator().manual_seed(noise_seed(seed, i)))
+                          for b, i in enumerate(indices)])
+
+
+def load_measurement(path: Path, op) -> torch.Tensor:
+    """A measurement file (.pt) holding one y of the operator's output shape, (1, ...) or (...), as (*out_shape)."""
+    from .io import load_torch_file
+
+    y = load_torch_file(path, "measurement file")
+    if not isinstance(y, torch.Tensor):
+        raise DPSError(f"measurement file {path} holds a {type(y).__name__}, not a tensor")
+    if not y.is_floating_point():
+        y = y.to(torch.get_default_dtype())
+    shape = tuple(op.out_shape)
+    if tuple(y.shape) == (1, *shape):
+        y = y[0]
+    elif tuple(y.shape[1:]) == shape and y.shape[0] > 1:
+        raise DPSError(f"measurement file {path} holds {y.shape[0]} measurements; save one per file "
+                       f"(shape {shape}) and pass each with --measurement")
+    if tuple(y.shape) != shape:
+        raise DPSError(f"measurement file {path} has shape {tuple(y.shape)}, but {op.name} produces {shape}; "
+                       "use the operator that made it (--operator)")
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        raise DPSError(f"measurement file {path} holds {int(bad.sum())} NaN or infinite value(s); it is a bad "
+                       "measurement")
+    return y.to(torch.get_default_dtype())

@@ -1,0 +1,36 @@
+"""The one seed formula. Every command derives its random streams from the user's ``seed`` here.
+
+=====================  =======================================  ======================================
+stream                 seed                                     used for
+=====================  =======================================  ======================================
+operator               ``seed``                                 masks, kernels, latents of the operator
+measurement noise      ``seed * 1_000_003 + i``                 image i's noise (its index in the run)
+sample k of image i    ``(seed * 1_000_003 + i) * 1_009 + k + 1``  the sampler's start noise and steps
+=====================  =======================================  ======================================
+
+Each image and each sample has its own generator, so a result never depends on the batch it ran in.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["operator_seed", "noise_seed", "sample_seed", "sample_generators", "FORMULAS"]
+
+FORMULAS = {"operator": "seed", "noise": "seed * 1000003 + i", "sample": "(seed * 1000003 + i) * 1009 + k + 1"}
+
+
+def operator_seed(seed: int) -> int:
+    return seed
+
+
+def noise_seed(seed: int, i: int) -> int:
+    return seed * 1_000_003 + i
+
+
+def sample_seed(seed: int, i: int, k: int) -> int:
+    return noise_seed(seed, i) * 1_009 + k + 1
+
+
+def sample_generators(seed: int, indices, K: int, device="cpu") -> list[torch.Generator]:
+    """len(indices) * K generators, sample k of image indices[b] at position b * K + k."""
+    return [torch.Generator(device).manual_seed(sample_seed(seed, i, k)) for i in indices for k in range(K)]

@@ -1,0 +1,87 @@
+"""Optimisation baselines: PnP-ADMM (Chan et al. 2016) and ADMM-TV.
+
+The data step (A^T A + rho I)^-1 rhs is the operator's :meth:`~dps.operators.LinearOperator.solve_normal`
+(closed form for masks, FFT for circular blur, conjugate gradients otherwise).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..diffusion.denoiser import Prior
+from ..noise import NoiseModel
+from ..operators import LinearOperator, conjugate_gradient
+from .dps import DPSConfig, frozen_parameters
+
+__all__ = ["pnp_admm", "admm_tv", "tweedie_denoiser"]
+
+
+def tweedie_denoiser(prior: Prior, sigma: float):
+    """D_sigma(v): the prior's Tweedie denoiser for data-space noise of std ``sigma``. The image v is mapped to
+    model space and scaled to x_t = sqrt(abar_t) v_model with (1 - abar_t) / abar_t = (sigma / a)^2
+    (a = data units per model unit), t the nearest timestep."""
+    abar_all = prior.schedule.alphas_cumprod
+    target = 1.0 / (1.0 + (sigma / prior.data_scale) ** 2)
+    t_idx = int((abar_all - target).abs().argmin())
+    abar_t = float(abar_all[t_idx])
+
+    @torch.no_grad()
+    def denoise(v: torch.Tensor) -> torch.Tensor:
+        t = torch.full((v.shape[0],), int(prior.schedule.timesteps[t_idx]), dtype=torch.long, device=v.device)
+        x_t = math.sqrt(abar_t) * prior.from_data(v)
+        return prior.to_data(prior.clip_x0(prior(x_t, t).x0))
+
+    return denoise
+
+
+def pnp_admm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config: DPSConfig,
+             callback=None, *, iters: int = 40, rho: float = 1.0, denoiser_sigma: float = 0.1,
+             cg_iters: int = 30) -> torch.Tensor:
+    """PnP-ADMM: x = argmin ||Ax - y||^2/2 + rho/2 ||x - z + u||^2;  z = D_sigma(x + u);  u += x - z.
+
+    D_sigma is the prior's own Tweedie denoiser at data-space noise ``denoiser_sigma`` (our substitute for
+    the paper's DnCNN). Returns z (B, *in_shape) clipped to [0, 1].
+    """
+    denoise = tweedie_denoiser(prior, denoiser_sigma)
+    aty = op.A_adjoint(y)
+    x = torch.full((y.shape[0], *op.in_shape), 0.5, dtype=y.dtype, device=y.device)  # flat grey start
+    z, u = x.clone(), torch.zeros_like(x)
+    with frozen_parameters(prior):
+        for _k in range(iters):
+            x = op.solve_normal(aty + rho * (z - u), rho, x, cg_iters)
+            z = denoise(x + u)
+            u = u + x - z
+    return z.clamp(0, 1)
+
+
+def _grad(x: torch.Tensor) -> torch.Tensor:
+    """Forward differences with circular boundary: (B, 2, C, H, W)."""
+    return torch.stack([x.roll(-1, -1) - x, x.roll(-1, -2) - x], dim=1)
+
+
+def _grad_adjoint(g: torch.Tensor) -> torch.Tensor:
+    return (g[:, 0].roll(1, -1) - g[:, 0]) + (g[:, 1].roll(1, -2) - g[:, 1])
+
+
+def admm_tv(prior: Optional[Prior], op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+            config: Optional[DPSConfig] = None, callback=None, *, iters: int = 100, lam: float = 0.01,
+            rho: float = 0.1, cg_iters: int = 20) -> torch.Tensor:
+    """min_x 1/2 ||A x - y||^2 + lam ||D x||_1 (anisotropic TV) by ADMM with z = D x:
+    x-step (A^T A + rho D^T D) x = A^T y + rho D^T (z - u) by CG; z-step soft-thresholding at lam/rho."""
+    A = op
+    aty = A.A_adjoint(y)
+    x = torch.full((y.shape[0], *A.in_shape), 0.5, dtype=y.dtype, device=y.device)  # flat grey start
+    z = _grad(x)
+    u = torch.zeros_like(z)
+    for _k in range(iters):
+        rhs = aty + rho * _grad_adjoint(z - u)
+        x = x + conjugate_gradient(lambda v: A.A_adjoint(A(v)) + rho * _grad_adjoint(_grad(v)),
+                                   rhs - A.A_adjoint(A(x)) - rho * _grad_adjoint(_grad(x)), iters=cg_iters, tol=1e-8)
+        v = _grad(x) + u
+        z = v.sign() * (v.abs() - lam / rho).clamp_min(0)
+        u = u + _grad(x) - z
+    return x.clamp(0, 1)
+
+

@@ -1,0 +1,184 @@
+"""The one method table: every reconstruction method, DPS included, as one :class:`Method` entry.
+
+A method's function has one signature,
+
+    fn(prior, op, y, noise, generators, config, callback=None, **settings) -> x (B, *event_shape)
+
+with y (B, *measurement_shape) in data space, one generator per row of y, ``config`` the task's
+:class:`~dps.solvers.dps.DPSConfig` (methods that follow the task's steps and step size read it) and x in
+data space, clipped to the prior's data bounds. :func:`reconstruct` draws K samples per measurement and
+returns a :class:`Reconstruction` whose ``residual`` is in one stated norm for every method:
+||y - A(x)||_2 of the returned x, in data units.
+
+Each entry declares when it applies to an (operator, noise) pair through :class:`Requirement` objects
+that read the operators' and noise models' declared capabilities; :meth:`Method.why_not` says why not.
+``dps solve --method``, ``dps bench images --methods``, ``dps bench gmm --methods``, ``dps demo``, the
+CLI's choices and the README's method table read :data:`METHODS`; adding a method is one module and one
+entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..errors import CapabilityMissing, DPSError, NotApplicable
+from .admm import admm_tv, pnp_admm
+from .ddrm import ddrm
+from .dps import DPSConfig, check_measurement, dps_sample
+from .phase import er, hio, oss
+from .projection import mcg, score_sde
+
+__all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method"]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A condition on (operator, noise): ``check(op, noise)`` returns None when met, else the reason."""
+
+    name: str
+    check: Callable[[object, object], Optional[str]]
+
+
+def _linear(op, noise) -> Optional[str]:
+    return None if op.linear else f"it needs a linear operator; {op.name} is nonlinear"
+
+
+def _spectral(op, noise) -> Optional[str]:
+    if not op.linear:
+        return f"it needs an SVD of the operator; {op.name} is nonlinear"
+    try:
+        op.spectral()
+    except CapabilityMissing as exc:
+        return str(exc)
+    return None
+
+
+def _gaussian(op, noise) -> Optional[str]:
+    return None if noise.kind == "gaussian" else f"it is derived for Gaussian noise, not {noise.kind} noise"
+
+
+def _fourier(op, noise) -> Optional[str]:
+    return None if op.fourier_support is not None else \
+        f"it is a phase-retrieval algorithm; {op.name} is not a Fourier-magnitude operator"
+
+
+def _images(op, noise) -> Optional[str]:
+    return None if len(op.in_shape) == 3 else "it works on images (C, H, W), not vectors"
+
+
+LINEAR = Requirement("linear operator", _linear)
+SPECTRAL = Requirement("SVD form", _spectral)
+GAUSSIAN = Requirement("Gaussian noise", _gaussian)
+FOURIER = Requirement("Fourier magnitude", _fourier)
+IMAGES = Requirement("image operator", _images)
+
+
+def _dps(prior, op, y, noise, generators, config: DPSConfig, callback=None) -> torch.Tensor:
+    return dps_sample(prior, op, y, noise, config, generator=generators, callback=callback).x[:, 0]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One reconstruction method: its function, where it comes from, what it needs and its settings.
+
+    :param steps: ``"task"`` when it runs the task's step count (and, for MCG, its zeta'), else its own.
+    :param sampler: True when it draws posterior samples (K > 1 differ), False for point estimates.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    title: str
+    source: str
+    settings: str
+    requires: tuple[Requirement, ...] = ()
+    steps: str = "task"
+    sampler: bool = True
+    needs_prior: bool = True
+
+    def why_not(self, op, noise) -> Optional[str]:
+        """None when the method applies to (op, noise), else the reason (one sentence)."""
+        for req in self.requires:
+            reason = req.check(op, noise)
+            if reason is not None:
+                return f"{self.name} does not apply: {reason}"
+        return None
+
+    def check(self, op, noise) -> None:
+        """Raise :class:`~dps.errors.NotApplicable` with the reason when the method does not apply."""
+        reason = self.why_not(op, noise)
+        if reason is not None:
+            raise NotApplicable(reason)
+
+
+#: name -> method; the one table (order = the order of the paper's tables).
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)",
+           "the task's steps, zeta' and step rule", ()),
+    Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022",
+           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN), steps="20"),
+    Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022",
+           "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,)),
+    Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
+           "the task's steps, projection after each unconditional DDPM step", (LINEAR,)),
+    Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
+           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), steps="40 iterations", sampler=False),
+    Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM",
+           "100 iterations, lambda 0.01, rho 0.1", (LINEAR, IMAGES), steps="100 iterations", sampler=False,
+           needs_prior=False),
+    Method("hio", hio, "HIO", "Fienup, 1982", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
+           (FOURIER,), steps="1050 iterations", needs_prior=False),
+    Method("er", er, "ER", "Fienup, 1982", "1000 iterations, best of 4 restarts", (FOURIER,),
+           steps="1000 iterations", needs_prior=False),
+    Method("oss", oss, "OSS", "Rodriguez et al., 2013", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
+           (FOURIER,), steps="1050 iterations", needs_prior=False),
+)}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``, or a DPSError listing the names."""
+    if name not in METHODS:
+        raise DPSError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+@dataclass
+class Reconstruction:
+    """What every method returns through :func:`reconstruct`.
+
+    :param x: (B, K, *event_shape) samples in data space.
+    :param residual: (B, K) ||y - A(x)||_2 of each returned sample, in data units (one norm for all methods).
+    :param extras: per-method values, e.g. DPS's final data fit in the noise model's norm.
+    """
+
+    x: torch.Tensor
+    residual: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+
+def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config: DPSConfig,
+                generators: Sequence[torch.Generator] | torch.Generator, num_samples: int = 1,
+                callback: Optional[Callable[[dict], None]] = None, **settings) -> Reconstruction:
+    """K = ``num_samples`` reconstructions of each of the B measurements y with ``method``.
+
+    :param generators: B * K generators; sample k of measurement b draws from generators[b * K + k], so
+        no sample depends on the rest of its batch. One generator is accepted too (one stream for the
+        whole batch, as the GMM benchmark uses; then samples depend on the batch).
+    """
+    m = method if isinstance(method, Method) else get_method(method)
+    m.check(op, noise)
+    B, K = y.shape[0], num_samples
+    if tuple(y.shape[1:]) != tuple(op.out_shape):
+        raise DPSError(f"the measurement has shape {tuple(y.shape[1:])}, but {op.name} produces "
+                       f"{tuple(op.out_shape)}; use the operator that made it")
+    check_measurement(y)
+    if not isinstance(generators, torch.Generator):
+        generators = list(generators)
+        if len(generators) != B * K:
+            raise ValueError(f"expected {B * K} generators (B * K), got {len(generators)}")
+    y_rep = y.repeat_interleave(K, dim=0)
+    x = m.fn(prior, op, y_rep, noise, generators, config, callback, **settings)
+    with torch.no_grad():
+        residual = (y_rep - op(x)).flatten(1).norm(dim=1)
+    return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K))
