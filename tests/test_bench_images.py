@@ -39,7 +39,7 @@ def test_bench_tables_and_resume(tmp_path, prior):
 
 
 def test_unknown_method_is_an_error(tmp_path, prior):
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match="choose one of"):
         run_bench(BenchSettings(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)
 
 

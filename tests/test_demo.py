@@ -16,27 +16,30 @@ def tiny_model(tiny_model_path):
 
 
 def test_demo_writes_every_task_and_resumes(tmp_path, tiny_model):
-    from dps.demo import DEMO_ZETA, run_demo
+    from dps.demo import DEMO_VARIANTS, run_demo
+    from dps.errors import DPSError
 
+    names = [v.name for v in DEMO_VARIANTS]
     out = tmp_path / "demo"
     report = run_demo(out, model=str(tiny_model), n=2, samples=2, steps=3, progress=False)
-    assert set(report["tasks"]) == set(DEMO_ZETA)
+    assert set(report["tasks"]) == set(names)
     assert (out / "figure.png").stat().st_size > 0
     md = (out / "metrics.md").read_text()
-    assert all(name in md for name in DEMO_ZETA)
+    assert all(name in md for name in names)
     saved = json.loads((out / "metrics.json").read_text())
     for name, row in saved["tasks"].items():
         assert 0 <= row["classifier_acc"] <= 1 and row["ssim"] <= 1 and row["psnr"] > 0, name
     res = torch.load(out / "tasks" / "super_resolution.pt", weights_only=True)["result"]
     assert res["recon"].shape == (2, 2, 1, 32, 32) and res["y"].shape == (2, 1, 8, 8)
     assert res["recon"].min() >= 0 and res["recon"].max() <= 1
-    # a rerun with the same settings reuses finished tasks; other settings recompute them
+    # a rerun with the same settings reuses finished tasks; other settings are refused, nothing is touched
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()}
     again = run_demo(out, model=str(tiny_model), n=2, samples=2, steps=3, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()} == stamp
     assert again["tasks"] == report["tasks"]
-    run_demo(out, model=str(tiny_model), n=2, samples=2, steps=4, tasks=["inpainting_box"], progress=False)
-    assert (out / "tasks" / "inpainting_box.pt").stat().st_mtime_ns != stamp["inpainting_box.pt"]
+    with pytest.raises(DPSError, match="other settings"):
+        run_demo(out, model=str(tiny_model), n=2, samples=2, steps=4, tasks=["inpainting_box"], progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()} == stamp
 
 
 def test_demo_rejects_unknown_task(tmp_path, tiny_model):

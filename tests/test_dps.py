@@ -184,7 +184,7 @@ def test_batch_independence_and_seeding() -> None:
     prior = image_prior()
     op = Inpainting.random((1, 8, 8), missing=0.5, generator=torch.Generator().manual_seed(0))
     y = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    cfg = DPSConfig(steps=20, zeta=1.0)
+    cfg = DPSConfig(steps=20, zeta=0.1)  # a random network: larger steps run off (DivergenceGuard)
 
     def gens(seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
@@ -202,7 +202,7 @@ def test_one_forward_per_step_and_no_parameter_gradients() -> None:
     op = Inpainting.box((1, 8, 8), box=4, margin=1, centred=True)
     y = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     prior.network.calls = 0
-    dps_sample(prior, op, y, GaussianNoise(0.05), DPSConfig(steps=15), generator=torch.Generator().manual_seed(0))
+    dps_sample(prior, op, y, GaussianNoise(0.05), DPSConfig(steps=15, zeta=0.1), generator=torch.Generator().manual_seed(0))
     assert prior.network.calls == 15
     for p in prior.parameters():
         assert p.grad is None and p.requires_grad
@@ -239,7 +239,7 @@ def test_guidance_fits_the_measurement_gaussian_and_poisson() -> None:
 
 def test_divergence_names_the_step_size() -> None:
     pb = gmm_problem(8, 2, seed=0)
-    with pytest.raises(FloatingPointError, match="zeta=1e\\+300"):
+    with pytest.raises(FloatingPointError, match="zeta'=1e\\+300"):
         dps_sample(pb.prior, lambda x: x @ pb.A.T, pb.y[None], GaussianNoise(0.1), DPSConfig(steps=10, zeta=1e300),
                    num_samples=4, generator=torch.Generator().manual_seed(0))
 

@@ -38,16 +38,17 @@ def test_dps_with_embedded_model_inpaints_held_out_digits():
     """Box inpainting of 4 held-out digits: DPS beats the zero-filled measurement by a wide margin and the
     classifier recognises the reconstructions."""
     from dps.demo import demo_tasks
+    from dps.tasks import build_operator
 
     prior = dps.load_model("default")
-    task = [t for t in demo_tasks((1, 32, 32)) if t.name == "inpainting_box"][0]
+    (_, task), = demo_tasks(100, ["inpainting_box"])
+    op, noise = build_operator(task.operator, (1, 32, 32), 0), task.noise_model()
     x, labels = digits_split("held_out")
     x, labels = x[:4], labels[:4]
-    y = task.noise(task.operator(x), torch.Generator().manual_seed(0))
-    res = dps.dps_sample(prior, task.operator, y, task.noise,
-                         dps.DPSConfig(steps=100, zeta=task.zeta, clip_x0=(-1.0, 1.0)),
+    y = noise(op(x), torch.Generator().manual_seed(0))
+    res = dps.dps_sample(prior, op, y, noise, task.dps_config(),
                          generator=[torch.Generator().manual_seed(k) for k in range(4)])
     recon = res.x[:, 0]
-    assert float(psnr(recon, x).mean()) > float(psnr(task.operator.A_dagger(y).clamp(0, 1), x).mean()) + 8
+    assert float(psnr(recon, x).mean()) > float(psnr(op.A_dagger(y).clamp(0, 1), x).mean()) + 8
     probs, _ = classify(load_classifier(), recon)
     assert int((probs.argmax(1) == labels).sum()) >= 3

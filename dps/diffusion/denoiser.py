@@ -10,6 +10,7 @@ Tweedie (DPS Algorithm 1, line 4), with s_theta = -eps_hat / sqrt(1 - abar_t):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -99,9 +100,10 @@ class Prior(nn.Module):
 
     def model_radius(self) -> float:
         """An upper bound of the per-element RMS of x_0 in model space (1 for [-1, 1] images): divergence
-        checks compare iterates with it. Unbounded priors override it."""
+        checks compare iterates with it. Unbounded priors override it; without bounds or an override it is
+        infinite (then only non-finite iterates count as divergence)."""
         if self.data_bounds is None:
-            raise NotImplementedError(f"{type(self).__name__} has no data bounds: override model_radius")
+            return math.inf
         return max(abs(float(self.from_data(torch.tensor(b)))) for b in self.data_bounds)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:  # pragma: no cover - abstract

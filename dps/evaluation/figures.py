@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DPSError
+from ..solvers.methods import METHODS
 from ..utils import atomic_write
 
 __all__ = ["solve_figure", "bench_figure", "grid_figure", "figure_for"]
@@ -108,8 +110,9 @@ def figure_for(run_dir: Path, out: Optional[Path] = None, max_images: int = 8) -
     if (run_dir / "run.json").exists():
         return solve_figure(run_dir, out, max_images)
     if (run_dir / "bench.json").exists():
-        cfg = json.loads((run_dir / "bench.json").read_text())
         names = sorted(p.stem for p in (run_dir / "labels").glob("*.png"))[:max_images]
         tasks = sorted(p.name for p in (run_dir / "inputs").iterdir() if p.is_dir())
-        return [bench_figure(run_dir, t, cfg["methods"], names) for t in tasks]
-    raise ValueError(f"{run_dir} is neither a `dps solve` folder (run.json) nor a `dps bench images` folder (bench.json)")
+        methods = [m for m in METHODS if (run_dir / "results" / m).is_dir()]  # the table's order
+        return [bench_figure(run_dir, t, [m for m in methods if not (run_dir / "results" / m / t / "NOT_APPLICABLE")
+                                          .exists()], names) for t in tasks]
+    raise DPSError(f"{run_dir} is neither a `dps solve` folder (run.json) nor a `dps bench images` folder (bench.json)")

@@ -70,7 +70,7 @@ def load_operator(path: str | Path, kernel_wizard: Optional[KernelWizard] = None
     try:
         op = OPERATOR_CLASSES[name].from_saved(payload["config"], payload["state"], kernel_wizard=kernel_wizard)
         state = dict(payload["state"])
-        state.update({f"model.{k}": v for k, v in op.state_dict().items() if k.startswith("model.")})
+        state.update({k: v for k, v in op.state_dict().items() if k.startswith("model.")})
         op.load_state_dict(state, strict=True)
     except DPSError:
         raise

@@ -226,10 +226,11 @@ class DivergenceGuard:
 
     Under the VP process x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps, the per-element RMS of x_i is at
     most about R + 1, R = :meth:`Prior.model_radius` (1 for [-1, 1] images). The guard fires when a
-    sample's RMS exceeds ``factor`` (R + 1), or is not finite: one host synchronisation per step.
+    sample's RMS exceeds ``factor`` (R + 1) (a hundred times what the prior allows), or is not finite:
+    one host synchronisation per step.
     """
 
-    def __init__(self, prior: Prior, factor: float = 10.0) -> None:
+    def __init__(self, prior: Prior, factor: float = 100.0) -> None:
         self.limit = factor * (prior.model_radius() + 1.0)
 
     def check(self, x: torch.Tensor, i: int, t: int, advice: str) -> None:
@@ -283,8 +284,8 @@ def dps_sample(
     noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
     check_measurement(y)
     guard = DivergenceGuard(prior)
-    advice = (f"the step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
-              "lower it")
+    advice = (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
+              "lower it (--step-size)")
 
     with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):
@@ -308,7 +309,7 @@ def dps_sample(
                 x_prev = x_prev - grad  # line 7: zeta_i already inside the gradient
                 if post_step is not None:
                     x_prev = post_step(x_prev, i)
-            guard.check(x_prev, i, int(schedule.timesteps[i]), "DPS " + advice)
+            guard.check(x_prev, i, int(schedule.timesteps[i]), advice)
             if callback is not None:
                 callback({"i": i, "t": int(schedule.timesteps[i]), "x": x_prev.clone(), "x0": x0d.clone(),
                           "residual": residual.clone(), "zeta": zeta_i.detach().clone()})
