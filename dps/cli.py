@@ -53,8 +53,9 @@ def _friendly(exc: Exception) -> click.ClickException:
         return click.ClickException(f"permission denied: {exc.filename or exc}; choose a folder you can write to")
     if isinstance(exc, OSError) and exc.errno is not None:
         return click.ClickException(f"{exc.strerror}: {exc.filename or ''}".rstrip(": "))
-    if isinstance(exc, (ValueError, FileNotFoundError)):
-        return click.ClickException(_one_line(exc))
+    if isinstance(exc, (ValueError, FileNotFoundError)):  # our older checks: their message is meant for users
+        text = str(exc).strip().splitlines()
+        return click.ClickException(text[0] if text else _one_line(exc))
     err = click.ClickException(f"internal error ({_one_line(exc)}); rerun with `dps --debug ...` and report the "
                                "traceback")
     err.exit_code = 3

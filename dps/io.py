@@ -23,6 +23,7 @@ Grey -> RGB repeats the channel; RGB -> grey is the ITU-R 601 luma 0.299 R + 0.5
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -61,8 +62,11 @@ def load_torch_file(path: PathLike, what: str = "file") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DPSError(f"{what} {path} holds objects other than tensors and plain containers; dps loads files "
-                       "safely (weights_only=True) and refuses it: save a state dict or a tensor instead") from None
+        if zipfile.is_zipfile(path):  # a well-formed PyTorch file with arbitrary objects in it
+            raise DPSError(f"{what} {path} holds objects other than tensors and plain containers; dps loads files "
+                           "safely (weights_only=True) and refuses it: save a state dict or a tensor instead") \
+                from None
+        raise DPSError(f"{what} {path} is truncated or not a PyTorch file; write it again") from None
     except Exception:  # EOFError, RuntimeError from the zip reader, ...: a damaged file
         raise DPSError(f"{what} {path} is truncated or not a PyTorch file; write it again") from None
 

@@ -1,0 +1,436 @@
+"""Bad input of every kind, tried as a user would: one table, one row per case.
+
+Each case builds its files in a fresh folder, runs one `dps` command (in-process, through click) and
+states the exit code, a fragment of the one-line message and the files that must be left untouched.
+Every failure must be a one-line ``Error: ...`` (never a traceback, never advice to turn off safe loading).
+Below the table: image decoding at full precision, the API's validation, a concurrency test and a
+kill-and-resume test (real processes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from dps.cli import main
+from dps.images import save_image
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from dps.data.digits import digits_split
+
+    x, _ = digits_split("held_out")
+    return x[:3]
+
+
+@dataclass
+class Case:
+    """args: the command line, with {d} the case's folder and {model} the tiny model; setup(d, ctx) makes the
+    files; untouched: paths (relative to d) whose bytes must not change."""
+
+    id: str
+    args: str
+    code: int
+    message: str
+    setup: Callable[[Path, dict], None] = lambda d, ctx: None
+    untouched: tuple[str, ...] = ()
+    after: Callable[[Path], None] = field(default=lambda d: None)
+
+
+# ------------------------------------------------------------------------------------------------ set-ups
+def _good_images(d: Path, ctx: dict, n: int = 2) -> None:
+    (d / "in").mkdir(exist_ok=True)
+    for i in range(n):
+        save_image(ctx["digits"][i], d / "in" / f"good{i}.png")
+
+
+def _truncated_png(d, ctx):
+    _good_images(d, ctx)
+    data = (d / "in" / "good0.png").read_bytes()
+    (d / "in" / "cut.png").write_bytes(data[: len(data) // 2])
+
+
+def _text_as_png(d, ctx):
+    _good_images(d, ctx)
+    (d / "in" / "notes.png").write_text("this is not an image\n")
+
+
+def _one_image(d, ctx):
+    _good_images(d, ctx, 1)
+
+
+def _solve_run(d, ctx, task="inpainting_random", extra=()):
+    _good_images(d, ctx, 1)
+    r = CliRunner().invoke(main, ["solve", "--task", task, "--input", str(d / "in"), "--model", ctx["model"],
+                                  "--steps", "2", "--out", str(d / "run"), *extra])
+    assert r.exit_code == 0, r.output
+
+
+def _measurement(d, ctx, tensor):
+    _solve_run(d, ctx)
+    torch.save(tensor, d / "y.pt")
+
+
+def _empty(name):
+    return lambda d, ctx: (d / name).write_bytes(b"")
+
+
+def _random_bytes(name):
+    return lambda d, ctx: (d / name).write_bytes(os.urandom(4096))
+
+
+class _Gadget:  # a pickled object: weights_only loading must refuse it
+    pass
+
+
+def _pickled_object(name):
+    return lambda d, ctx: torch.save({"model": _Gadget()}, d / name)
+
+
+def _text(name, content):
+    return lambda d, ctx: (d / name).write_text(content)
+
+
+def _task_file(body):
+    def setup(d, ctx):
+        _one_image(d, ctx)
+        (d / "task.yaml").write_text(body)
+
+    return setup
+
+
+def _bench_run(d, ctx):
+    r = CliRunner().invoke(main, ["bench", "images", "--methods", "dps", "--tasks", "super_resolution", "--n", "1",
+                                  "--steps", "2", "--model", ctx["model"], "--out", str(d / "bench")])
+    assert r.exit_code == 0, r.output
+
+
+def _live_lock(d, ctx):
+    import socket
+
+    _one_image(d, ctx)
+    (d / "run").mkdir()
+    (d / "run" / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # this test process: alive
+
+
+def _truncated_state(d, ctx):
+    from conftest import TINY
+
+    r = CliRunner().invoke(main, ["train", "--out", str(d / "train"), "--unet", json.dumps(TINY), "--steps", "2",
+                                  "--batch-size", "2", "--checkpoint-every", "2"])
+    assert r.exit_code == 0, r.output
+    state = d / "train" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:1000])
+
+
+def _solved_good_ones(d):
+    record = json.loads((d / "out" / "run.json").read_text())
+    assert sorted(record["images"]) == ["good0", "good1"] and (d / "out" / "recon" / "good1.png").exists()
+
+
+SOLVE = "solve --task inpainting_random --model {model} --steps 2"
+CASES = [
+    # images
+    Case("truncated-png-among-good", SOLVE + " --input {d}/in --out {d}/out", 1, "cut.png cannot be decoded",
+         _truncated_png, after=_solved_good_ones),
+    Case("text-file-named-png", SOLVE + " --input {d}/in --out {d}/out", 1, "notes.png is not an image file",
+         _text_as_png, after=_solved_good_ones),
+    Case("no-such-input", SOLVE + " --input {d}/none.png --out {d}/out", 2, "does not exist"),
+    # measurements and operators
+    Case("empty-measurement", SOLVE + " --measurement {d}/y.pt --operator {d}/run/operator.pt --out {d}/out2", 1,
+         "is empty", lambda d, ctx: (_solve_run(d, ctx), (d / "y.pt").write_bytes(b""))),
+    Case("measurement-wrong-channels", SOLVE + " --measurement {d}/y.pt --operator {d}/run/operator.pt --out {d}/out2",
+         1, "has shape (3, 32, 32)", lambda d, ctx: _measurement(d, ctx, torch.rand(3, 32, 32))),
+    Case("two-measurements-in-one-file", SOLVE + " --measurement {d}/y.pt --operator {d}/run/operator.pt --out {d}/o2",
+         1, "holds 2 measurements", lambda d, ctx: _measurement(d, ctx, torch.rand(2, 1, 32, 32))),
+    Case("nan-measurement", SOLVE + " --measurement {d}/y.pt --operator {d}/run/operator.pt --out {d}/out2", 1,
+         "NaN or infinite", lambda d, ctx: _measurement(d, ctx, torch.full((1, 32, 32), float("nan")))),
+    Case("operator-of-another-task", "solve --task super_resolution --model {model} --steps 2 --measurement "
+         "{d}/run/measurement/good0.pt --operator {d}/run/operator.pt --out {d}/out2", 1, "task's operator is",
+         _solve_run),
+    Case("pickled-object-as-operator", SOLVE + " --input {d}/in --operator {d}/op.pt --out {d}/out", 1,
+         "refuses it", lambda d, ctx: (_one_image(d, ctx), _pickled_object("op.pt")(d, ctx))),
+    # model files
+    Case("empty-checkpoint", "sample --model {d}/m.pt --out {d}/s.png", 1, "is empty", _empty("m.pt")),
+    Case("garbage-checkpoint", "sample --model {d}/m.pt --out {d}/s.png", 1, "truncated or not a PyTorch file",
+         _random_bytes("m.pt")),
+    Case("pickled-class-checkpoint", "sample --model {d}/m.pt --out {d}/s.png", 1, "weights_only=True",
+         _pickled_object("m.pt")),
+    Case("corrupt-safetensors", "sample --model {d}/m.safetensors --out {d}/s.png", 1,
+         "truncated or not a safetensors file", _random_bytes("m.safetensors")),
+    Case("empty-safetensors", "sample --model {d}/m.safetensors --out {d}/s.png", 1, "is empty",
+         _empty("m.safetensors")),
+    Case("folder-that-is-no-model", "sample --model {d} --out {d}/s.png", 1, "not a diffusers"),
+    # task files
+    Case("malformed-yaml", SOLVE.replace("inpainting_random", "{d}/task.yaml") + " --input {d}/in --out {d}/out", 1,
+         "not valid YAML", _task_file("name: t\noperator: {name: super_resolution\nnoise: [\n")),
+    Case("steps-twenty", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "steps must be an integer", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\n"
+                                                "dps: {steps: twenty}\n")),
+    Case("steps-20.5", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "steps must be an integer", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\n"
+                                                "dps: {steps: 20.5}\n")),
+    Case("factor-0", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
+         "operator.factor must be in [1", _task_file("operator: {name: super_resolution, factor: 0}\n"
+                                                    "noise: gaussian:0.05\n")),
+    Case("task-file-a-list", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "must hold a mapping", _task_file("- a\n- b\n")),
+    Case("unknown-task-key", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "unknown task keys", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\nzeta: 1\n")),
+    Case("clip-x0-reversed", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "low < high", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\n"
+                                  "dps: {clip_x0: [1, -1]}\n")),
+    # values
+    Case("noise-not-a-number", SOLVE + " --noise gaussian:abc --input {d}/in --out {d}/out", 1, "is not a number",
+         _one_image),
+    Case("noise-negative", SOLVE + " --noise gaussian:-1 --input {d}/in --out {d}/out", 1, "must be >= 0",
+         _one_image),
+    Case("poisson-rate-nan", SOLVE + " --noise poisson:nan --input {d}/in --out {d}/out", 1, "must be finite",
+         _one_image),
+    Case("step-size-nan", SOLVE + " --step-size nan --input {d}/in --out {d}/out", 1, "must be finite", _one_image),
+    Case("step-size-1e9-diverges", SOLVE.replace("--steps 2", "--steps 20") + " --step-size 1e9 --input {d}/in "
+         "--out {d}/out", 1, "step size zeta'=1000000000.0", _one_image),
+    Case("steps-0", SOLVE.replace("--steps 2", "--steps 0") + " --input {d}/in --out {d}/out", 2, "--steps",
+         _one_image),
+    # run folders
+    Case("rerun-other-seed", SOLVE + " --input {d}/in --out {d}/run --seed 5", 1, "other settings (operator, seed differ)",
+         _solve_run, untouched=("run/run.json", "run/operator.pt", "run/recon/good0.png")),
+    Case("rerun-other-task", "solve --task super_resolution --model {model} --steps 2 --input {d}/in --out {d}/run", 1,
+         "other settings", _solve_run, untouched=("run/run.json", "run/operator.pt")),
+    Case("out-is-a-file", SOLVE + " --input {d}/in --out {d}/in/good0.png", 2, "good0.png", _one_image,
+         untouched=("in/good0.png",)),
+    Case("out-under-a-file", SOLVE + " --input {d}/in --out {d}/in/good0.png/sub", 1, "cannot create the output folder",
+         _one_image, untouched=("in/good0.png",)),
+    Case("folder-held-by-a-live-process", SOLVE + " --input {d}/in --out {d}/run", 1, "in use by another dps process",
+         _live_lock, untouched=("run/.lock",)),
+    Case("bench-rerun-other-steps", "bench images --methods dps --tasks super_resolution --n 1 --steps 3 "
+         "--model {model} --out {d}/bench", 1, "other settings (steps, tasks differ)", _bench_run,
+         untouched=("bench/table.md", "bench/bench.json", "bench/results/dps/super_resolution/heldout000.json")),
+    Case("bench-rerun-other-seed", "bench images --methods dps --tasks super_resolution --n 1 --steps 2 --seed 3 "
+         "--model {model} --out {d}/bench", 1, "other settings (seed differ)", _bench_run,
+         untouched=("bench/table.md", "bench/bench.json")),
+    Case("bench-unknown-method", "bench images --methods magic --model {model} --out {d}/bench", 1,
+         "unknown method 'magic'"),
+    Case("bench-ddrm-on-poisson-is-na", "bench images --methods ddrm --tasks {d}/task.yaml --n 1 --model {model} "
+         "--out {d}/bench", 0, "n/a", _task_file("name: sr_poisson\noperator: {name: super_resolution}\n"
+                                                 "noise: poisson:1.0\n")),
+    # training
+    Case("truncated-training-state", "train --out {d}/train --unet '{tiny}' --steps 4 --batch-size 2 "
+         "--checkpoint-every 2", 1,
+         "delete", _truncated_state, untouched=("train/state.safetensors",)),
+    Case("train-data-folder-with-text", "train --out {d}/t --data {d}/data --steps 1", 1, "is not an image file",
+         lambda d, ctx: ((d / "data").mkdir(), (d / "data" / "x.png").write_text("no"))),
+    # benchmarks
+    Case("gmm-method-that-does-not-apply", "bench gmm --methods hio --problems 1 --samples 10", 2, "do not apply"),
+    Case("gmm-odd-dimension", "bench gmm --dim 3 --problems 1 --samples 10", 2, "even"),
+]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path, tiny_model_path, digits):
+    import shlex
+
+    from conftest import TINY
+
+    ctx = {"model": str(tiny_model_path), "digits": digits}
+    case.setup(tmp_path, ctx)
+    before = {p: _digest(tmp_path / p) for p in case.untouched}
+    args = shlex.split(case.args.format(d=tmp_path, model=tiny_model_path, tiny=json.dumps(TINY)))
+    r = CliRunner().invoke(main, args)
+    out = r.output
+    assert r.exit_code == case.code, out
+    assert case.message in out, out
+    assert "Traceback" not in out and "weights_only=False" not in out, out
+    if case.code == 1:  # our errors: exactly one line, never a raw exception
+        assert isinstance(r.exception, SystemExit), repr(r.exception)
+        errors = [line for line in out.splitlines() if "Error:" in line]  # tqdm may share the line
+        assert len(errors) == 1, out
+    for p, digest in before.items():
+        assert _digest(tmp_path / p) == digest, f"{p} was changed"
+    case.after(tmp_path)
+
+
+def test_missing_optional_package_is_named(tmp_path, monkeypatch):
+    """A diffusers folder without diffusers installed: the error names the extra to install."""
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    r = CliRunner().invoke(main, ["sample", "--model", str(tmp_path), "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 1 and "pip install 'dps[diffusers]'" in r.output, r.output
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"")
+    r = CliRunner().invoke(main, ["--debug", "sample", "--model", str(tmp_path / "m.pt")])
+    assert r.exit_code == 1 and not isinstance(r.exception, SystemExit)  # the exception itself propagates
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _write_png16_rgb(path: Path, arr: np.ndarray) -> None:
+    import png
+
+    h, w, _ = arr.shape
+    png.Writer(w, h, greyscale=False, bitdepth=16).write(open(path, "wb"), arr.reshape(h, w * 3).tolist())
+
+
+def test_images_keep_full_precision_and_documented_channels(tmp_path):
+    from dps.io import read_image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64 + 7).astype(np.uint16)  # uses all 16 bits
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    x = read_image(tmp_path / "g16.png", 1)
+    torch.testing.assert_close(x[0].double(), torch.from_numpy(ramp / 65535.0), atol=1e-7, rtol=0)
+    assert len(torch.unique(x)) == 1024  # an 8-bit path would leave at most 256 levels
+
+    rgb = np.stack([ramp, ramp[::-1], ramp.T], -1)
+    _write_png16_rgb(tmp_path / "c16.png", rgb)
+    x = read_image(tmp_path / "c16.png", 3)
+    torch.testing.assert_close(x.permute(1, 2, 0).double(), torch.from_numpy(rgb / 65535.0), atol=1e-7, rtol=0)
+    grey = read_image(tmp_path / "c16.png", 1, convert_channels=True)
+    luma = rgb @ np.array([0.299, 0.587, 0.114]) / 65535.0
+    torch.testing.assert_close(grey[0].double(), torch.from_numpy(luma), atol=1e-6, rtol=0)
+
+    pal = Image.fromarray((ramp >> 8).astype(np.uint8)).convert("P")
+    pal.save(tmp_path / "p.png")
+    x = read_image(tmp_path / "p.png", 3)
+    expect = np.asarray(pal.convert("RGB"), dtype=np.float32) / 255
+    torch.testing.assert_close(x.permute(1, 2, 0), torch.from_numpy(expect))
+
+    la = np.stack([np.full((32, 32), 200, np.uint8), np.full((32, 32), 128, np.uint8)], -1)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    x = read_image(tmp_path / "la.png", 1)  # alpha composited onto black: value * alpha
+    torch.testing.assert_close(x, torch.full((1, 32, 32), 200 / 255 * 128 / 255))
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 255
+    rgba[:16, :, 3] = 0  # the top half fully transparent
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    x = read_image(tmp_path / "rgba.png", 3)
+    assert float(x[0, :16].max()) == 0 and float(x[0, 16:].min()) == 1 and float(x[1:].max()) == 0
+
+    cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red
+    cmyk.save(tmp_path / "cmyk.jpg", quality=100)
+    x = read_image(tmp_path / "cmyk.jpg", 3)
+    assert x.shape == (3, 32, 32) and float(x[0].mean()) > 0.9 and float(x[1:].mean()) < 0.1
+
+
+def test_solve_uses_16_bit_ground_truth(tmp_path, tiny_model_path):
+    """The ground truth of a 16-bit grey file is not clipped: its label keeps the mean of the source."""
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    r = CliRunner().invoke(main, ["solve", "--task", "inpainting_box", "--input", str(tmp_path / "g16.png"),
+                                  "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    label = np.asarray(Image.open(tmp_path / "o" / "label" / "g16.png"), dtype=np.float64) / 255
+    assert abs(label.mean() - (ramp / 65535).mean()) < 0.01
+
+
+# ------------------------------------------------------------------------------------------------ API
+def test_values_are_validated_where_they_enter():
+    from dps.errors import DPSError
+    from dps.noise import GaussianNoise, PoissonNoise
+    from dps.solvers.dps import DPSConfig
+
+    for bad, key in [(dict(zeta=float("nan")), "finite"), (dict(zeta=-1), ">= 0"), (dict(steps=2.5), "integer"),
+                     (dict(steps=True), "integer"), (dict(eta=2.0), "eta"), (dict(variance="big"), "variance"),
+                     (dict(clip_x0=(1, 2, 3)), "pair")]:
+        with pytest.raises(DPSError, match=key):
+            DPSConfig(**bad)
+    with pytest.raises(DPSError, match="finite"):
+        GaussianNoise(float("inf"))
+    with pytest.raises(DPSError, match="rate"):
+        PoissonNoise(0.0)
+
+
+def test_nan_measurement_is_not_blamed_on_the_step_size():
+    from dps.bench.gmm import gmm_problem
+    from dps.errors import DPSError
+    from dps.noise import GaussianNoise
+    from dps.solvers.dps import DPSConfig, dps_sample
+
+    pb = gmm_problem(4, 2, 0)
+    y = pb.y[None].clone()
+    y[0, 0] = float("nan")
+    with pytest.raises(DPSError, match="measurement holds 1 NaN") as err:
+        dps_sample(pb.prior, lambda x: x @ pb.A.T, y, GaussianNoise(0.1), DPSConfig(steps=5))
+    assert "step size" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def _spawn(args, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "dps", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def _done(out: Path) -> set[str]:
+    try:
+        record = json.loads((out / "run.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return set()
+    return {k for k, v in record.get("images", {}).items() if v.get("done")}
+
+
+def test_concurrent_run_is_refused_and_a_killed_run_resumes(tmp_path, tiny_model_path, digits):
+    """A second process on a held folder is refused and changes nothing; after SIGKILL of the first, a rerun
+    takes over the stale lock, removes stale temporary files, keeps finished images and completes the run
+    with the same results as an uninterrupted run."""
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        save_image(digits[i], tmp_path / "in" / f"d{i}.png")
+    common = ["solve", "--task", "inpainting_random", "--input", tmp_path / "in", "--model", tiny_model_path,
+              "--steps", "150", "--batch-size", "1"]
+    out = tmp_path / "run"
+    first = _spawn([*common, "--out", out])
+    try:
+        deadline = time.time() + 120
+        while not _done(out) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert _done(out) and first.poll() is None, "the first run should be part-way through"
+        record_before = (out / "run.json").read_bytes()
+        r = CliRunner().invoke(main, [*map(str, common), "--out", str(out)])
+        assert r.exit_code == 1 and "in use by another dps process" in r.output, r.output
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (out / ".lock").exists()  # left behind by the killed process
+    finished = _done(out)
+    assert 1 <= len(finished) < 3 and json.loads(record_before)["settings"] == json.loads(
+        (out / "run.json").read_text())["settings"]
+    (out / "recon" / ".d2.png.abc123.tmp").write_bytes(b"half-written")  # a stale temporary file
+    stamps = {n: (out / "recon" / f"{n}.png").stat().st_mtime_ns for n in finished}
+    again = _spawn([*common, "--out", out])  # every run with one thread, so results compare bit for bit
+    assert again.wait(timeout=300) == 0, again.stdout.read().decode()
+    assert _done(out) == {"d0", "d1", "d2"} and not (out / ".lock").exists()
+    assert not list(out.rglob(".*.tmp"))
+    assert {n: (out / "recon" / f"{n}.png").stat().st_mtime_ns for n in finished} == stamps  # not recomputed
+    ref = tmp_path / "ref"
+    reference = _spawn([*common, "--out", ref])
+    assert reference.wait(timeout=300) == 0, reference.stdout.read().decode()
+    for n in ("d0", "d1", "d2"):
+        assert (out / "recon" / f"{n}.png").read_bytes() == (ref / "recon" / f"{n}.png").read_bytes(), n
+    a, b = json.loads((out / "run.json").read_text()), json.loads((ref / "run.json").read_text())
+    assert a["images"] == b["images"]
