@@ -146,11 +146,12 @@ def sample(model, config, n, steps, sampler, eta, seed, out) -> None:
     import torch
 
     from .images import make_grid, save_image
+    from .seeds import unconditional_generators
     from .solvers.unconditional import sample_prior
     from .utils import atomic_path
 
     prior = _load_prior(model, config)
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    gens = unconditional_generators(seed, n)
     x = sample_prior(prior, n, steps=steps, sampler=sampler, eta=eta, generator=gens)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(x, nrow=int(math.ceil(math.sqrt(n)))), out)
@@ -318,12 +319,13 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
     from .data.digits import digits_split
     from .images import make_grid, save_image
     from .metrics.digits_classifier import load_classifier, prior_quality
+    from .seeds import unconditional_generators
     from .solvers.unconditional import sample_prior
 
     prior = _load_prior(model, None)
     if tuple(prior.event_shape) != (1, 32, 32):
         raise click.ClickException(f"the digit classifier needs a (1, 32, 32) prior, got {prior.event_shape}")
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    gens = unconditional_generators(seed, n)
     x = torch.cat([sample_prior(prior, len(chunk), steps=steps, generator=chunk)
                    for chunk in (gens[i:i + 64] for i in range(0, n, 64))])
     held, _ = digits_split("held_out")

@@ -6,7 +6,10 @@ stream                 seed                                     used for
 operator               ``seed``                                 masks, kernels, latents of the operator
 measurement noise      ``seed * 1_000_003 + i``                 image i's noise (its index in the run)
 sample k of image i    ``(seed * 1_000_003 + i) * 1_009 + k + 1``  the sampler's start noise and steps
+unconditional sample   ``seed * 1_000_003 + k``                 ``dps sample``, ``dps bench prior``
 =====================  =======================================  ======================================
+
+(The GMM benchmark keeps the draws that define its canonical problems: ``dps.bench.gmm``.)
 
 Each image and each sample has its own generator, so a result never depends on the batch it ran in.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["operator_seed", "noise_seed", "sample_seed", "sample_generators", "FORMULAS"]
+__all__ = ["operator_seed", "noise_seed", "sample_seed", "sample_generators", "unconditional_generators", "FORMULAS"]
 
 FORMULAS = {"operator": "seed", "noise": "seed * 1000003 + i", "sample": "(seed * 1000003 + i) * 1009 + k + 1"}
 
@@ -34,3 +37,8 @@ def sample_seed(seed: int, i: int, k: int) -> int:
 def sample_generators(seed: int, indices, K: int, device="cpu") -> list[torch.Generator]:
     """len(indices) * K generators, sample k of image indices[b] at position b * K + k."""
     return [torch.Generator(device).manual_seed(sample_seed(seed, i, k)) for i in indices for k in range(K)]
+
+
+def unconditional_generators(seed: int, n: int) -> list[torch.Generator]:
+    """n generators for unconditional samples 0..n-1."""
+    return [torch.Generator().manual_seed(noise_seed(seed, k)) for k in range(n)]

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from dps.data.digits import digits_split  # noqa: E402
 from dps.images import make_grid, save_image  # noqa: E402
+from dps.seeds import unconditional_generators  # noqa: E402
 from dps.metrics.digits_classifier import CLASSIFIER_FILE, load_classifier, prior_quality  # noqa: E402
 from dps.models.loading import load_model  # noqa: E402
 from dps.solvers.unconditional import sample_prior  # noqa: E402
@@ -40,7 +41,7 @@ def main(run: Path, n: int = 359, steps: int = 250, seed: int = 0) -> None:
     first = rows[0]
 
     t0 = time.time()
-    gens = [torch.Generator().manual_seed(seed * 1_000_003 + k) for k in range(n)]
+    gens = unconditional_generators(seed, n)
     x = torch.cat([sample_prior(prior, len(c), steps=steps, generator=c) for c in (gens[i:i + 64] for i in range(0, n, 64))])
     sample_seconds = time.time() - t0
     save_image(make_grid(x[:64], nrow=8), ASSETS / "digits_samples.png")

@@ -264,3 +264,30 @@ def test_config_validation() -> None:
     prior = GaussianMixturePrior(torch.ones(2), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="x_T must have shape"):
         dps_sample(prior, identity, torch.zeros(1, 3), x_T=torch.zeros(2, 2), config=DPSConfig(steps=2))
+
+
+def test_step_rule_objects_and_read_only_callback() -> None:
+    """A StepRule object passed by the user runs as the built-in of the same formula; a callback that writes
+    into what it gets changes nothing (it receives copies); post_step is the hook that may change x."""
+    from dps.solvers.dps import PaperRule, StepRule
+
+    class MyPaper(StepRule):
+        name = "mine"
+
+        def __call__(self, zeta, residual_norm, schedule, i, **_):
+            return zeta / residual_norm
+
+    pb = gmm_problem(4, 2, seed=1)
+    run = lambda cfg, **kw: dps_sample(pb.prior, lambda v: v @ pb.A.T, pb.y[None], GaussianNoise(pb.sigma_y), cfg,
+                                       num_samples=3, generator=torch.Generator().manual_seed(0), **kw).x
+    ref = run(DPSConfig(steps=10))
+    torch.testing.assert_close(run(DPSConfig(steps=10, step_rule=MyPaper())), ref, rtol=0, atol=1e-12)
+    assert DPSConfig(step_rule=PaperRule()).to_dict()["step_rule"] == "paper"
+
+    def vandal(state: dict) -> None:
+        for key in ("x", "x0", "residual", "zeta"):
+            state[key].fill_(1e6)
+
+    assert torch.equal(run(DPSConfig(steps=10), callback=vandal), ref)
+    moved = run(DPSConfig(steps=10), post_step=lambda x, i: torch.zeros_like(x) if i == 0 else x)
+    assert not torch.equal(moved, ref)

@@ -39,6 +39,4 @@ def sample_prior(prior: Prior, n: int, steps: int = 250, sampler: str = "ddpm", 
             x = ddim_step(x, x0, schedule, i, z, eta)
         else:
             raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
-    x = prior.to_data(x)
-    bounds = getattr(prior, "data_bounds", None)
-    return x.clamp(*bounds) if bounds is not None else x
+    return prior.clip_data(prior.to_data(x))
