@@ -219,36 +219,33 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
     from .models.loading import load_model
-    from .solve import SolveSettings, SomeInputsFailed, run_solve
+    from .solve import SolveSettings, run_solve
     from .tasks import Task, load_task
 
-    try:
-        task = load_task(task_name)
-        previous = _run_settings(task_name)  # a run.json also fixes model, samples and seed
-        model = model or previous.get("model", "default")
-        samples = samples or previous.get("samples", 1)
-        seed = previous.get("seed", 0) if seed is None else seed
-        dps = dict(task.dps)
-        if steps is not None:
-            dps["steps"] = steps
-        if zeta is not None:
-            dps["zeta"] = zeta
-        if step_rule is not None:
-            dps["step_rule"] = step_rule
-        operator = dict(task.operator)
-        if kernel_wizard is not None:
-            if task.name != "nonlinear_blur":
-                raise click.BadParameter("--kernel-wizard applies to the nonlinear_blur task only")
-            operator = {"name": "nonuniform_blur", "weights": str(Path(kernel_wizard).resolve())}
-        task = Task(task.name, operator, noise or task.noise, dps,
-                    task.select if select is None else (None if select == "first" else select))
-        prior = load_model(model, model_config)
-        settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
-                                 convert_channels=convert_channels, progress_frames=progress_frames, method=method)
-        record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
-                           settings=settings, operator_file=operator_file, prior=prior)
-    except SomeInputsFailed as exc:
-        raise click.ClickException(str(exc)) from None
+    task = load_task(task_name)
+    previous = _run_settings(task_name)  # a run.json also fixes model, samples and seed
+    model = model or previous.get("model", "default")
+    samples = samples or previous.get("samples", 1)
+    seed = previous.get("seed", 0) if seed is None else seed
+    dps = dict(task.dps)
+    if steps is not None:
+        dps["steps"] = steps
+    if zeta is not None:
+        dps["zeta"] = zeta
+    if step_rule is not None:
+        dps["step_rule"] = step_rule
+    operator = dict(task.operator)
+    if kernel_wizard is not None:
+        if task.name != "nonlinear_blur":
+            raise click.BadParameter("--kernel-wizard applies to the nonlinear_blur task only")
+        operator = {"name": "nonuniform_blur", "weights": str(Path(kernel_wizard).resolve())}
+    task = Task(task.name, operator, noise or task.noise, dps,
+                task.select if select is None else (None if select == "first" else select))
+    prior = load_model(model, model_config)
+    settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
+                             convert_channels=convert_channels, progress_frames=progress_frames, method=method)
+    record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
+                       settings=settings, operator_file=operator_file, prior=prior)
     done = record["images"]
     scores = [v["psnr"] for v in done.values() if "psnr" in v]
     msg = f"{len(done)} image(s) in {out}"
