@@ -13,7 +13,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

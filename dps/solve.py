@@ -123,7 +123,6 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
             inputs[f.stem] = read(f)
         except DPSError as exc:
             failed.append(str(exc))
-    x_by_name = inputs if images is not None else None
 
     key = {"task": task.to_dict(), "model": settings.model, "samples": settings.samples, "seed": settings.seed,
            "image_shape": list(shape), "method": settings.method, "operator": _operator_digest(op)}

@@ -116,7 +116,7 @@ def check_operator_matches(op: Operator, spec: dict[str, Any], shape: Shape, sou
     same kind and the same settings (its random draws may differ)."""
     expected = build_operator(spec, shape, 0)
     if op.name != expected.name or op.config != expected.config:
-        raise DPSError(f"{source} holds a {op.name} operator {op.config}, but the task's operator is "
+        raise DPSError(f"{source} holds the operator {op.name} {op.config}, but the task's operator is "
                        f"{expected.name} {expected.config}; pass the matching --task or --operator")
 
 

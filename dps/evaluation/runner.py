@@ -36,7 +36,7 @@ from ..images import measurement_picture, save_image
 from ..metrics import psnr, ssim
 from ..pipeline import RunFolder, measure, write_json
 from ..seeds import operator_seed, sample_generators
-from ..solvers.methods import METHODS, get_method, reconstruct
+from ..solvers.methods import get_method, reconstruct
 from ..tasks import Task, build_operator, load_task
 from ..utils import atomic_path
 

@@ -259,7 +259,10 @@ def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
     :returns: a :class:`NetworkPrior` in eval mode; ``.network`` is the raw module.
     """
     key = str(path_or_name)
-    if key in EMBEDDED_MODELS and not Path(key).exists():
+    guided = Path(key).suffix not in (".safetensors", "") and Path(key).is_file()
+    if config is not None and not guided:
+        raise ValueError(f"a model config (--config) applies to guided-diffusion .pt checkpoints only; {key} carries "
+                         "its own configuration: drop --config")
         path = _ASSETS / EMBEDDED_MODELS[key]
         if not path.is_file():
             raise FileNotFoundError(f"embedded model file {path} is missing from this installation")
