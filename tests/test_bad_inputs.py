@@ -433,3 +433,13 @@ def test_concurrent_run_is_refused_and_a_killed_run_resumes(tmp_path, tiny_model
         assert (out / "recon" / f"{n}.png").read_bytes() == (ref / "recon" / f"{n}.png").read_bytes(), n
     a, b = json.loads((out / "run.json").read_text()), json.loads((ref / "run.json").read_text())
     assert a["images"] == b["images"]
+
+
+def test_config_is_refused_where_it_does_not_apply(tmp_path):
+    (tmp_path / "c.yaml").write_text("num_channels: 64\n")
+    r = CliRunner().invoke(main, ["sample", "--model", "default", "--config", str(tmp_path / "c.yaml"),
+                                  "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 1 and "drop --config" in r.output, r.output
+    import dps
+
+    assert tuple(dps.load_model("default").event_shape) == (1, 32, 32)  # and the embedded model still loads

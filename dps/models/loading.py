@@ -263,6 +263,7 @@ def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
     if config is not None and not guided:
         raise ValueError(f"a model config (--config) applies to guided-diffusion .pt checkpoints only; {key} carries "
                          "its own configuration: drop --config")
+    if key in EMBEDDED_MODELS and not Path(key).exists():
         path = _ASSETS / EMBEDDED_MODELS[key]
         if not path.is_file():
             raise FileNotFoundError(f"embedded model file {path} is missing from this installation")
