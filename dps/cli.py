@@ -254,6 +254,14 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     click.echo(msg)
 
 
+@main.command("methods")
+def methods_cmd() -> None:
+    """The reconstruction methods (the one method table) as Markdown."""
+    from .solvers.methods import methods_markdown
+
+    click.echo(methods_markdown(), nl=False)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

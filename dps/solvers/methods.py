@@ -30,7 +30,7 @@ from .dps import DPSConfig, check_measurement, dps_sample
 from .phase import er, hio, oss
 from .projection import mcg, score_sde
 
-__all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method"]
+__all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def _dps(prior, op, y, noise, generators, config: DPSConfig, callback=None) -> t
 class Method:
     """One reconstruction method: its function, where it comes from, what it needs and its settings.
 
-    :param steps: ``"task"`` when it runs the task's step count (and, for MCG, its zeta'), else its own.
-    :param sampler: True when it draws posterior samples (K > 1 differ), False for point estimates.
+    :param sampler: True when it draws posterior samples, False for point estimates (K > 1 then repeats the
+        estimate, or for the phase-retrieval algorithms its random restarts).
     """
 
     name: str
@@ -93,9 +93,7 @@ class Method:
     source: str
     settings: str
     requires: tuple[Requirement, ...] = ()
-    steps: str = "task"
     sampler: bool = True
-    needs_prior: bool = True
 
     def why_not(self, op, noise) -> Optional[str]:
         """None when the method applies to (op, noise), else the reason (one sentence)."""
@@ -117,23 +115,32 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)",
            "the task's steps, zeta' and step rule", ()),
     Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022",
-           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN), steps="20"),
+           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN)),
     Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022",
            "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,)),
     Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
            "the task's steps, projection after each unconditional DDPM step", (LINEAR,)),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
-           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), steps="40 iterations", sampler=False),
+           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False),
     Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM",
-           "100 iterations, lambda 0.01, rho 0.1", (LINEAR, IMAGES), steps="100 iterations", sampler=False,
-           needs_prior=False),
+           "100 iterations, lambda 0.01, rho 0.1", (LINEAR, IMAGES), sampler=False),
     Method("hio", hio, "HIO", "Fienup, 1982", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
-           (FOURIER,), steps="1050 iterations", needs_prior=False),
+           (FOURIER,), sampler=False),
     Method("er", er, "ER", "Fienup, 1982", "1000 iterations, best of 4 restarts", (FOURIER,),
-           steps="1000 iterations", needs_prior=False),
+           sampler=False),
     Method("oss", oss, "OSS", "Rodriguez et al., 2013", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
-           (FOURIER,), steps="1050 iterations", needs_prior=False),
+           (FOURIER,), sampler=False),
 )}
+
+
+def methods_markdown() -> str:
+    """The method table as Markdown (``dps methods``; the README's table is this text, checked by a test)."""
+    rows = ["| name | method | source | settings | applies to | samples |", "|---|---|---|---|---|---|"]
+    for m in METHODS.values():
+        needs = ", ".join(r.name for r in m.requires) or "any operator and noise"
+        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings} | {needs} | "
+                    f"{'posterior samples' if m.sampler else 'point estimate'} |")
+    return "\n".join(rows) + "\n"
 
 
 def get_method(name: str) -> Method:
