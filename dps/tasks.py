@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .errors import DPSError, check_float, check_int
+from .errors import DPSError
 from .io import load_mapping_file
 from .noise import NoiseModel, parse_noise
 from .operators import Blur, Inpainting, Operator, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
@@ -40,55 +40,23 @@ Shape = tuple[int, int, int]
 def _nonuniform(shape: Shape, g: torch.Generator, seed: int, weights: str, latent_std: float = 1.2) -> Operator:
     from .operators import NonUniformBlur, load_kernel_wizard
 
-    return NonUniformBlur(load_kernel_wizard(weights), shape, latent_std=_f(latent_std, "latent_std", 0.0, None, True),
-                          generator=g)
+    return NonUniformBlur(load_kernel_wizard(weights), shape, latent_std=latent_std, generator=g)
 
 
-def _i(v: Any, key: str, lo: int = 1) -> Optional[int]:
-    return None if v is None else check_int(v, f"operator.{key}", lo)
-
-
-def _f(v: Any, key: str, lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False) -> Optional[float]:
-    return None if v is None else check_float(v, f"operator.{key}", lo, hi, lo_open)
-
-
-def _bool(v: Any, key: str) -> bool:
-    if not isinstance(v, bool):
-        raise DPSError(f"operator.{key} must be true or false, got {v!r}")
-    return v
-
-
-def _boundary(v: Any) -> str:
-    if v not in ("reflect", "circular", "zeros"):
-        raise DPSError(f"operator.boundary must be reflect, circular or zeros, got {v!r}")
-    return v
-
-
-def _odd(v: Any, key: str) -> Optional[int]:
-    v = _i(v, key, 1)
-    if v is not None and v % 2 == 0:
-        raise DPSError(f"operator.{key} must be odd, got {v}")
-    return v
-
-
-#: operator name -> builder(shape, generator, seed, **params); parameters are validated here, where they
-#: enter, with the key named. Random draws use the generator or seed. The one place names become operators.
+#: operator name -> builder(shape, generator, seed, **params); the constructors validate the parameters.
+#: Random draws use the generator or seed. The one place where names become operators.
 OPERATOR_BUILDERS: dict[str, Callable[..., Operator]] = {
-    "super_resolution": lambda shape, g, seed, factor=4: SuperResolution(shape, _i(factor, "factor", 1)),
+    "super_resolution": lambda shape, g, seed, factor=4: SuperResolution(shape, factor),
     "inpainting_box": lambda shape, g, seed, box=None, margin=None, centred=False: Inpainting.box(
-        shape, _i(box, "box", 1), _i(margin, "margin", 0), _bool(centred, "centred"), generator=g),
-    "inpainting_random": lambda shape, g, seed, missing=0.92: Inpainting.random(
-        shape, _f(missing, "missing", 0.0, 0.999), generator=g),
+        shape, box, margin, centred, generator=g),
+    "inpainting_random": lambda shape, g, seed, missing=0.92: Inpainting.random(shape, missing, generator=g),
     "gaussian_blur": lambda shape, g, seed, size=None, std=None, boundary="reflect": Blur.gaussian(
-        shape, _odd(size, "size"), _f(std, "std", 0.0, None, True), _boundary(boundary)),
+        shape, size, std, boundary),
     "motion_blur": lambda shape, g, seed, size=None, intensity=0.5, boundary="reflect": Blur.motion(
-        shape, _odd(size, "size"), _f(intensity, "intensity", 0.0, 1.0), seed, _boundary(boundary)),
-    "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None: PhaseRetrieval(
-        shape, _f(oversampling, "oversampling", 1.0, 16.0), _i(pad, "pad", 0)),
+        shape, size, intensity, seed, boundary),
+    "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None: PhaseRetrieval(shape, oversampling, pad),
     "saturated_motion_blur": lambda shape, g, seed, exposure=1.5, alpha=3.0, size=None, intensity=0.5: (
-        SaturatedMotionBlur(shape, _f(exposure, "exposure", 0.0, None, True), _f(alpha, "alpha", 0.0, None, True),
-                            seed, blur=Blur.motion(shape, _odd(size, "size"), _f(intensity, "intensity", 0.0, 1.0),
-                                                   seed))),
+        SaturatedMotionBlur(shape, exposure, alpha, seed, blur=Blur.motion(shape, size, intensity, seed))),
     "nonuniform_blur": _nonuniform,
 }
 
@@ -105,9 +73,7 @@ def build_operator(spec: dict[str, Any], shape: Shape, seed: int) -> Operator:
         return OPERATOR_BUILDERS[name](shape, torch.Generator().manual_seed(seed), seed, **spec)
     except TypeError as exc:
         raise DPSError(f"bad parameters for operator {name!r}: {exc}") from None
-    except DPSError:
-        raise
-    except ValueError as exc:  # a constructor's own check (e.g. a box that does not fit the image)
+    except ValueError as exc:  # the constructor's check of a parameter (DPSError is a ValueError too)
         raise DPSError(f"operator {name!r}: {exc}") from None
 
 

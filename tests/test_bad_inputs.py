@@ -185,8 +185,19 @@ CASES = [
          "steps must be an integer", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\n"
                                                 "dps: {steps: 20.5}\n")),
     Case("factor-0", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
-         "operator.factor must be in [1", _task_file("operator: {name: super_resolution, factor: 0}\n"
+         "operator 'super_resolution': factor must be in [1", _task_file("operator: {name: super_resolution, factor: 0}\n"
                                                     "noise: gaussian:0.05\n")),
+    Case("gaussian-std-0", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
+         "kernel std must be > 0", _task_file("operator: {name: gaussian_blur, std: 0}\nnoise: gaussian:0.05\n")),
+    Case("missing-1.5", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
+         "missing fraction must be <= 0.999", _task_file("operator: {name: inpainting_random, missing: 1.5}\n"
+                                                          "noise: gaussian:0.05\n")),
+    Case("oversampling-nan", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
+         "oversampling ratio must be finite", _task_file("operator: {name: phase_retrieval, oversampling: .nan}\n"
+                                                         "noise: gaussian:0.05\n")),
+    Case("operator-param-typo", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
+         "bad parameters for operator 'super_resolution'", _task_file("operator: {name: super_resolution, "
+                                                                      "factr: 2}\nnoise: gaussian:0.05\n")),
     Case("task-file-a-list", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
          "must hold a mapping", _task_file("- a\n- b\n")),
     Case("unknown-task-key", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
@@ -223,6 +234,9 @@ CASES = [
     Case("bench-rerun-other-seed", "bench images --methods dps --tasks super_resolution --n 1 --steps 2 --seed 3 "
          "--model {model} --out {d}/bench", 1, "other settings (seed differ)", _bench_run,
          untouched=("bench/table.md", "bench/bench.json")),
+    Case("bench-data-with-a-broken-file", "bench images --methods dps --tasks super_resolution --n 3 --steps 2 "
+         "--model {model} --data {d}/in --out {d}/bench", 1, "1 image(s) could not be read", _truncated_png,
+         after=lambda d: json.loads((d / "bench" / "table.json").read_text())["n"] == 2 or pytest.fail("table")),
     Case("bench-unknown-method", "bench images --methods magic --model {model} --out {d}/bench", 1,
          "unknown method 'magic'"),
     Case("bench-ddrm-on-poisson-is-na", "bench images --methods ddrm --tasks {d}/task.yaml --n 1 --model {model} "

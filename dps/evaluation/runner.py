@@ -55,8 +55,9 @@ class BenchSettings:
     data: Optional[str] = None
 
 
-def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor]]:
-    """(N, C, H, W) images, their names and, for the digits, their labels."""
+def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor], list[str]]:
+    """(N, C, H, W) images, their names, for the digits their labels, and the files that could not be read
+    (the first ``n`` files of the folder are taken; unreadable ones are left out and reported)."""
     if settings.data is None:
         from ..data.digits import digits_split
 
@@ -64,11 +65,21 @@ def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str],
             raise ValueError(f"no built-in data for a {tuple(shape)} model: pass --data FOLDER")
         x, labels = digits_split("held_out")
         n = min(settings.n, len(x))
-        return x[:n], [f"heldout{i:03d}" for i in range(n)], labels[:n]
+        return x[:n], [f"heldout{i:03d}" for i in range(n)], labels[:n], []
     from ..data.folder import list_images, load_images
 
-    files = list_images([settings.data])[: settings.n]
-    return load_images(files, shape[-1], shape[0], "center-crop"), [f.stem for f in files], None
+    images, names, failed = [], [], []
+    for f in list_images([settings.data])[: settings.n]:
+        try:
+            images.append(load_images([f], shape[-1], shape[0], "center-crop")[0])
+            names.append(f.stem)
+        except DPSError as exc:
+            failed.append(str(exc))
+    if not images:
+        raise DPSError(f"none of the images in {settings.data} could be read: " + " | ".join(failed))
+    if len(set(names)) != len(names):
+        raise DPSError(f"image names in {settings.data} must be unique (file stems name the results)")
+    return torch.stack(images), names, None, failed
 
 
 def _optional_metrics():
@@ -102,7 +113,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     prior = prior if prior is not None else load_model(settings.model)
     prior = prior.to(ctx.device)
     shape = tuple(prior.event_shape)
-    x_all, names, labels = _load_data(settings, shape)
+    x_all, names, labels, failed = _load_data(settings, shape)
     tasks = [load_task(t) for t in settings.tasks]
     if settings.steps is not None:
         tasks = [Task(t.name, t.operator, t.noise, {**t.dps, "steps": settings.steps}, t.select) for t in tasks]
@@ -131,6 +142,9 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
             bench_figure(out, task.name, [m.name for m in methods
                                           if not (out / "results" / m.name / task.name / "NOT_APPLICABLE").exists()],
                          names[:8])
+    if failed:
+        raise DPSError(f"{len(failed)} image(s) could not be read and are not in the table {out / 'table.md'}: "
+                       + " | ".join(failed))
     return table
 
 

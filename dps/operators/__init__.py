@@ -26,13 +26,13 @@ from .blur import Blur, gaussian_kernel
 from .inpainting import Inpainting
 from .kernel_wizard import KernelWizard, NonUniformBlur, load_kernel_wizard
 from .motion_kernel import motion_kernel
-from .nonlinear import PhaseRetrieval, SaturatedMotionBlur, fft2c
+from .nonlinear import PhaseRetrieval, SaturatedMotionBlur, fft2c, ifft2c
 from .resize import SuperResolution
 
 __all__ = [
     "Operator", "LinearOperator", "MatrixOperator", "conjugate_gradient", "Blur", "gaussian_kernel", "motion_kernel", "Inpainting",
     "SuperResolution", "PhaseRetrieval", "SaturatedMotionBlur", "NonUniformBlur", "KernelWizard",
-    "load_kernel_wizard", "fft2c", "save_operator", "load_operator", "OPERATOR_CLASSES",
+    "load_kernel_wizard", "fft2c", "ifft2c", "save_operator", "load_operator", "OPERATOR_CLASSES",
 ]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import check_float, check_int
 from .base import LinearOperator
 from .motion_kernel import motion_kernel
 
@@ -30,8 +31,10 @@ def gaussian_kernel(size: int = 61, std: float = 3.0) -> torch.Tensor:
     The authors filter a delta with ``scipy.ndimage.gaussian_filter`` (truncated at 4 std); the two
     kernels differ by less than the Gaussian's tail beyond 4 std (about 1e-4 of the mass).
     """
-    if size % 2 == 0 or size < 1:
-        raise ValueError(f"kernel size must be odd and positive, got {size}")
+    size = check_int(size, "kernel size", 1)
+    std = check_float(std, "kernel std", 0.0, lo_open=True)
+    if size % 2 == 0:
+        raise ValueError(f"kernel size must be odd, got {size}")
     r = torch.arange(size, dtype=torch.float64) - size // 2
     g = torch.exp(-(r**2) / (2 * std**2))
     k = torch.outer(g, g)
@@ -105,8 +108,10 @@ class Blur(LinearOperator):
     def motion(cls, in_shape: tuple[int, int, int] = (3, 256, 256), size: Optional[int] = None,
                intensity: float = 0.5, seed: int = 0, boundary: str = "reflect") -> "Blur":
         """The paper's motion blur: a 61 x 61 random-trajectory kernel of intensity 0.5 (size scaled)."""
-        size = scaled_kernel_size(in_shape[1]) if size is None else size
-        k = motion_kernel(size, intensity, np.random.default_rng(seed))
+        size = scaled_kernel_size(in_shape[1]) if size is None else check_int(size, "kernel size", 1)
+        if size % 2 == 0:
+            raise ValueError(f"kernel size must be odd, got {size}")
+        k = motion_kernel(size, check_float(intensity, "intensity", 0.0, 1.0), np.random.default_rng(seed))
         return cls(torch.from_numpy(k), in_shape, boundary, "motion")
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:

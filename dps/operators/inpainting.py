@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import DPSError, check_float, check_int
 from .base import LinearOperator
 
 __all__ = ["Inpainting", "box_mask", "random_mask"]
@@ -22,8 +23,8 @@ def box_mask(size: tuple[int, int], box: Optional[int] = None, margin: Optional[
     16 at 256 px, as the authors' mask generator); ``centred=True`` puts the box in the middle.
     """
     H, W = size
-    box = H // 2 if box is None else box
-    margin = H // 16 if margin is None else margin
+    box = H // 2 if box is None else check_int(box, "box", 1)
+    margin = H // 16 if margin is None else check_int(margin, "margin", 0)
     if not 0 < box <= min(H, W) - 2 * margin:
         raise ValueError(f"box {box} with margin {margin} does not fit a {H}x{W} image")
     if centred:
@@ -38,8 +39,7 @@ def box_mask(size: tuple[int, int], box: Optional[int] = None, margin: Optional[
 
 def random_mask(size: tuple[int, int], missing: float = 0.92, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(H, W) mask with exactly round(missing * H * W) pixels missing, chosen uniformly."""
-    if not 0.0 <= missing < 1.0:
-        raise ValueError(f"missing fraction must be in [0, 1), got {missing}")
+    missing = check_float(missing, "missing fraction", 0.0, 0.999)
     H, W = size
     n_missing = round(missing * H * W)
     idx = torch.randperm(H * W, generator=generator)[:n_missing]
@@ -70,6 +70,8 @@ class Inpainting(LinearOperator):
             margin: Optional[int] = None, centred: bool = False,
             generator: Optional[torch.Generator] = None) -> "Inpainting":
         C, H, W = in_shape
+        if not isinstance(centred, bool):
+            raise DPSError(f"centred must be true or false, got {centred!r}")
         return cls(box_mask((H, W), box, margin, centred, generator), C, "box")
 
     @classmethod

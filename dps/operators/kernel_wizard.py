@@ -210,6 +210,9 @@ class NonUniformBlur(Operator):
     def __init__(self, model: KernelWizard, in_shape: tuple[int, int, int] = (3, 256, 256),
                  latent_std: float = 1.2, clamp: bool = False, generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
+        from ..errors import check_float
+
+        latent_std = check_float(latent_std, "latent_std", 0.0, lo_open=True)
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

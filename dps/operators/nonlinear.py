@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import check_float, check_int
 from .base import Operator
 from .blur import Blur
 
@@ -30,6 +31,12 @@ def fft2c(x: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
 
 
+def ifft2c(X: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`fft2c`: fftshift(ifft2(ifftshift(X), norm='ortho'))."""
+    X = torch.fft.ifftshift(X, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.ifft2(X, norm="ortho"), dim=(-2, -1))
+
+
 class PhaseRetrieval(Operator):
     """y = |fft2c(pad(x))| for x (B, C, H, W); y (B, C, H + 2p, W + 2p), p = round((ratio - 1) H / 2)."""
 
@@ -40,10 +47,9 @@ class PhaseRetrieval(Operator):
         super().__init__()
         C, H, W = in_shape
         if pad is None:
-            if oversampling < 1:
-                raise ValueError(f"oversampling ratio must be >= 1, got {oversampling}")
+            oversampling = check_float(oversampling, "oversampling ratio", 1.0, 16.0)
             pad = round((oversampling - 1) * H / 2)
-        self.pad = int(pad)
+        self.pad = check_int(pad, "pad", 0)
         self.fourier_support = self.pad
         self.config = {"in_shape": [C, H, W], "pad": self.pad}
 
@@ -54,8 +60,8 @@ class PhaseRetrieval(Operator):
     def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
         """|IFFT(y)| with zero phase, cropped to the support and scaled to a maximum of 1."""
         p = self.pad
-        x = torch.fft.ifftshift(torch.fft.ifft2(torch.fft.fftshift(y, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
-        x = x.abs()[..., p:x.shape[-2] - p, p:x.shape[-1] - p]
+        x = ifft2c(y.to(torch.complex128 if y.dtype == torch.float64 else torch.complex64)).abs()
+        x = x[..., p:x.shape[-2] - p, p:x.shape[-1] - p]
         return (x / x.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)).clamp(0, 1)
 
     @classmethod
@@ -82,8 +88,8 @@ class SaturatedMotionBlur(Operator):
     def __init__(self, in_shape: tuple[int, int, int] = (3, 256, 256), exposure: float = 1.5,
                  alpha: float = 3.0, seed: int = 0, blur: Blur | None = None) -> None:
         super().__init__()
-        if alpha <= 0 or exposure <= 0:
-            raise ValueError("exposure and alpha must be positive")
+        exposure = check_float(exposure, "exposure", 0.0, lo_open=True)
+        alpha = check_float(alpha, "alpha", 0.0, lo_open=True)
         self.blur = blur if blur is not None else Blur.motion(in_shape, seed=seed)
         self.exposure, self.alpha = float(exposure), float(alpha)
         self.config = {"in_shape": list(in_shape), "exposure": exposure, "alpha": alpha, "blur": self.blur.config}

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from ..errors import check_int
+
 from .base import LinearOperator
 
 __all__ = ["SuperResolution", "imresize_matrix", "cubic"]
@@ -57,6 +59,7 @@ class SuperResolution(LinearOperator):
 
     def __init__(self, in_shape: tuple[int, int, int] = (3, 256, 256), factor: int = 4) -> None:
         super().__init__()
+        factor = check_int(factor, "factor", 1)
         C, H, W = in_shape
         if H % factor or W % factor:
             raise ValueError(f"image size {H}x{W} is not divisible by the factor {factor}")

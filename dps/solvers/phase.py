@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from ..diffusion.denoiser import bcast
-from ..operators import Operator, fft2c
+from ..operators import Operator, fft2c, ifft2c
 
 __all__ = ["hio", "er", "oss"]
 
@@ -19,9 +19,7 @@ __all__ = ["hio", "er", "oss"]
 def _fourier_projection(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Keep the phase of F g, impose the measured magnitude y; back to the (real part of the) image."""
     G = fft2c(g.to(torch.complex64 if g.dtype == torch.float32 else torch.complex128))
-    G = y * torch.exp(1j * torch.angle(G))
-    return torch.fft.ifftshift(torch.fft.ifft2(torch.fft.fftshift(G, dim=(-2, -1)), norm="ortho"),
-                               dim=(-2, -1)).real
+    return ifft2c(y * torch.exp(1j * torch.angle(G))).real
 
 
 def _iterate(kind: str, op: Operator, y: torch.Tensor, g: torch.Tensor, iters: int, beta: float,
