@@ -457,3 +457,14 @@ def test_config_is_refused_where_it_does_not_apply(tmp_path):
     import dps
 
     assert tuple(dps.load_model("default").event_shape) == (1, 32, 32)  # and the embedded model still loads
+
+
+def test_two_runs_with_other_inputs_keep_every_record(tmp_path, tiny_model_path, digits):
+    """Same settings, different inputs, one after the other: run.json keeps both runs' images."""
+    for i in range(2):
+        (tmp_path / f"in{i}").mkdir()
+        save_image(digits[i], tmp_path / f"in{i}" / f"d{i}.png")
+        r = CliRunner().invoke(main, ["solve", "--task", "super_resolution", "--input", str(tmp_path / f"in{i}"),
+                                      "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path / "o")])
+        assert r.exit_code == 0, r.output
+    assert sorted(json.loads((tmp_path / "o" / "run.json").read_text())["images"]) == ["d0", "d1"]
