@@ -210,3 +210,19 @@ def test_bad_arguments_are_explained() -> None:
         Blur.gaussian(SHAPE, size=9, boundary="mirror")
     with pytest.raises(ValueError, match="missing fraction"):
         Inpainting.random(SHAPE, missing=1.5)
+
+
+def test_box_position_covers_exactly_the_authors_range() -> None:
+    """At 256 px the top-left corner is uniform on [16, 111] in each axis (the authors' randint(16, 112)):
+    over many seeds both ends are reached and nothing lies outside."""
+    from dps.operators.inpainting import box_mask
+
+    tops, lefts = set(), set()
+    for seed in range(3000):
+        m = box_mask((256, 256), generator=torch.Generator().manual_seed(seed))
+        rows = torch.nonzero((m == 0).any(1)).squeeze(1)
+        cols = torch.nonzero((m == 0).any(0)).squeeze(1)
+        assert len(rows) == len(cols) == 128
+        tops.add(int(rows[0]))
+        lefts.add(int(cols[0]))
+    assert tops == set(range(16, 112)) and lefts == set(range(16, 112))

@@ -19,19 +19,21 @@ def box_mask(size: tuple[int, int], box: Optional[int] = None, margin: Optional[
              centred: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(H, W) mask with a missing square box of side ``box`` (default H/2: 128 at 256 px).
 
-    Random position: the top-left corner is uniform in [margin, H - margin - box] (default margin H/16,
-    16 at 256 px, as the authors' mask generator); ``centred=True`` puts the box in the middle.
+    Random position: the top-left corner is uniform in [margin, H - margin - box - 1] (default margin H/16:
+    [16, 111] at 256 px, the authors' ``np.random.randint(16, 112)``, whose upper end is exclusive);
+    ``centred=True`` puts the box in the middle.
     """
     H, W = size
     box = H // 2 if box is None else check_int(box, "box", 1)
     margin = H // 16 if margin is None else check_int(margin, "margin", 0)
-    if not 0 < box <= min(H, W) - 2 * margin:
-        raise ValueError(f"box {box} with margin {margin} does not fit a {H}x{W} image")
+    if not 0 < box < min(H, W) - 2 * margin:
+        raise ValueError(f"box {box} with margin {margin} does not fit a {H}x{W} image (box + 2 margin must be "
+                         "smaller than the image)")
     if centred:
         top, left = (H - box) // 2, (W - box) // 2
     else:
-        top = int(torch.randint(margin, H - margin - box + 1, (1,), generator=generator))
-        left = int(torch.randint(margin, W - margin - box + 1, (1,), generator=generator))
+        top = int(torch.randint(margin, H - margin - box, (1,), generator=generator))
+        left = int(torch.randint(margin, W - margin - box, (1,), generator=generator))
     m = torch.ones(H, W)
     m[top:top + box, left:left + box] = 0
     return m
