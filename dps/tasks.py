@@ -50,8 +50,8 @@ OPERATOR_BUILDERS: dict[str, Callable[..., Operator]] = {
     "inpainting_box": lambda shape, g, seed, box=None, margin=None, centred=False: Inpainting.box(
         shape, box, margin, centred, generator=g),
     "inpainting_random": lambda shape, g, seed, missing=0.92: Inpainting.random(shape, missing, generator=g),
-    "gaussian_blur": lambda shape, g, seed, size=None, std=None, boundary="reflect": Blur.gaussian(
-        shape, size, std, boundary),
+    "gaussian_blur": lambda shape, g, seed, size=None, std=None, boundary="reflect", truncate=None: Blur.gaussian(
+        shape, size, std, boundary, truncate),
     "motion_blur": lambda shape, g, seed, size=None, intensity=0.5, boundary="reflect": Blur.motion(
         shape, size, intensity, seed, boundary),
     "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None: PhaseRetrieval(shape, oversampling, pad),
