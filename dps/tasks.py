@@ -54,7 +54,8 @@ OPERATOR_BUILDERS: dict[str, Callable[..., Operator]] = {
         shape, size, std, boundary, truncate),
     "motion_blur": lambda shape, g, seed, size=None, intensity=0.5, boundary="reflect": Blur.motion(
         shape, size, intensity, seed, boundary),
-    "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None: PhaseRetrieval(shape, oversampling, pad),
+    "phase_retrieval": lambda shape, g, seed, oversampling=2.0, pad=None, convention="ours": PhaseRetrieval(
+        shape, oversampling, pad, convention),
     "saturated_motion_blur": lambda shape, g, seed, exposure=1.5, alpha=3.0, size=None, intensity=0.5: (
         SaturatedMotionBlur(shape, exposure, alpha, seed, blur=Blur.motion(shape, size, intensity, seed))),
     "nonuniform_blur": _nonuniform,

@@ -243,3 +243,34 @@ def test_truncated_gaussian_kernel_is_scipys() -> None:
     assert 1e-7 < diff < 1e-5
     op = Blur.gaussian((1, 256, 256), truncate=4.0)
     assert op.config["kind"] != Blur.gaussian((1, 256, 256)).config["kind"]  # a saved operator says which
+
+
+def test_authors_phase_retrieval_is_their_measurement() -> None:
+    """convention="authors": the authors' padding int(2.0 / 8 * H) of the [-1, 1] image with zeros, i.e.
+    auth(2x - 1) = |F pad_0(2x - 1)| = 2 |F pad_0(x - 1/2)| (checked with numpy's FFT), which differs from
+    ours by far more than the DC term; the relation of the two holds exactly."""
+    x = rand(2, 3, 32, 32)
+    op = PhaseRetrieval.authors((3, 32, 32))
+    assert op.pad == 8 and op.config["convention"] == "authors" and op.fourier_support is None
+    p = np.pad(2 * x.numpy() - 1, ((0, 0), (0, 0), (8, 8), (8, 8)))
+    ref = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(p, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)))
+    torch.testing.assert_close(op(x), torch.from_numpy(ref), rtol=1e-10, atol=1e-10)
+    half = PhaseRetrieval((3, 32, 32), pad=8)(x - 0.5)  # ours applied to x - 1/2
+    torch.testing.assert_close(op(x), 2 * half)
+    ours = PhaseRetrieval((3, 32, 32), pad=8)(x)
+    c = 24  # the DC bin of the (48, 48) centred spectrum
+    off_dc = torch.ones(48, 48, dtype=torch.bool)
+    off_dc[c, c] = False
+    assert float((op(x) / 2 - ours)[..., off_dc].norm() / ours[..., off_dc].norm()) > 0.1
+    again = load_operator_roundtrip(op)
+    torch.testing.assert_close(again(x), op(x))
+
+
+def load_operator_roundtrip(op):
+    import tempfile
+
+    from dps.operators import load_operator, save_operator
+
+    with tempfile.TemporaryDirectory() as d:
+        save_operator(op, Path(d) / "op.pt")
+        return load_operator(Path(d) / "op.pt")

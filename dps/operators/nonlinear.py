@@ -3,8 +3,9 @@
 Phase retrieval (paper Sec. 4): y = |F P x|, with P zero-padding and F the centred orthonormal 2-D DFT.
 Our ``oversampling`` is the padded size over the image size per axis (2.0 doubles each side). The
 authors' code pads ``int(oversample / 8 * 256)`` pixels per side, i.e. 64 px at 256 px for their
-"oversample 2.0" -- a ratio of 1.5 -- and applies it to [-1, 1] images; :meth:`PhaseRetrieval.authors`
-reproduces that padding (on our [0, 1] images).
+"oversample 2.0" -- a ratio of 1.5 -- and applies it to [-1, 1] images, so their padding is mid-grey in
+[0, 1] terms; ``PhaseRetrieval(..., convention="authors")`` (:meth:`PhaseRetrieval.authors`) reproduces
+their measurement exactly.
 
 Nonlinear blur (ours, needs no weights): motion blur followed by a saturating camera response,
 y = f(exposure * (k (x) x)),  f(u) = (1 - exp(-alpha u)) / (1 - exp(-alpha)),
@@ -38,24 +39,42 @@ def ifft2c(X: torch.Tensor) -> torch.Tensor:
 
 
 class PhaseRetrieval(Operator):
-    """y = |fft2c(pad(x))| for x (B, C, H, W); y (B, C, H + 2p, W + 2p), p = round((ratio - 1) H / 2)."""
+    """Fourier phase retrieval for x (B, C, H, W) in [0, 1]; y (B, C, H + 2p, W + 2p).
+
+    ``convention="ours"`` (default): y = |fft2c(pad_0(x))| with p = round((ratio - 1) H / 2), so the padded
+    size is ``oversampling`` times the image (the paper's ratio 2.0 gives p = H / 2); the object is
+    non-negative and zero outside its support, which HIO, ER and OSS need (``fourier_support`` = p).
+
+    ``convention="authors"``: the authors' code, exactly. It pads the [-1, 1] image with zeros by
+    p = int(oversampling / 8 * H) (64 px at 256 px, an actual ratio of 1.5), so in [0, 1] terms the padding
+    is mid-grey and the measurement is in their units:
+        y = |fft2c(pad_0(2 x - 1))| = 2 |fft2c(pad_0(x - 1/2))|.
+    Their Gaussian noise (sigma 0.05) is added to this y as it is: use ``gaussian:0.05`` with it (the
+    halving that maps their sigma to ours holds for linear operators only). With this convention, zeta' =
+    scale / 2 reproduces their update (the residual is already in their units). It is not of the form that
+    HIO/ER/OSS assume (``fourier_support`` is None).
+    """
 
     name = "phase_retrieval"
+    CONVENTIONS = ("ours", "authors")
 
     def __init__(self, in_shape: tuple[int, int, int] = (3, 256, 256), oversampling: float = 2.0,
-                 pad: int | None = None) -> None:
+                 pad: int | None = None, convention: str = "ours") -> None:
         super().__init__()
+        if convention not in self.CONVENTIONS:
+            raise ValueError(f"convention must be one of {self.CONVENTIONS}, got {convention!r}")
         C, H, W = in_shape
         if pad is None:
             oversampling = check_float(oversampling, "oversampling ratio", 1.0, 16.0)
-            pad = round((oversampling - 1) * H / 2)
+            pad = round((oversampling - 1) * H / 2) if convention == "ours" else int(oversampling / 8.0 * H)
         self.pad = check_int(pad, "pad", 0)
-        self.fourier_support = self.pad
-        self.config = {"in_shape": [C, H, W], "pad": self.pad}
+        self.convention = convention
+        self.fourier_support = self.pad if convention == "ours" else None
+        self.config = {"in_shape": [C, H, W], "pad": self.pad, "convention": convention}
 
     @classmethod
     def from_saved(cls, config, state, **resources):
-        return cls(tuple(config["in_shape"]), pad=config["pad"])
+        return cls(tuple(config["in_shape"]), pad=config["pad"], convention=config.get("convention", "ours"))
 
     def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
         """|IFFT(y)| with zero phase, cropped to the support and scaled to a maximum of 1."""
@@ -66,12 +85,14 @@ class PhaseRetrieval(Operator):
 
     @classmethod
     def authors(cls, in_shape: tuple[int, int, int] = (3, 256, 256), oversample: float = 2.0) -> "PhaseRetrieval":
-        """The authors' padding, int(oversample / 8 * H) per side (64 px, ratio 1.5, at 256 px)."""
-        return cls(in_shape, pad=int(oversample / 8.0 * in_shape[1]))
+        """The authors' operator: their padding int(oversample / 8 * H) and their [-1, 1] values."""
+        return cls(in_shape, oversample, convention="authors")
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         p = self.pad
+        if self.convention == "authors":
+            x = 2 * x - 1  # their [-1, 1] image, padded with zeros (mid-grey in [0, 1] terms)
         return fft2c(F.pad(x, (p, p, p, p))).abs()
 
 

@@ -61,7 +61,7 @@ def _gaussian(op, noise) -> Optional[str]:
 
 def _fourier(op, noise) -> Optional[str]:
     return None if op.fourier_support is not None else \
-        f"it is a phase-retrieval algorithm; {op.name} is not a Fourier-magnitude operator"
+        f"it needs y = |F pad(x)| of a zero-padded, non-negative object; {op.name} {op.config} is not of that form"
 
 
 def _images(op, noise) -> Optional[str]:
