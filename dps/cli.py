@@ -16,6 +16,7 @@ import click
 from .errors import DPSError
 from .solvers.dps import STEP_RULES, DPSConfig
 from .solvers.methods import METHODS
+from .tasks import DEFAULT_PRESET, STEP_SIZES
 
 _DEBUG = {"on": False}
 
@@ -202,6 +203,9 @@ def train_classifier_cmd(out, epochs, seed) -> None:
               help="posterior samples K per image  [default: 1, or a run.json's]")
 @click.option("--seed", type=int, default=None, help="[default: 0, or a run.json's]")
 @click.option("--noise", default=None, help="override the task's noise: gaussian:SIGMA or poisson:RATE")
+@click.option("--preset", type=click.Choice(list(STEP_SIZES)), default=None,
+              help="step sizes (and for 'authors' their operators) of a preset  [default: the task's zeta', else "
+                   f"{DEFAULT_PRESET}]")
 @click.option("--step-size", "zeta", type=click.FloatRange(0), default=None, help="override zeta'")
 @click.option("--step-rule", type=click.Choice(list(STEP_RULES)), default=None, help="override the step rule")
 @click.option("--select", type=click.Choice(["first", "best-residual"]), default=None,
@@ -215,14 +219,14 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
 def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, samples, seed, noise,
-          zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard) -> None:
+          preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
     from .models.loading import load_model
     from .solve import SolveSettings, run_solve
-    from .tasks import Task, load_task
+    from .tasks import Task, load_task, with_step_size
 
-    task = load_task(task_name)
+    task = load_task(task_name, raw=True)
     previous = _run_settings(task_name)  # a run.json also fixes model, samples and seed
     model = model or previous.get("model", "default")
     samples = samples or previous.get("samples", 1)
@@ -230,8 +234,6 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     dps = dict(task.dps)
     if steps is not None:
         dps["steps"] = steps
-    if zeta is not None:
-        dps["zeta"] = zeta
     if step_rule is not None:
         dps["step_rule"] = step_rule
     operator = dict(task.operator)
@@ -239,8 +241,10 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
         if task.name != "nonlinear_blur":
             raise click.BadParameter("--kernel-wizard applies to the nonlinear_blur task only")
         operator = {"name": "nonuniform_blur", "weights": str(Path(kernel_wizard).resolve())}
-    task = Task(task.name, operator, noise or task.noise, dps,
-                task.select if select is None else (None if select == "first" else select))
+    task = with_step_size(Task(task.name, operator, noise or task.noise, dps,
+                               task.select if select is None else (None if select == "first" else select)), preset)
+    if zeta is not None:
+        task = Task(task.name, task.operator, task.noise, {**task.dps, "zeta": zeta}, task.select)
     prior = load_model(model, model_config)
     settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
                              convert_channels=convert_channels, progress_frames=progress_frames, method=method)
@@ -360,11 +364,13 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
 @click.option("--seed", type=int, default=0)
 @click.option("--batch-size", type=click.IntRange(1), default=8)
-def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size) -> None:
+@click.option("--preset", type=click.Choice(list(STEP_SIZES)), default=None,
+              help=f"step-size preset for every task  [default: the tasks' zeta', else {DEFAULT_PRESET}]")
+def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable)."""
     from .evaluation.runner import BenchSettings, run_bench
 
-    settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed,
+    settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed, preset=preset,
                              batch_size=batch_size, model=model, data=data)
     prior = _load_prior(model, model_config)
     table = run_bench(settings, out, prior=prior)

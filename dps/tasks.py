@@ -27,7 +27,8 @@ from .noise import NoiseModel, parse_noise
 from .operators import Blur, Inpainting, Operator, PhaseRetrieval, SaturatedMotionBlur, SuperResolution
 from .solvers.dps import DPSConfig
 
-__all__ = ["TASK_NAMES", "Task", "Variant", "load_task", "build_operator", "check_operator_matches", "OPERATOR_BUILDERS"]
+__all__ = ["TASK_NAMES", "Task", "Variant", "load_task", "build_operator", "check_operator_matches", "OPERATOR_BUILDERS",
+           "STEP_SIZES", "DEFAULT_PRESET", "apply_preset", "with_step_size"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "task_presets"
 TASK_NAMES = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_blur", "motion_blur",
@@ -106,11 +107,17 @@ class Task:
             raise DPSError(f"task {self.name}: dps must be a mapping of DPS settings, got {self.dps!r}")
         if self.select not in SELECT:
             raise DPSError(f"select must be one of {SELECT}, got {self.select!r}")
-        self.dps_config()  # validate now
+        self._config({"zeta": 1.0, **self.dps})  # validate now (zeta' may come later from a preset)
         parse_noise(self.noise)
 
     def dps_config(self) -> DPSConfig:
-        d = dict(self.dps)
+        if "zeta" not in self.dps:
+            raise DPSError(f"task {self.name} sets no step size zeta': add dps.zeta to the task file, or pass "
+                           f"--step-size or a --preset ({', '.join(STEP_SIZES)})")
+        return self._config(self.dps)
+
+    def _config(self, d: dict) -> DPSConfig:
+        d = dict(d)
         known = {f.name for f in fields(DPSConfig)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -128,8 +135,49 @@ class Task:
                 "select": self.select}
 
 
-def load_task(name_or_path: Union[str, Path]) -> Task:
-    """A shipped preset by name, or a YAML/JSON task file (``run.json`` of a solve run works too)."""
+#: the step-size presets (``dps/task_presets/step_sizes.yaml``): name -> {noise kind or "any": {task: zeta'},
+#: "operator": {task: operator overrides}, "noise": {task: noise}}.
+STEP_SIZES: dict[str, dict] = load_mapping_file(PRESET_DIR / "step_sizes.yaml", "step-size presets")
+#: the preset a task without dps.zeta takes (the paper's FFHQ values; README "Step-size presets" says why).
+DEFAULT_PRESET = "paper-ffhq"
+
+
+def apply_preset(task: Task, preset: str) -> Task:
+    """``task`` with the zeta' (and, for ``authors``, the operator and noise) of a step-size preset.
+
+    The value is looked up by the task's name and its noise kind; a task the preset has no value for is
+    a DPSError that says so (the paper gives none for, e.g., phase retrieval on ImageNet).
+    """
+    if preset not in STEP_SIZES:
+        raise DPSError(f"unknown preset {preset!r}; choose one of {', '.join(STEP_SIZES)}")
+    table = STEP_SIZES[preset]
+    noise = (table.get("noise") or {}).get(task.name, task.noise)
+    kind = parse_noise(noise).kind
+    values = {**(table.get("any") or {}), **(table.get(kind) or {})}
+    if task.name not in values:
+        raise DPSError(f"preset {preset} has no step size for task {task.name} with {kind} noise; pass --step-size "
+                       f"(it has: {', '.join(sorted(values))})")
+    operator = {**task.operator, **(table.get("operator") or {}).get(task.name, {})}
+    return Task(task.name, operator, noise, {**task.dps, "zeta": float(values[task.name])}, task.select)
+
+
+def with_step_size(task: Task, preset: Optional[str] = None) -> Task:
+    """Apply ``preset`` if given; else give a task without dps.zeta the default preset's value where it has
+    one (the shipped tasks carry none, so the preset file is their one home)."""
+    if preset is not None:
+        return apply_preset(task, preset)
+    if "zeta" not in task.dps:
+        try:
+            return apply_preset(task, DEFAULT_PRESET)
+        except DPSError:
+            return task  # no value: dps_config() says how to set one
+    return task
+
+
+def load_task(name_or_path: Union[str, Path], preset: Optional[str] = None, raw: bool = False) -> Task:
+    """A shipped task by name, or a YAML/JSON task file (``run.json`` of a solve run works too), with its
+    step size from :func:`with_step_size` (``raw=True``: as written, for callers that change the noise or
+    operator first and then call :func:`with_step_size`)."""
     text = str(name_or_path)
     path = PRESET_DIR / f"{text}.yaml" if text in TASK_NAMES else Path(text)
     if not path.is_file():
@@ -144,10 +192,11 @@ def load_task(name_or_path: Union[str, Path]) -> Task:
     if "operator" not in data or "noise" not in data:
         raise DPSError(f"{path}: a task needs 'operator' and 'noise'")
     try:
-        return Task(name=data.get("name", path.stem), operator=data["operator"], noise=data["noise"],
+        task = Task(name=data.get("name", path.stem), operator=data["operator"], noise=data["noise"],
                     dps=data.get("dps") or {}, select=data.get("select"))
     except DPSError as exc:
         raise DPSError(f"{path}: {exc}") from None
+    return task if raw else with_step_size(task, preset)
 
 
 @dataclass(frozen=True)

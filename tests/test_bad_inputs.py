@@ -200,6 +200,9 @@ CASES = [
                                                                       "factr: 2}\nnoise: gaussian:0.05\n")),
     Case("task-file-a-list", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
          "must hold a mapping", _task_file("- a\n- b\n")),
+    Case("task-file-without-step-size", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
+         "sets no step size zeta'", _task_file("name: mine\noperator: {name: super_resolution}\n"
+                                                "noise: gaussian:0.05\n")),
     Case("unknown-task-key", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
          "unknown task keys", _task_file("operator: {name: super_resolution}\nnoise: gaussian:0.05\nzeta: 1\n")),
     Case("clip-x0-reversed", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out", 1,
@@ -241,7 +244,7 @@ CASES = [
          "unknown method 'magic'"),
     Case("bench-ddrm-on-poisson-is-na", "bench images --methods ddrm --tasks {d}/task.yaml --n 1 --model {model} "
          "--out {d}/bench", 0, "n/a", _task_file("name: sr_poisson\noperator: {name: super_resolution}\n"
-                                                 "noise: poisson:1.0\n")),
+                                                 "noise: poisson:1.0\ndps: {zeta: 1.0}\n")),
     # training
     Case("truncated-training-state", "train --out {d}/train --unet '{tiny}' --steps 4 --batch-size 2 "
          "--checkpoint-every 2", 1,

@@ -53,6 +53,7 @@ class BenchSettings:
     batch_size: int = 8
     model: str = "default"
     data: Optional[str] = None
+    preset: Optional[str] = None
 
 
 def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor], list[str]]:
@@ -114,7 +115,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     prior = prior.to(ctx.device)
     shape = tuple(prior.event_shape)
     x_all, names, labels, failed = _load_data(settings, shape)
-    tasks = [load_task(t) for t in settings.tasks]
+    tasks = [load_task(t, settings.preset) for t in settings.tasks]
     if settings.steps is not None:
         tasks = [Task(t.name, t.operator, t.noise, {**t.dps, "steps": settings.steps}, t.select) for t in tasks]
     if len({t.name for t in tasks}) != len(tasks):
