@@ -366,12 +366,15 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=8)
 @click.option("--preset", type=click.Choice(list(STEP_SIZES)), default=None,
               help=f"step-size preset for every task  [default: the tasks' zeta', else {DEFAULT_PRESET}]")
-def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset) -> None:
+@click.option("--samples", type=click.IntRange(1, 64), default=1,
+              help="samples K per image; tasks with select: best-residual keep the lowest-residual one (the "
+                   "paper's best of 4 for phase retrieval), the others sample 0")
+def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable)."""
     from .evaluation.runner import BenchSettings, run_bench
 
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed, preset=preset,
-                             batch_size=batch_size, model=model, data=data)
+                             samples=samples, batch_size=batch_size, model=model, data=data)
     prior = _load_prior(model, model_config)
     table = run_bench(settings, out, prior=prior)
     if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables

@@ -54,6 +54,7 @@ class BenchSettings:
     model: str = "default"
     data: Optional[str] = None
     preset: Optional[str] = None
+    samples: int = 1
 
 
 def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor], list[str]]:
@@ -98,8 +99,9 @@ def _optional_metrics():
 
 def _settings_key(settings: BenchSettings, tasks: Sequence[Task], names: Sequence[str]) -> dict:
     """What must match for a rerun to reuse the folder's per-image results (methods and tasks may be added)."""
-    return {"images": list(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
-            "data": settings.data, "tasks": {t.name: t.to_dict() for t in tasks}}
+    key = {"images": list(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
+           "data": settings.data, "tasks": {t.name: t.to_dict() for t in tasks}}
+    return key if settings.samples == 1 else {**key, "samples": settings.samples}  # older folders stay valid
 
 
 def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = True) -> dict:
@@ -172,8 +174,12 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
         idx = todo[s:s + settings.batch_size]
         y = measure(op, noise, x_all[idx], settings.seed, idx).to(ctx.device)
         t0 = time.time()
-        res = reconstruct(method, prior, op_dev, y, noise, cfg, sample_generators(settings.seed, idx, 1, ctx.device))
-        recon, residual = res.x[:, 0].cpu(), res.residual[:, 0].cpu()
+        K = settings.samples
+        res = reconstruct(method, prior, op_dev, y, noise, cfg, sample_generators(settings.seed, idx, K, ctx.device), K)
+        # the task's selection among K samples (phase retrieval: the paper's best of 4 by residual)
+        chosen = res.residual.argmin(1) if task.select == "best-residual" else torch.zeros(len(idx), dtype=torch.long)
+        rows = torch.arange(len(idx))
+        recon, residual = res.x[rows, chosen].cpu(), res.residual[rows, chosen].cpu()
         seconds = (time.time() - t0) / len(idx)
         x = x_all[idx]
         p, q = psnr(recon, x), ssim(recon, x)
