@@ -7,8 +7,11 @@ from .diffusion.schedule import Schedule, make_schedule, respace
 from .noise import GaussianNoise, PoissonNoise
 from .solvers.dps import DPSConfig, DPSResult, dps_sample
 from .models.loading import load_model
+from .errors import DPSError, NotApplicable
+from .solvers.methods import METHODS, Reconstruction, reconstruct
 
 __version__ = "0.1.0"
 
-__all__ = ["DPSConfig", "DPSResult", "DenoiserOutput", "GaussianNoise", "NetworkPrior", "PoissonNoise", "Prior",
-           "Schedule", "dps_sample", "load_model", "make_schedule", "respace"]
+__all__ = ["DPSConfig", "DPSError", "DPSResult", "DenoiserOutput", "GaussianNoise", "METHODS", "NetworkPrior",
+           "NotApplicable", "PoissonNoise", "Prior", "Reconstruction", "Schedule", "dps_sample", "load_model",
+           "make_schedule", "reconstruct", "respace"]
