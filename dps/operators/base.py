@@ -99,7 +99,13 @@ class LinearOperator(Operator):
         return conjugate_gradient(lambda v: self.A_adjoint(self.A(v)), self.A_adjoint(y), iters=iters, tol=tol)
 
     def spectral(self) -> "SpectralForm":
-        """The SVD form of A; operators without one raise :class:`~dps.errors.CapabilityMissing`."""
+        """The SVD form of A (computed once per operator); operators without one raise
+        :class:`~dps.errors.CapabilityMissing`. Subclasses implement :meth:`_spectral`."""
+        if "_spectral_form" not in self.__dict__:
+            self.__dict__["_spectral_form"] = self._spectral()
+        return self.__dict__["_spectral_form"]
+
+    def _spectral(self) -> "SpectralForm":
         raise CapabilityMissing(f"no SVD form is available for {self.name}")
 
     def solve_normal(self, rhs: torch.Tensor, rho: float, x0: torch.Tensor, iters: int = 30) -> torch.Tensor:
@@ -143,7 +149,7 @@ class MatrixOperator(LinearOperator):
     def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
         return y @ self.matrix_pinv.to(y).T
 
-    def spectral(self) -> "SpectralForm":
+    def _spectral(self) -> "SpectralForm":
         from .spectral import dense_form
 
         return dense_form(self.matrix)

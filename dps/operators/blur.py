@@ -140,7 +140,7 @@ class Blur(LinearOperator):
     def A_dagger(self, y: torch.Tensor, iters: int = 200, tol: float = 1e-6) -> torch.Tensor:
         return super().A_dagger(y, iters, tol)
 
-    def spectral(self):
+    def _spectral(self):
         """For a separable kernel k = g_h g_w^T: the SVDs of the two 1-D blur matrices (boundary included)."""
         from ..errors import CapabilityMissing
         from .spectral import blur_matrix_1d, kron_form

@@ -92,7 +92,7 @@ class Inpainting(LinearOperator):
     def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
         return y * self.mask.to(y.dtype)
 
-    def spectral(self):
+    def _spectral(self):
         """V = U = I, singular values = the mask."""
         from .spectral import SpectralForm
 

@@ -80,7 +80,7 @@ class SuperResolution(LinearOperator):
     def A_dagger(self, y: torch.Tensor, iters: int = 0, tol: float = 0.0) -> torch.Tensor:
         return torch.einsum("ho,bcop,wp->bchw", self.Mh_pinv.to(y.dtype), y, self.Mw_pinv.to(y.dtype))
 
-    def spectral(self):
+    def _spectral(self):
         """The SVDs of the two resize matrices: A X = Mh X Mw^T."""
         from .spectral import kron_form
 
