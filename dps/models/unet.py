@@ -134,22 +134,31 @@ class ResBlock(EmbedBlock):
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        # views of the same modules (plain tuples are not registered, so the state dict is unchanged)
+        self._in_parts = (tuple(self.in_layers)[:-1], self.in_layers[-1])
+        self._out_parts = (self.out_layers[0], tuple(self.out_layers)[1:])
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # the layers are reached through plain tuples made once in __init__: slicing an nn.Sequential
+        # (in_layers[:-1]) would build a new Sequential object on every call
+        in_norm_act, in_conv = self._in_parts
+        out_norm, out_rest = self._out_parts
+        h = x
+        for layer in in_norm_act:
+            h = layer(h)
         if self.updown:
-            h = self.in_layers[:-1](x)
-            h = self.in_layers[-1](self.h_upd(h))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
+            h, x = self.h_upd(h), self.x_upd(x)
+        h = in_conv(h)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
+            h = out_norm(h) * (1 + scale) + shift
         else:
-            h = self.out_layers(h + emb_out)
+            h = out_norm(h + emb_out)
+        for layer in out_rest:
+            h = layer(h)
         return self.skip_connection(x) + h
+
 
 
 def _qkv_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Tensor:
