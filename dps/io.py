@@ -183,7 +183,7 @@ def image_channels(path: PathLike) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise DPSError(f"{path} is not an image file Pillow can read (PNG, JPEG, BMP, TIFF, WebP)") from None
-    except (OSError, SyntaxError, ValueError, Exception) as exc:  # truncated data, bad chunks (png.FormatError)
+    except Exception as exc:  # truncated data, bad chunks (OSError, SyntaxError, png.FormatError, ...)
         raise DPSError(f"{path} cannot be decoded ({describe_exception(exc)}); the file is damaged or truncated") \
             from None
 
