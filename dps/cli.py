@@ -369,12 +369,18 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--samples", type=click.IntRange(1, 64), default=1,
               help="samples K per image; tasks with select: best-residual keep the lowest-residual one (the "
                    "paper's best of 4 for phase retrieval), the others sample 0")
-def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples) -> None:
+@click.option("--nfe", type=click.IntRange(1, 100_000), default=None,
+              help="run every method at this many network evaluations per sample (its budget rule in the method "
+                   "table); methods without a network keep their settings")
+def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples,
+                 nfe) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable)."""
     from .evaluation.runner import BenchSettings, run_bench
 
+    if nfe is not None and steps is not None:
+        raise click.UsageError("--nfe sets each method's steps; leave out --steps")
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed, preset=preset,
-                             samples=samples, batch_size=batch_size, model=model, data=data)
+                             samples=samples, batch_size=batch_size, model=model, data=data, nfe=nfe)
     prior = _load_prior(model, model_config)
     table = run_bench(settings, out, prior=prior)
     if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables
@@ -387,7 +393,8 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
 @bench.command("gmm")
 @click.option("--dim", "dims", default="8", callback=_int_list, help="dimension(s) d (even), comma-separated")
 @click.option("--obs-dim", "obs_dims", default="1,2,4", callback=_int_list, help="observation dimension(s) d_y")
-@click.option("--steps", "steps_list", default="100", callback=_int_list, help="sampling step count(s)")
+@click.option("--steps", "--nfe", "steps_list", default="100", callback=_int_list,
+              help="network evaluations per sample, comma-separated: DPS's steps, every other method's budget")
 @click.option("--problems", type=click.IntRange(1), default=5, help="problems (seeds) per cell")
 @click.option("--first-seed", type=click.IntRange(0), default=0, help="seed of the first problem")
 @click.option("--samples", type=click.IntRange(2), default=2000, help="samples per problem")
@@ -403,7 +410,7 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
 
     Per cell: DPS, prior samples ("knows nothing about y") and a second exact sample set (the floor).
     """
-    from .bench.gmm import GMM_DEFAULT_ZETA, gmm_methods, run_cell
+    from .bench.gmm import GMM_DEFAULT_ZETA, GMM_REFERENCE_STEPS, gmm_methods, run_cell
 
     extra = tuple(m for m in methods.split(",") if m and m != "dps")
     available = gmm_methods()
@@ -421,7 +428,7 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
             if d_y > d:
                 raise click.BadParameter(f"--obs-dim {d_y} exceeds --dim {d}")
             for n in steps_list:
-                cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule)
+                cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
                 res = run_cell(d, d_y, cfg, seeds, n_samples=samples, methods=extra).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
                 if not as_json:

@@ -26,10 +26,11 @@ class Context:
 
 
 def setup() -> Context:
-    """Join the process group started by torchrun (or return the single-process context)."""
+    """Join the process group started by torchrun, or return the single-process context (on the first CUDA
+    device when there is one, else the CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Context()
+        return Context(device=torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     if not dist.is_initialized():

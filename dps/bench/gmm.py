@@ -17,13 +17,15 @@ from ..priors.analytic import GaussianMixturePrior
 from ..solvers.dps import DPSConfig
 
 #: The documented zeta' of each step rule on this benchmark (one value for every cell and step count;
-#: benchmarks/gmm.md has the studies behind them).
+#: benchmarks/gmm.md has the studies behind them), given for GMM_REFERENCE_STEPS steps (rules "paper" and
+#: "beta" scale it by GMM_REFERENCE_STEPS / N at N steps; "variance" scales through beta_i).
 GMM_DEFAULT_ZETA = {"paper": 0.2, "beta": 0.2, "variance": 4.0}
+GMM_REFERENCE_STEPS = 100
 #: The benchmark's default step rule: "variance" meets the DeepInverse per-cell-tuned figures at 100 and
 #: 1000 steps with the one zeta' above; "paper" over-guides as N grows (its per-step guidance is constant).
 GMM_DEFAULT_RULE = "variance"
 
-__all__ = ["GMM_DEFAULT_ZETA", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult",
+__all__ = ["GMM_DEFAULT_ZETA", "GMM_REFERENCE_STEPS", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult",
            "gmm_methods", "gmm_method_config"]
 
 
@@ -106,16 +108,20 @@ class CellResult:
 
 
 def gmm_method_config(method: str, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    """The benchmark's protocol for a comparison method: the DPS config and settings it runs with.
+    """The benchmark's protocol for a comparison method: its config and settings at the cell's budget.
 
-    DDRM runs at the cell's step count (not its image default of 20); MCG takes DPS's "paper" step at the
-    cell's zeta' when the DPS run uses rule "paper", else at the paper rule's GMM default 0.2.
+    Every method spends config.steps network evaluations per sample (its ``Method.at_budget``: DDRM,
+    Pi-GDM and DiffPIR that many steps, DAPS levels x ODE steps, PnP-ADMM iterations). MCG takes DPS's
+    "paper" step at the cell's zeta' when the DPS run uses rule "paper", else at the paper rule's GMM
+    default. DAPS's likelihood is the exact one (tau = sigma_y, its ``tau=None``), as the target is the
+    exact posterior.
     """
-    if method == "ddrm":
-        return config, {"steps": config.steps}
+    from ..solvers.methods import METHODS
+
     if method == "mcg" and config.rule.name != "paper":
-        return DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"]), {}
-    return config, {}
+        config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
+    config, settings = METHODS[method].at_budget(config.steps, config)
+    return config, ({**settings, "tau": None} if method == "daps" else settings)
 
 
 def gmm_methods() -> list[str]:

@@ -17,7 +17,8 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps"]
+__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps", "subschedule",
+           "ve_sigmas", "edm_timesteps"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,8 +110,39 @@ def spaced_timesteps(T: int, n: int, mode: str = "even") -> list[int]:
 
 def respace(schedule: Schedule, n: int, mode: str = "even") -> Schedule:
     """Keep n of the schedule's steps; new beta_k = 1 - abar[t_k] / abar[t_{k-1}] (SpacedDiffusion)."""
-    keep = spaced_timesteps(len(schedule), n, mode)
+    return subschedule(schedule, spaced_timesteps(len(schedule), n, mode))
+
+
+def subschedule(schedule: Schedule, keep: list[int]) -> Schedule:
+    """The schedule restricted to the steps ``keep`` (increasing indices into ``schedule``): abar is
+    unchanged at the kept steps, beta_k = 1 - abar[keep_k] / abar[keep_{k-1}], abar_{-1} = 1."""
+    if any(b <= a for a, b in zip(keep, keep[1:])) or not keep or keep[0] < 0 or keep[-1] >= len(schedule):
+        raise ValueError(f"kept steps must be strictly increasing indices in [0, {len(schedule)}), got {keep}")
     abar = schedule.alphas_cumprod[keep]
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     betas = 1.0 - abar / abar_prev
     return Schedule(betas=betas, timesteps=schedule.timesteps[keep].clone())
+
+
+def ve_sigmas(schedule: Schedule) -> torch.Tensor:
+    """The variance-exploding noise level of every step, sigma_i = sqrt((1 - abar_i) / abar_i), float64 (N,):
+    x_i / sqrt(abar_i) = x_0 + sigma_i eps."""
+    abar = schedule.alphas_cumprod
+    return ((1 - abar) / abar).sqrt()
+
+
+def edm_timesteps(schedule: Schedule, n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[int]:
+    """n step indices, from high to low noise, whose VE levels follow Karras et al.'s (EDM) polynomial
+    spacing sigma_k = (sigma_max^(1/rho) + k / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, each
+    rounded to the step with the nearest log sigma (the model knows only its own steps). sigma_max and
+    sigma_min are clamped to the schedule's range. Repeats are kept, so the list has exactly n entries."""
+    sig = ve_sigmas(schedule)
+    hi = min(sigma_max, float(sig[-1]))
+    lo = max(min(sigma_min, hi), float(sig[0]))
+    if n == 1:
+        targets = torch.tensor([hi], dtype=torch.float64)
+    else:
+        k = torch.arange(n, dtype=torch.float64) / (n - 1)
+        targets = (hi ** (1 / rho) + k * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    idx = (targets.log()[:, None] - sig.log()[None, :]).abs().argmin(dim=1)
+    return [int(i) for i in idx]

@@ -7,7 +7,9 @@ command skips images whose JSON exists (files are written atomically), so an int
 produces the same table. ``bench.json`` records the settings before any work (images, steps, seed, model,
 data and every task's definition); a rerun with other settings is refused, and a second process is
 refused while the first holds the folder (:mod:`dps.pipeline`). Methods come from the one method table
-(:mod:`dps.solvers.methods`), which also says why a method does not apply (``NOT_APPLICABLE``). The
+(:mod:`dps.solvers.methods`), which also says why a method does not apply (``NOT_APPLICABLE``); a method
+that diverges on a pair (e.g. a step size too large for the budget) leaves ``DIVERGED`` with the message,
+reads "n/a" in the tables and does not stop the other pairs. The
 residual column is ||y - A(x)||_2 for every method. The tables (``table.md``, ``table.csv``, ``table.json``) are rebuilt from the
 per-image files at the end.
 
@@ -31,7 +33,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import DPSError
+from ..errors import Diverged, DPSError
 from ..images import measurement_picture, save_image
 from ..metrics import psnr, ssim
 from ..pipeline import RunFolder, measure, write_json
@@ -55,6 +57,7 @@ class BenchSettings:
     data: Optional[str] = None
     preset: Optional[str] = None
     samples: int = 1
+    nfe: Optional[int] = None  # every method at this many network evaluations per sample (Method.at_budget)
 
 
 def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor], list[str]]:
@@ -101,7 +104,8 @@ def _settings_key(settings: BenchSettings, tasks: Sequence[Task], names: Sequenc
     """What must match for a rerun to reuse the folder's per-image results (methods and tasks may be added)."""
     key = {"images": list(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
            "data": settings.data, "tasks": {t.name: t.to_dict() for t in tasks}}
-    return key if settings.samples == 1 else {**key, "samples": settings.samples}  # older folders stay valid
+    key = key if settings.samples == 1 else {**key, "samples": settings.samples}  # older folders stay valid
+    return key if settings.nfe is None else {**key, "nfe": settings.nfe}
 
 
 def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = True) -> dict:
@@ -143,12 +147,23 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
 
         for task in tasks:
             bench_figure(out, task.name, [m.name for m in methods
-                                          if not (out / "results" / m.name / task.name / "NOT_APPLICABLE").exists()],
+                                          if _skip_reason(out / "results" / m.name / task.name) is None],
                          names[:8])
     if failed:
         raise DPSError(f"{len(failed)} image(s) could not be read and are not in the table {out / 'table.md'}: "
                        + " | ".join(failed))
     return table
+
+
+SKIP_FILES = ("NOT_APPLICABLE", "DIVERGED")
+
+
+def _skip_reason(folder: Path) -> Optional[str]:
+    """Why a (method, task) folder has no results (its NOT_APPLICABLE or DIVERGED note), else None."""
+    for name in SKIP_FILES:
+        if (folder / name).exists():
+            return (folder / name).read_text().strip()
+    return None
 
 
 def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSettings, out: Path, ctx, shard,
@@ -160,7 +175,12 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
     folder.mkdir(parents=True, exist_ok=True)
     op = build_operator(task.operator, shape, operator_seed(settings.seed))  # measurements are made on the CPU
     noise, cfg = task.noise_model(), task.dps_config()
+    extra = {}
+    if settings.nfe is not None and method.budget is not None:
+        cfg, extra = method.at_budget(settings.nfe, cfg)
     reason = method.why_not(op, noise)
+    if (folder / "DIVERGED").exists():
+        return
     if reason is not None:
         if ctx.is_main:
             atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
@@ -175,7 +195,13 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
         y = measure(op, noise, x_all[idx], settings.seed, idx).to(ctx.device)
         t0 = time.time()
         K = settings.samples
-        res = reconstruct(method, prior, op_dev, y, noise, cfg, sample_generators(settings.seed, idx, K, ctx.device), K)
+        try:
+            res = reconstruct(method, prior, op_dev, y, noise, cfg, sample_generators(settings.seed, idx, K, ctx.device),
+                              K, **extra)
+        except Diverged as exc:
+            atomic_write(folder / "DIVERGED", lambda p, m=str(exc): p.write_text(m + "\n"))
+            bar.close()
+            return
         # the task's selection among K samples (phase retrieval: the paper's best of 4 by residual)
         chosen = res.residual.argmin(1) if task.select == "best-residual" else torch.zeros(len(idx), dtype=torch.long)
         rows = torch.arange(len(idx))
@@ -190,7 +216,7 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
             with atomic_path(folder / f"{names[i]}.pt") as tmp:
                 torch.save(recon[b].clone(), tmp)
             row = {"image": names[i], "index": i, "psnr": float(p[b]), "ssim": float(q[b]),
-                   "residual": float(residual[b]), "seconds": seconds}
+                   "residual": float(residual[b]), "seconds": seconds, "nfe": res.extras["nfe"]}
             write_json(folder / f"{names[i]}.json", row)
             bar.update(1)
     bar.close()
@@ -208,15 +234,17 @@ def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_a
     for method in settings.methods:
         for task in task_names:
             folder = out / "results" / method / task
-            if (folder / "NOT_APPLICABLE").exists():
+            skipped = _skip_reason(folder)
+            if skipped is not None:
                 rows.append({"method": method, "task": task, "n": 0, "psnr": None, "ssim": None, "lpips": None,
-                             "fid": None, "not_applicable": (folder / "NOT_APPLICABLE").read_text().strip()})
+                             "fid": None, "not_applicable": skipped})
                 continue
             per = [json.loads((folder / f"{n}.json").read_text()) for n in names]
             recon = torch.stack([torch.load(folder / f"{n}.pt", weights_only=True) for n in names])
             row = {"method": method, "task": task, "n": len(per),
                    "psnr": sum(r["psnr"] for r in per) / len(per), "ssim": sum(r["ssim"] for r in per) / len(per),
-                   "seconds_per_image": sum(r["seconds"] for r in per) / len(per), "lpips": None, "fid": None}
+                   "seconds_per_image": sum(r["seconds"] for r in per) / len(per), "lpips": None, "fid": None,
+                   "nfe": (sum(r["nfe"] for r in per) / len(per)) if all("nfe" in r for r in per) else None}
             if lpips is not None:
                 rgb = (lambda z: z.expand(-1, 3, -1, -1)) if recon.shape[1] == 1 else (lambda z: z)
                 row["lpips"] = float(lpips(rgb(recon), rgb(x_all)))
@@ -233,7 +261,8 @@ def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_a
                 row["digit_acc"] = float((probs.argmax(1) == labels).float().mean())
                 row["fd_digits"] = frechet_distance(*gaussian_stats(f_r), *gaussian_stats(f_x)) if len(per) > 1 else None
             rows.append(row)
-    return {"rows": rows, "n": len(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
+    return {"rows": rows, "n": len(names), "steps": settings.steps, "nfe": settings.nfe, "seed": settings.seed,
+            "model": settings.model,
             "data": settings.data or "embedded digits, held-out split", "fid_lpips": "ok" if why is None else f"n/a ({why})"}
 
 
@@ -251,11 +280,14 @@ def render_tables(table: dict) -> str:
     groups = [("FID", "fid", ".2f"), ("LPIPS", "lpips", ".3f"), ("PSNR", "psnr", ".2f"), ("SSIM", "ssim", ".3f")]
     if digits:
         groups += [("digit acc.", "digit_acc", ".2f"), ("FD-digits", "fd_digits", ".2f")]
+    compute = [("NFE", "nfe", ".0f"), ("s/img", "seconds_per_image", ".2f")]
+    budget = f", {table['nfe']} network evaluations per sample" if table.get("nfe") else ""
     head = (f"{table['n']} images ({table['data']}), model `{table['model']}`, steps "
-            f"{table['steps'] or 'task default'}, seed {table['seed']}. FID/LPIPS: {table['fid_lpips']}.\n\n")
+            f"{table['steps'] or 'task default'}{budget}, seed {table['seed']}. FID/LPIPS: {table['fid_lpips']}.\n\n")
     lines = []
     for title, cols in (("Tables 1-2 layout (FID, LPIPS)", groups[:2]), ("Tables 3-4 layout (PSNR, SSIM)", groups[2:4]),
-                        ("Digits model", groups[4:])):
+                        ("Digits model", groups[4:]),
+                        ("Compute (network evaluations per sample, seconds per image)", compute)):
         if not cols:
             continue
         lines.append(f"### {title}\n")
@@ -269,7 +301,7 @@ def render_tables(table: dict) -> str:
 
 
 def _csv(table: dict) -> str:
-    keys = ["method", "task", "n", "fid", "lpips", "psnr", "ssim", "digit_acc", "fd_digits", "seconds_per_image"]
+    keys = ["method", "task", "n", "fid", "lpips", "psnr", "ssim", "digit_acc", "fd_digits", "nfe", "seconds_per_image"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()

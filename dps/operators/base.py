@@ -58,8 +58,11 @@ class Operator(nn.Module):
     def out_shape(self) -> tuple[int, ...]:
         """The shape of one measurement y (computed once, by applying A to zeros)."""
         if "_out_shape" not in self.__dict__:
+            ref = next(iter(self.buffers()), None)  # probe on the operator's own device and dtype
+            probe = torch.zeros(1, *self.in_shape) if ref is None else \
+                torch.zeros(1, *self.in_shape, device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
             with torch.no_grad():
-                self.__dict__["_out_shape"] = tuple(self.A(torch.zeros(1, *self.in_shape)).shape[1:])
+                self.__dict__["_out_shape"] = tuple(self.A(probe).shape[1:])
         return self.__dict__["_out_shape"]
 
     def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -118,8 +121,15 @@ class LinearOperator(Operator):
         projection from amplifying noise at the operator's zeros (delta ~ sigma_y^2)."""
         if self.exact_pinv:
             return self.A_dagger(r)
-        z = conjugate_gradient(lambda v: self.A(self.A_adjoint(v)) + delta * v, r, iters=50, tol=1e-8)
-        return self.A_adjoint(z)
+        return self.A_adjoint(self.gram_solve(r, 1.0, delta))
+
+    def gram_solve(self, r: torch.Tensor, scale: float, delta: float, iters: int = 50) -> torch.Tensor:
+        """(scale A A^T + delta I)^-1 r in measurement space, per sample, by conjugate gradients (r: (B,
+        *out_shape)). With scale = r_t^2 and delta = sigma_y^2 it is the inverse covariance of y given x_t
+        that Pi-GDM weighs its residual with; with scale = 1 it damps a pseudo-inverse."""
+        if scale < 0 or delta < 0 or scale + delta <= 0:
+            raise ValueError(f"gram_solve needs scale, delta >= 0, not both 0; got {scale}, {delta}")
+        return conjugate_gradient(lambda v: scale * self.A(self.A_adjoint(v)) + delta * v, r, iters=iters, tol=1e-8)
 
     def naive_inverse(self, y: torch.Tensor) -> torch.Tensor:
         """A^+ y clipped to [0, 1] where the pseudo-inverse is exact; y itself for same-shape operators."""

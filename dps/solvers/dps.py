@@ -26,6 +26,16 @@ Step-size rules (``step_rule``), zeta' = ``zeta``:
   zeta' = 4 is best at 100 and 1000 steps alike (the step scales with beta_i, so the total guidance does
   not grow with N), see benchmarks/gmm.md. Ours; not in the paper or the authors' code.
 
+Step count (``reference_steps``): under rules "paper" and "beta" the guidance of every step has the same
+size whatever N is, so their total grows with N. With ``reference_steps`` = R set, zeta' is the step size
+of an R-step run and N steps use zeta' * R / N, which keeps the total guidance sum_i zeta_i, and so the
+meaning of zeta', the same at every step count (:attr:`DPSConfig.zeta_per_step`). A method-table budget
+(``dps bench images --nfe N``, the GMM benchmark) sets R to the task's own step count (1000 for the paper's
+presets). ``reference_steps=None`` (the default, and ``dps solve --steps N``) applies zeta' at every step
+as given: the paper's Algorithm 1 and the authors' code, whose scales are meant for 1000 steps. (Scaling
+is not the default because at a handful of steps R / N reaches 100-500 and the iterate diverges.) Rule "variance" needs no factor: its zeta_i carries beta_i, which
+respacing to N steps already scales by about 1000 / N.
+
 Each sample's step uses its own residual norm, so samples never interact; gradients flow through the
 network to x_i only (the network's parameters get none) and the graph is freed every step.
 """
@@ -57,6 +67,9 @@ class StepRule:
 
     name: str = "custom"
     needs_jacobian: bool = False
+    #: True when zeta_i already shrinks as the step count grows (through beta_i); False makes
+    #: :class:`DPSConfig` scale zeta' by reference_steps / steps.
+    scales_with_steps: bool = False
 
     def __call__(self, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
                  kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -93,6 +106,7 @@ class VarianceRule(StepRule):
 
     name = "variance"
     needs_jacobian = True
+    scales_with_steps = True
 
     def __call__(self, zeta, residual_norm, schedule, i, *, kappa=None, noise_var=None):
         if kappa is None or noise_var is None:
@@ -111,7 +125,10 @@ class DPSConfig:
     """Settings of a DPS run.
 
     :param steps: number N of reverse steps (the training schedule is respaced to N).
-    :param zeta: zeta', the step-size constant of ``step_rule``.
+    :param zeta: zeta', the step-size constant of ``step_rule`` (for ``reference_steps`` steps when set).
+    :param reference_steps: the step count zeta' is given for; rules "paper" and "beta" then use
+        zeta' * reference_steps / steps per step (module docstring), "variance" ignores it. None: zeta'
+        per step as given.
     :param step_rule: ``"paper"``, ``"beta"`` or ``"variance"`` (see module docstring), or a
         :class:`StepRule` instance.
     :param sampler: ``"ddpm"`` (Algorithm 1) or ``"ddim"`` (with ``eta``).
@@ -131,6 +148,7 @@ class DPSConfig:
     variance: Optional[str] = None
     spacing: str = "even"
     clip_x0: Optional[tuple[float, float]] = None
+    reference_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.step_rule, StepRule) and self.step_rule not in STEP_RULES:
@@ -143,6 +161,8 @@ class DPSConfig:
             raise DPSError(f"unknown variance {self.variance!r}; use fixed_small, fixed_large or learned_range")
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
         object.__setattr__(self, "zeta", check_float(self.zeta, "zeta (the step size)", 0.0))
+        if self.reference_steps is not None:
+            object.__setattr__(self, "reference_steps", check_int(self.reference_steps, "reference_steps", 1, 100_000))
         object.__setattr__(self, "eta", check_float(self.eta, "eta", 0.0, 1.0))
         if self.clip_x0 is not None:
             if not isinstance(self.clip_x0, (tuple, list)) or len(self.clip_x0) != 2:
@@ -156,6 +176,14 @@ class DPSConfig:
     def rule(self) -> StepRule:
         """The step rule as an object."""
         return self.step_rule if isinstance(self.step_rule, StepRule) else STEP_RULES[self.step_rule]
+
+    @property
+    def zeta_per_step(self) -> float:
+        """The zeta' that the rule applies at each of the ``steps`` steps: zeta' * reference_steps / steps
+        for rules whose step does not scale with the step count, zeta' otherwise (or without reference_steps)."""
+        if self.rule.scales_with_steps or self.reference_steps is None:
+            return self.zeta
+        return self.zeta * self.reference_steps / self.steps
 
     def to_dict(self) -> dict:
         """Plain values (the rule by name) for run records."""
@@ -188,15 +216,15 @@ def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x
     residual (B,) is its detached square root. Rule ``"variance"`` takes the gradient to x0_hat too, g0, for
     kappa = <g0, J^T g0> / (4 ||r||^2), and uses noise_var (B,), the noise model's variance.
     """
-    rule = config.rule
+    rule, zeta = config.rule, config.zeta_per_step
     if not rule.needs_jacobian:
-        zeta_i = rule(config.zeta, residual, schedule, i)
+        zeta_i = rule(zeta, residual, schedule, i)
         (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
         return grad, zeta_i
     g0, grad = torch.autograd.grad(sq_norm.sum(), [x0, x])  # g0 and J^T g0
     kappa = (g0 * grad).flatten(1).sum(1).clamp_min(0) / (4 * sq_norm.detach().clamp_min(
         torch.finfo(sq_norm.dtype).tiny))
-    zeta_i = rule(config.zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
+    zeta_i = rule(zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
     return zeta_i.view(-1, *([1] * (grad.ndim - 1))) * grad, zeta_i
 
 

@@ -18,19 +18,24 @@ entry here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..errors import CapabilityMissing, DPSError, NotApplicable
 from .admm import admm_tv, pnp_admm
+from .daps import daps, daps_budget
 from .ddrm import ddrm
+from .diffpir import diffpir
 from .dps import DPSConfig, check_measurement, dps_sample
 from .phase import er, hio, oss
+from .pigdm import pigdm
 from .projection import mcg, score_sde
 
-__all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown"]
+__all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown",
+           "count_evaluations"]
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,40 @@ def _dps(prior, op, y, noise, generators, config: DPSConfig, callback=None) -> t
     return dps_sample(prior, op, y, noise, config, generator=generators, callback=callback).x[:, 0]
 
 
+# Budgets: how a method spends N network evaluations per sample -> (config, settings). ``dps bench images
+# --nfe N`` and the quality-per-compute benchmark use them; the NFE column is counted, not computed.
+Budget = Callable[[int, DPSConfig], tuple[DPSConfig, dict]]
+
+
+def _task_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
+    """Methods that follow the task's step count: N steps of one evaluation each. The task's zeta' keeps its
+    meaning (its total guidance) at the new step count: it is taken as given for the task's own steps unless
+    the config names another ``reference_steps``."""
+    return replace(config, steps=nfe, reference_steps=config.reference_steps or config.steps), {}
+
+
+def _own_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
+    """Methods with their own ``steps`` setting (one evaluation per step)."""
+    return config, {"steps": nfe}
+
+
+def _daps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
+    return config, daps_budget(nfe)
+
+
+def _iterations(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
+    return config, {"iters": nfe}
+
+
 @dataclass(frozen=True)
 class Method:
     """One reconstruction method: its function, where it comes from, what it needs and its settings.
 
     :param sampler: True when it draws posterior samples, False for point estimates (K > 1 then repeats the
         estimate, or for the phase-retrieval algorithms its random restarts).
+    :param budget: how it spends a given number of network evaluations (``at_budget``); None for methods
+        without a network or without such a knob.
+    :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
     """
 
     name: str
@@ -94,6 +127,15 @@ class Method:
     settings: str
     requires: tuple[Requirement, ...] = ()
     sampler: bool = True
+    budget: Optional["Budget"] = None
+    vjp: bool = False
+
+    def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
+        """(config, settings) that spend about ``nfe`` network evaluations per sample, or a DPSError for
+        methods that use no network or have no budget knob."""
+        if self.budget is None:
+            raise DPSError(f"{self.name} has no network-evaluation budget to set")
+        return self.budget(nfe, config)
 
     def why_not(self, op, noise) -> Optional[str]:
         """None when the method applies to (op, noise), else the reason (one sentence)."""
@@ -113,15 +155,23 @@ class Method:
 #: name -> method; the one table (order = the order of the paper's tables).
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)",
-           "the task's steps, zeta' and step rule", ()),
+           "the task's steps, zeta' and step rule", (), budget=_task_steps, vjp=True),
     Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022",
-           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN)),
+           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN), budget=_own_steps),
     Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022",
-           "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,)),
+           "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,),
+           budget=_task_steps, vjp=True),
     Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
-           "the task's steps, projection after each unconditional DDPM step", (LINEAR,)),
+           "the task's steps, projection after each unconditional DDPM step", (LINEAR,), budget=_task_steps),
+    Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023",
+           "100 DDIM steps, eta 1, r_t^2 = 1 - abar_t", (LINEAR, GAUSSIAN), budget=_own_steps, vjp=True),
+    Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023",
+           "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
+    Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)",
+           "DAPS-1K: 200 levels x 5 ODE steps, 100 Langevin steps, lr 0.5, tau 0.01", (GAUSSIAN,),
+           budget=_daps),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
-           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False),
+           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False, budget=_iterations),
     Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM",
            "100 iterations, lambda 0.01, rho 0.1", (LINEAR, IMAGES), sampler=False),
     Method("hio", hio, "HIO", "Fienup, 1982", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
@@ -156,7 +206,7 @@ class Reconstruction:
 
     :param x: (B, K, *event_shape) samples in data space.
     :param residual: (B, K) ||y - A(x)||_2 of each returned sample, in data units (one norm for all methods).
-    :param extras: per-method values, e.g. DPS's final data fit in the noise model's norm.
+    :param extras: per-method values; ``nfe``: network evaluations per sample, counted.
     """
 
     x: torch.Tensor
@@ -185,7 +235,26 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config:
         if len(generators) != B * K:
             raise ValueError(f"expected {B * K} generators (B * K), got {len(generators)}")
     y_rep = y.repeat_interleave(K, dim=0)
-    x = m.fn(prior, op, y_rep, noise, generators, config, callback, **settings)
+    with count_evaluations(prior) as rows:
+        x = m.fn(prior, op, y_rep, noise, generators, config, callback, **settings)
     with torch.no_grad():
         residual = (y_rep - op(x)).flatten(1).norm(dim=1)
-    return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K))
+    return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K),
+                          extras={"nfe": rows[0] / (B * K)})
+
+
+@contextmanager
+def count_evaluations(prior) -> Iterator[list]:
+    """Count the rows that pass through ``prior``'s forward (a forward hook; no cost): yields a one-element
+    list whose value, divided by the batch, is the number of network evaluations per sample."""
+    rows = [0]
+
+    def hook(module, args, output):
+        rows[0] += int(args[0].shape[0])
+
+    handle = prior.register_forward_hook(hook) if prior is not None else None
+    try:
+        yield rows
+    finally:
+        if handle is not None:
+            handle.remove()

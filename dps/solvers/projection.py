@@ -57,7 +57,7 @@ def mcg(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
         eps = randn(x.shape, generators, x.device, x.dtype)
         return noised_measurement_projection(prior, op, y, x, float(schedule.alphas_cumprod_prev[i]), eps, delta)
 
-    cfg = DPSConfig(steps=config.steps, zeta=config.zeta, spacing=config.spacing)
+    cfg = DPSConfig(steps=config.steps, zeta=config.zeta, spacing=config.spacing, reference_steps=config.reference_steps)
     return dps_sample(prior, op, y, noise, cfg, generator=generators, callback=callback, post_step=project).x[:, 0]
 
 

@@ -1,0 +1,112 @@
+"""Quality per compute: every method at about 50, 100, 250 and 1000 network evaluations per sample.
+
+    python benchmarks/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
+        [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."]
+
+For each budget it runs ``dps bench images --nfe N`` (resumable; one folder per budget, phase retrieval in
+its own folder with the paper's best of 4 samples by residual, the other tasks one sample) on the held-out
+digits, then writes ``OUT/quality_per_compute.md`` (mean PSNR / digit accuracy per method, task and budget,
+with the counted evaluations and seconds per image, and per task the smallest budget at which some method
+reaches 1000-evaluation DPS's PSNR) and ``OUT/quality_per_compute.png`` (PSNR against evaluations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+LINEAR_TASKS = "super_resolution,inpainting_box,inpainting_random,gaussian_blur,motion_blur"
+
+
+def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int, note: str) -> list[dict]:
+    """Every budget in turn; the report is rewritten after each, so an interrupted run leaves one."""
+    from dps.evaluation.runner import BenchSettings, run_bench
+
+    rows = []
+    groups = [([t for t in tasks if t != "phase_retrieval"], 1), ([t for t in tasks if t == "phase_retrieval"], 4)]
+    for nfe in budgets:
+        for group, samples in groups:
+            if not group:
+                continue
+            folder = out / (f"nfe{nfe}" + ("_pr" if samples > 1 else ""))
+            settings = BenchSettings(methods=methods, tasks=group, n=n, seed=seed, nfe=nfe, samples=samples)
+            table = run_bench(settings, folder, progress=False)
+            rows += [{**r, "budget": nfe} for r in table["rows"] if r.get("psnr") is not None]
+            print(f"done nfe={nfe} tasks={','.join(group)}", flush=True)
+        write(out, rows, budgets, note)
+    return rows
+
+
+def write(out: Path, rows: list[dict], budgets: list[int], note: str) -> None:
+    (out / "rows.json").write_text(json.dumps(rows, indent=1))
+    (out / "quality_per_compute.md").write_text(report(rows, budgets, note))
+    plot(rows, out / "quality_per_compute.png")
+
+
+def report(rows: list[dict], budgets: list[int], note: str) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    get = {(r["method"], r["task"], r["budget"]): r for r in rows}
+    lines = [f"Held-out digits, {rows[0]['n']} images; cells: mean PSNR (dB) / digit accuracy, measured evaluations "
+             f"per sample and seconds per image in the second table. {note}".strip(), ""]
+    for task in tasks:
+        lines += [f"### {task}", "", "| method | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for m in methods:
+            cells = []
+            for b in budgets:
+                r = get.get((m, task, b))
+                cells.append("n/a" if r is None else f"{r['psnr']:.2f} / {r.get('digit_acc', float('nan')):.2f}"
+                             f" ({r['nfe']:.0f}, {r['seconds_per_image']:.2f} s)")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        ref = get.get(("dps", task, 1000))
+        if ref is not None:
+            hits = sorted((r["nfe"], r["method"]) for r in rows
+                          if r["task"] == task and r["psnr"] >= ref["psnr"] and r["nfe"] is not None)
+            lines += ["", f"1000-evaluation DPS: {ref['psnr']:.2f} dB. Smallest budget reaching it: "
+                      + (f"{hits[0][1]} at {hits[0][0]:.0f} evaluations "
+                         f"({hits[0][0] / ref['nfe']:.2f} of DPS's compute; a DPS evaluation also backpropagates)"
+                         if hits else "none")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for m in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r["nfe"], r["psnr"]) for r in rows if r["task"] == task and r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("network evaluations / sample")
+    axes[0][0].set_ylabel("PSNR (dB)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--nfe", default="50,100,250,1000")
+    ap.add_argument("--methods", default="dps,ddrm,pigdm,diffpir,daps")
+    ap.add_argument("--tasks", default=LINEAR_TASKS + ",phase_retrieval")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device-note", default="", help="the machine, for the report's header")
+    args = ap.parse_args()
+    budgets = [int(b) for b in args.nfe.split(",")]
+    run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed, args.device_note)
+    print((args.out / "quality_per_compute.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

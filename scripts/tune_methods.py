@@ -1,0 +1,72 @@
+"""Choose a method's settings on TRAINING digits (never the held-out ones the benchmarks report on).
+
+    python scripts/tune_methods.py --method diffpir --nfe 100 --grid "lam=1,7;zeta=0.3,1" [--n 8] [--tasks ...]
+
+For every combination of the grid (``name=v1,v2;name2=...``), prints per demo task the mean PSNR of one
+sample over n training digits at the method's budget of ``--nfe`` network evaluations (its
+``Method.at_budget``; the grid's settings override the budget's), and the best combination per task and
+overall (by mean PSNR over the tasks the method applies to).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from dps.data.digits import digits_split
+from dps.demo import demo_tasks
+from dps.errors import Diverged
+from dps.metrics import psnr
+from dps.models.loading import load_model
+from dps.solvers.methods import get_method, reconstruct
+from dps.tasks import build_operator
+
+
+def _grid(text: str) -> list[dict]:
+    axes = []
+    for part in filter(None, text.split(";")):
+        name, _, values = part.partition("=")
+        axes.append([(name.strip(), float(v)) for v in values.split(",")])
+    return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--nfe", type=int, default=100)
+    ap.add_argument("--grid", default="")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--tasks", default=None, help="comma-separated demo task names (default: all)")
+    args = ap.parse_args()
+    method = get_method(args.method)
+    prior = load_model(args.model)
+    x, _ = digits_split("train")
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
+    table: dict[str, dict[str, float]] = {}
+    for variant, task in demo_tasks(args.nfe, args.tasks.split(",") if args.tasks else None):
+        op = build_operator(task.operator, tuple(prior.event_shape), 0)
+        noise = task.noise_model()
+        if method.why_not(op, noise):
+            continue
+        y = noise(op(x), torch.Generator().manual_seed(0))
+        for combo in _grid(args.grid):
+            cfg, settings = method.at_budget(args.nfe, task.dps_config())
+            settings = {**settings, **{k: (int(v) if v.is_integer() and k.endswith("steps") else v)
+                                       for k, v in combo.items()}}
+            gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
+            try:
+                score = float(psnr(reconstruct(method, prior, op, y, noise, cfg, gens, **settings).x[:, 0], x).mean())
+            except Diverged:
+                score = float("nan")
+            key = ",".join(f"{k}={v:g}" for k, v in combo.items()) or "defaults"
+            table.setdefault(key, {})[variant.name] = score
+            print(f"{variant.name:24s} {args.method} {key:30s} PSNR {score:.2f}", flush=True)
+    means = {k: sum(v.values()) / len(v) for k, v in table.items()}
+    print("mean PSNR over tasks:", {k: round(v, 2) for k, v in means.items()})
+    print("best overall:", max(means, key=lambda k: means[k] if means[k] == means[k] else -1e9))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Pi-GDM, DiffPIR and DAPS against closed forms; DPS's step size across step counts; counted budgets."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dps.noise import GaussianNoise
+from dps.operators import MatrixOperator, PhaseRetrieval, SaturatedMotionBlur, Blur
+from dps.priors.analytic import GaussianPrior
+from dps.solvers.daps import daps_budget, langevin_x0, operator_norm_sq
+from dps.solvers.dps import DPSConfig, dps_sample
+from dps.solvers.methods import METHODS, reconstruct
+
+D = 4
+
+
+@pytest.fixture(scope="module")
+def gaussian_problem():
+    """Prior N(mu, I) on R^4 (unit variance: Pi-GDM's r_t^2 = 1 - abar_t is then exact), A (2 x 4), sigma 0.3."""
+    g = torch.Generator().manual_seed(0)
+    prior = GaussianPrior(torch.tensor([0.5, -0.3, 0.2, 1.0], dtype=torch.float64), std=1.0)
+    A = torch.randn(2, D, generator=g, dtype=torch.float64)
+    sigma = 0.3
+    y = A @ torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=torch.float64) + sigma * torch.randn(2, generator=g,
+                                                                                          dtype=torch.float64)
+    return prior, MatrixOperator(A), y, sigma, prior.posterior(A, sigma, y)
+
+
+def _samples(method, problem, n=4000, nfe=200, **settings):
+    prior, op, y, sigma, _ = problem
+    cfg, budget = METHODS[method].at_budget(nfe, DPSConfig())
+    return reconstruct(method, prior, op, y[None], GaussianNoise(sigma), cfg, torch.Generator().manual_seed(1),
+                       num_samples=n, **{**budget, **settings}).x[0]
+
+
+# Tolerances: 4000 samples give a standard error of about 0.013 on a mean and 0.02 on a covariance entry
+# (the posterior variances are <= 0.71); the rest is each method's own approximation, stated per method.
+@pytest.mark.parametrize("method,mean_tol,cov_tol", [
+    ("pigdm", 0.05, 0.08),     # exact conditional score for a unit-variance Gaussian prior: mean and covariance
+    ("daps", 0.06, None),      # Langevin at every level; its covariance is not claimed
+    ("diffpir", 0.1, None),    # a plug-and-play point iteration with noise: its mean only
+])
+def test_gaussian_prior_posterior_is_recovered(gaussian_problem, method, mean_tol, cov_tol):
+    post = gaussian_problem[-1]
+    x = _samples(method, gaussian_problem, **({"tau": None} if method == "daps" else {}))  # DAPS: exact likelihood
+    assert (x.mean(0) - post.mean).abs().max() < mean_tol
+    if cov_tol is not None:
+        assert (torch.cov(x.T) - post.cov).abs().max() < cov_tol
+    prior_mean_gap = (gaussian_problem[0].mean - post.mean).abs().max()
+    assert prior_mean_gap > 4 * mean_tol  # the test can tell the posterior from the prior
+
+
+def test_pigdm_without_guidance_would_fail(gaussian_problem):
+    """The same check catches a sampler that ignores y (a broken guidance term)."""
+    prior, op, y, sigma, post = gaussian_problem
+    far = GaussianNoise(sigma)
+    x = reconstruct("pigdm", prior, op, (y + 5.0)[None], far, DPSConfig(), torch.Generator().manual_seed(1),
+                    num_samples=2000, steps=100).x[0]
+    assert (x.mean(0) - post.mean).abs().max() > 0.2
+
+
+def test_langevin_step_has_the_gaussian_target_as_stationary_law():
+    """U(x) = ||y - A x||^2 / (2 tau^2) + ||x - m||^2 / (2 r^2) is quadratic: its law is N(C (A^T y / tau^2 +
+    m / r^2), C), C^-1 = A^T A / tau^2 + I / r^2. Many chains of DAPS's Langevin step (small lr) reach it;
+    unadjusted Langevin's known bias is an O(lr) variance inflation, well inside the tolerance at lr 0.02."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(3, D, generator=g, dtype=torch.float64)
+    y = torch.randn(3, generator=g, dtype=torch.float64)
+    m = torch.randn(D, generator=g, dtype=torch.float64)
+    tau, r, n = 0.5, 0.8, 4000
+    C = torch.linalg.inv(A.T @ A / tau ** 2 + torch.eye(D, dtype=torch.float64) / r ** 2)
+    mean = C @ (A.T @ y / tau ** 2 + m / r ** 2)
+    fit = lambda x: (y - x @ A.T).pow(2).sum(1) / (2 * tau ** 2)  # noqa: E731
+    L = float(torch.linalg.matrix_norm(A, 2)) ** 2 / tau ** 2
+    x = langevin_x0(m.expand(n, D), r, fit, torch.full((n,), L, dtype=torch.float64), 1500, 0.02, g)
+    assert (x.mean(0) - mean).abs().max() < 0.03
+    assert (torch.cov(x.T) - C).abs().max() < 0.03
+    # and it is not the start: the chains moved to the target's spread
+    assert (torch.cov(x.T).diagonal() > 0.5 * C.diagonal()).all()
+
+
+def test_operator_norm_by_power_iteration():
+    A = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    est = operator_norm_sq(MatrixOperator(A), torch.zeros(1, 6, dtype=torch.float64), iters=50)
+    assert math.isclose(est, float(torch.linalg.matrix_norm(A, 2)) ** 2, rel_tol=1e-6)
+    pr = PhaseRetrieval((1, 8, 8), 2.0)  # |F pad x| with an orthonormal F is 1-Lipschitz
+    assert operator_norm_sq(pr, torch.rand(1, 1, 8, 8, dtype=torch.float64) + 0.1) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("make", [lambda: PhaseRetrieval((1, 16, 16), 2.0),
+                                  lambda: SaturatedMotionBlur((1, 16, 16), blur=Blur.motion((1, 16, 16), size=5))])
+def test_daps_fits_nonlinear_measurements(make):
+    """DAPS needs no linearity: on phase retrieval and a saturated blur with a smooth prior it brings the
+    residual to less than half the prior mean's."""
+    op = make()
+    prior = GaussianPrior(torch.zeros(1, 16, 16, dtype=torch.float64), std=1.0)
+    prior.data_scale, prior.data_offset, prior.data_bounds = 0.5, 0.5, (0.0, 1.0)
+    x = prior.to_data(prior.sample(2, torch.Generator().manual_seed(0))).clamp(0, 1)
+    y = op(x)
+    res = reconstruct("daps", prior, op, y, GaussianNoise(0.01), DPSConfig(),
+                      [torch.Generator().manual_seed(k) for k in range(2)], levels=30, ode_steps=1, langevin_steps=100)
+    start = (y - op(torch.full_like(x, 0.5))).flatten(1).norm(dim=1)
+    assert (res.residual[:, 0] < 0.5 * start).all(), (res.residual, start)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS.values() if m.budget is not None], ids=lambda m: m.name)
+def test_budget_is_what_the_method_spends(gaussian_problem, method):
+    """The NFE column is counted by a hook on the prior; each budget rule spends what it promises (DAPS:
+    at most, as ODE steps that round to one timestep are made once)."""
+    prior, op, y, sigma, _ = gaussian_problem
+    for nfe in (20, 60):
+        cfg, settings = method.at_budget(nfe, DPSConfig(zeta=0.1))
+        res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), cfg, torch.Generator().manual_seed(0),
+                          num_samples=3, **settings)
+        counted = res.extras["nfe"]
+        if method.name == "daps":
+            assert 0.5 * nfe <= counted <= nfe
+        else:
+            assert counted == nfe, (method.name, counted)
+    assert daps_budget(1000) == {"levels": 200, "ode_steps": 5} and daps_budget(100) == {"levels": 50, "ode_steps": 2}
+
+
+def test_dps_step_size_follows_the_step_count():
+    """zeta' is given for reference_steps: the per-step zeta of rules 'paper' and 'beta' scales by
+    reference_steps / N, so the total guidance is the same at every N; 'variance' needs no factor."""
+    prior = GaussianPrior(torch.zeros(D, dtype=torch.float64))
+    op = MatrixOperator(torch.eye(D, dtype=torch.float64)[:2])
+    y = torch.ones(1, 2, dtype=torch.float64)
+    totals = {}
+    for n in (50, 200):
+        zetas, norms = [], []
+        dps_sample(prior, op, y, GaussianNoise(0.1), DPSConfig(steps=n, zeta=0.5, reference_steps=100),
+                   generator=torch.Generator().manual_seed(0),
+                   callback=lambda s: (zetas.append(float(s["zeta"][0])), norms.append(float(s["residual"][0]))))
+        per_step = [z * r for z, r in zip(zetas, norms)]  # rule "paper": zeta_i ||r|| = zeta' reference / N
+        assert max(abs(v - 0.5 * 100 / n) for v in per_step) < 1e-9
+        totals[n] = sum(per_step)
+    assert math.isclose(totals[50], totals[200], rel_tol=1e-9)
+    assert DPSConfig(steps=50, zeta=2.0, step_rule="variance").zeta_per_step == 2.0
+    assert DPSConfig(steps=250, zeta=1.0, reference_steps=1000).zeta_per_step == 4.0  # a 1000-step zeta' at 250
+    assert DPSConfig(steps=250, zeta=1.0).zeta_per_step == 1.0  # without reference_steps: per step, as given
