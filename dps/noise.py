@@ -13,7 +13,7 @@ import torch
 from .diffusion.steps import Generators, randn
 from .errors import DPSError, check_float
 
-__all__ = ["GaussianNoise", "PoissonNoise", "NoiseModel", "parse_noise"]
+__all__ = ["GaussianNoise", "PoissonNoise", "NoiseModel", "parse_noise", "floored_variance"]
 
 
 def _per_sample_sum(v: torch.Tensor) -> torch.Tensor:
@@ -118,6 +118,12 @@ class PoissonNoise:
 
 
 NoiseModel = GaussianNoise | PoissonNoise
+
+
+def floored_variance(noise: NoiseModel, floor_sigma: float = 1e-3) -> float:
+    """sigma_y^2 of the noise model (its typical sigma, data units), at least ``floor_sigma``^2: the damping
+    that keeps the normal equations, Gram solves and projections of a noiseless problem well posed."""
+    return max(noise.typical_sigma, floor_sigma) ** 2
 
 
 def parse_noise(spec: str) -> NoiseModel:

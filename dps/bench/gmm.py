@@ -25,8 +25,8 @@ GMM_REFERENCE_STEPS = 100
 #: 1000 steps with the one zeta' above; "paper" over-guides as N grows (its per-step guidance is constant).
 GMM_DEFAULT_RULE = "variance"
 
-__all__ = ["GMM_DEFAULT_ZETA", "GMM_REFERENCE_STEPS", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem", "sliced_wasserstein", "run_cell", "CellResult",
-           "gmm_methods", "gmm_method_config"]
+__all__ = ["GMM_DEFAULT_ZETA", "GMM_REFERENCE_STEPS", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem",
+           "sliced_wasserstein", "run_cell", "CellResult", "gmm_methods", "gmm_method_config"]
 
 
 @dataclass

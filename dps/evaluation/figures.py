@@ -113,8 +113,8 @@ def figure_for(run_dir: Path, out: Optional[Path] = None, max_images: int = 8) -
         names = sorted(p.stem for p in (run_dir / "labels").glob("*.png"))[:max_images]
         tasks = sorted(p.name for p in (run_dir / "inputs").iterdir() if p.is_dir())
         methods = [m for m in METHODS if (run_dir / "results" / m).is_dir()]  # the table's order
-        from .runner import SKIP_FILES
+        from .runner import skip_reason
 
-        return [bench_figure(run_dir, t, [m for m in methods if not any((run_dir / "results" / m / t / f).exists()
-                                                                        for f in SKIP_FILES)], names) for t in tasks]
+        return [bench_figure(run_dir, t, [m for m in methods if skip_reason(run_dir / "results" / m / t) is None],
+                             names) for t in tasks]
     raise DPSError(f"{run_dir} is neither a `dps solve` folder (run.json) nor a `dps bench images` folder (bench.json)")

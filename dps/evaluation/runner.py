@@ -147,7 +147,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
 
         for task in tasks:
             bench_figure(out, task.name, [m.name for m in methods
-                                          if _skip_reason(out / "results" / m.name / task.name) is None],
+                                          if skip_reason(out / "results" / m.name / task.name) is None],
                          names[:8])
     if failed:
         raise DPSError(f"{len(failed)} image(s) could not be read and are not in the table {out / 'table.md'}: "
@@ -158,7 +158,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
 SKIP_FILES = ("NOT_APPLICABLE", "DIVERGED")
 
 
-def _skip_reason(folder: Path) -> Optional[str]:
+def skip_reason(folder: Path) -> Optional[str]:
     """Why a (method, task) folder has no results (its NOT_APPLICABLE or DIVERGED note), else None."""
     for name in SKIP_FILES:
         if (folder / name).exists():
@@ -234,7 +234,7 @@ def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_a
     for method in settings.methods:
         for task in task_names:
             folder = out / "results" / method / task
-            skipped = _skip_reason(folder)
+            skipped = skip_reason(folder)
             if skipped is not None:
                 rows.append({"method": method, "task": task, "n": 0, "psnr": None, "ssim": None, "lpips": None,
                              "fid": None, "not_applicable": skipped})

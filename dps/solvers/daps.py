@@ -78,7 +78,7 @@ def operator_norm_sq(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def langevin_x0(x0_hat: torch.Tensor, r: float, data_fit: Callable[[torch.Tensor], torch.Tensor], curvature: torch.Tensor,
-                steps: int, lr: float, generators, callback=None) -> torch.Tensor:
+                steps: int, lr: float, generators) -> torch.Tensor:
     """Unadjusted Langevin dynamics on U(x) = data_fit(x) + ||x - x0_hat||^2 / (2 r^2), started at x0_hat:
 
         x <- x - eta grad U(x) + sqrt(2 eta) z,   eta = lr / (curvature + 1 / r^2)   (per sample),

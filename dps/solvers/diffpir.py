@@ -24,7 +24,7 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import randn
-from ..noise import NoiseModel
+from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 
@@ -36,7 +36,7 @@ def diffpir(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel
             callback=None, *, steps: int = 100, lam: float = 1.0, zeta: float = 1.0, cg_iters: int = 30) -> torch.Tensor:
     """DiffPIR with ``steps`` network forwards; returns x (B, *event_shape) in data space."""
     schedule = respace(prior.schedule, steps)
-    sigma_n2 = max(noise.typical_sigma, 1e-3) ** 2
+    sigma_n2 = floored_variance(noise)
     aty = op.A_adjoint(y)
     B = y.shape[0]
     x = randn((B, *prior.event_shape), generators, y.device, y.dtype)

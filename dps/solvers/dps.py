@@ -33,8 +33,9 @@ meaning of zeta', the same at every step count (:attr:`DPSConfig.zeta_per_step`)
 (``dps bench images --nfe N``, the GMM benchmark) sets R to the task's own step count (1000 for the paper's
 presets). ``reference_steps=None`` (the default, and ``dps solve --steps N``) applies zeta' at every step
 as given: the paper's Algorithm 1 and the authors' code, whose scales are meant for 1000 steps. (Scaling
-is not the default because at a handful of steps R / N reaches 100-500 and the iterate diverges.) Rule "variance" needs no factor: its zeta_i carries beta_i, which
-respacing to N steps already scales by about 1000 / N.
+is not the default because at a handful of steps R / N reaches 100-500 and the iterate diverges.) Rule
+"variance" needs no factor: its zeta_i carries beta_i, which respacing to N steps already scales by about
+1000 / N.
 
 Each sample's step uses its own residual norm, so samples never interact; gradients flow through the
 network to x_i only (the network's parameters get none) and the graph is freed every step.

@@ -29,7 +29,7 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddim_step, randn
-from ..noise import NoiseModel
+from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 
@@ -55,7 +55,7 @@ def pigdm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, 
     in data space. sigma_y is the noise model's typical sigma (at least 1e-3, so that the Gram matrix of a
     noiseless problem stays invertible)."""
     schedule = respace(prior.schedule, steps)
-    sigma_y2 = max(noise.typical_sigma, 1e-3) ** 2
+    sigma_y2 = floored_variance(noise)
     B = y.shape[0]
     x = randn((B, *prior.event_shape), generators, y.device, y.dtype)
     guard = DivergenceGuard(prior)

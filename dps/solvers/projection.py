@@ -16,16 +16,11 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddpm_step, randn
-from ..noise import NoiseModel
+from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, DPSConfig, dps_sample
 
 __all__ = ["mcg", "score_sde", "noised_measurement_projection"]
-
-
-def _delta(noise: NoiseModel) -> float:
-    """The damping of A^+ (sigma_y^2, at least 1e-4)."""
-    return max(noise.typical_sigma ** 2, 1e-4)
 
 
 def noised_measurement_projection(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor,
@@ -51,7 +46,7 @@ def mcg(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
     """MCG: every DPS step (rule "paper", the task's zeta' and steps) is followed by the projection onto the
     noised measurement, through DPS's ``post_step`` hook. Returns x (B, *event_shape) in data space."""
     schedule = respace(prior.schedule, config.steps, config.spacing)
-    delta = _delta(noise)
+    delta = floored_variance(noise, 1e-2)  # the damping of A^+: sigma_y^2, at least 1e-4
 
     def project(x: torch.Tensor, i: int) -> torch.Tensor:  # on x_{i-1}, after the DPS update
         eps = randn(x.shape, generators, x.device, x.dtype)
@@ -67,7 +62,7 @@ def score_sde(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseMod
     """Unconditional DDPM sampling (the task's steps) with the noised-measurement projection after every step."""
     schedule = respace(prior.schedule, config.steps, config.spacing)
     guard = DivergenceGuard(prior)
-    delta = _delta(noise)
+    delta = floored_variance(noise, 1e-2)  # the damping of A^+: sigma_y^2, at least 1e-4
     B = y.shape[0]
     x = randn((B, *prior.event_shape), generators, y.device, y.dtype)
     for i in reversed(range(len(schedule))):
