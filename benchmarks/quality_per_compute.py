@@ -1,7 +1,7 @@
 """Quality per compute: every method at about 50, 100, 250 and 1000 network evaluations per sample.
 
     python benchmarks/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
-        [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."]
+        [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."] [--with-rows OLD/rows.json]
 
 For each budget it runs ``dps bench images --nfe N`` (resumable; one folder per budget, phase retrieval in
 its own folder with the paper's best of 4 samples by residual, the other tasks one sample) on the held-out
@@ -102,9 +102,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device-note", default="", help="the machine, for the report's header")
+    ap.add_argument("--with-rows", type=Path, default=None,
+                    help="rows.json of an earlier run (other budgets or methods) to report together with this one")
     args = ap.parse_args()
     budgets = [int(b) for b in args.nfe.split(",")]
-    run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed, args.device_note)
+    earlier = json.loads(args.with_rows.read_text()) if args.with_rows else []
+    rows = run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed, args.device_note)
+    if earlier:
+        rows = earlier + rows
+        write(args.out, rows, sorted({r["budget"] for r in rows}), args.device_note)
     print((args.out / "quality_per_compute.md").read_text())
 
 

@@ -194,7 +194,8 @@ def train_classifier_cmd(out, epochs, seed) -> None:
               default=None, help="operator.pt of an earlier run (its mask/kernel/latent) instead of building one")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--method", type=click.Choice(list(METHODS)), default="dps",
-              help="reconstruction method (dps and the comparison methods of the paper)")
+              help="reconstruction method (`dps methods` lists them with their settings; dps, mcg and score_sde "
+                   "follow --steps, the others their own settings)")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
