@@ -72,9 +72,9 @@ def test_langevin_step_has_the_gaussian_target_as_stationary_law():
     tau, r, n = 0.5, 0.8, 4000
     C = torch.linalg.inv(A.T @ A / tau ** 2 + torch.eye(D, dtype=torch.float64) / r ** 2)
     mean = C @ (A.T @ y / tau ** 2 + m / r ** 2)
-    fit = lambda x: (y - x @ A.T).pow(2).sum(1) / (2 * tau ** 2)  # noqa: E731
+    grad = lambda x: (x @ A.T - y) @ A / tau ** 2  # noqa: E731  (gradient of ||y - A x||^2 / (2 tau^2))
     L = float(torch.linalg.matrix_norm(A, 2)) ** 2 / tau ** 2
-    x = langevin_x0(m.expand(n, D), r, fit, torch.full((n,), L, dtype=torch.float64), 1500, 0.02, g)
+    x = langevin_x0(m.expand(n, D), r, grad, torch.full((n,), L, dtype=torch.float64), 1500, 0.02, g)
     assert (x.mean(0) - mean).abs().max() < 0.03
     assert (torch.cov(x.T) - C).abs().max() < 0.03
     # and it is not the start: the chains moved to the target's spread

@@ -77,28 +77,26 @@ def operator_norm_sq(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     return max(lam, 0.0)
 
 
-def langevin_x0(x0_hat: torch.Tensor, r: float, data_fit: Callable[[torch.Tensor], torch.Tensor], curvature: torch.Tensor,
-                steps: int, lr: float, generators) -> torch.Tensor:
-    """Unadjusted Langevin dynamics on U(x) = data_fit(x) + ||x - x0_hat||^2 / (2 r^2), started at x0_hat:
+def langevin_x0(x0_hat: torch.Tensor, r: float, data_grad: Callable[[torch.Tensor], torch.Tensor],
+                curvature: torch.Tensor, steps: int, lr: float, generators) -> torch.Tensor:
+    """Unadjusted Langevin dynamics on U(x) = f(x) + ||x - x0_hat||^2 / (2 r^2), started at x0_hat:
 
         x <- x - eta grad U(x) + sqrt(2 eta) z,   eta = lr / (curvature + 1 / r^2)   (per sample),
 
     whose stationary law approaches exp(-U) as lr -> 0 (for a quadratic U with curvature c per direction
-    it is Gaussian with the exact mean and variance 1 / (c (1 - lr c / (2 L)))). ``data_fit(x)`` (B,) is the
-    negative log-likelihood, ``curvature`` (B,) an upper bound of its Hessian's largest eigenvalue.
+    it is Gaussian with the exact mean and variance 1 / (c (1 - lr c / (2 L)))). ``data_grad(x)`` is grad f,
+    f the negative log-likelihood; ``curvature`` (B,) an upper bound of its Hessian's largest eigenvalue.
     Returns the last iterate (detached), shape of x0_hat.
     """
     shape = (-1,) + (1,) * (x0_hat.ndim - 1)
     eta = (lr / (curvature + 1.0 / r ** 2)).reshape(shape)
+    noise_scale = (2 * eta).sqrt()
     x = x0_hat.detach().clone()
     for _ in range(steps):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(data_fit(x).sum(), x)
-        with torch.no_grad():
-            z = randn(x.shape, generators, x.device, x.dtype)
-            x = x - eta * (g + (x - x0_hat) / r ** 2) + (2 * eta).sqrt() * z
-    return x.detach()
+        g = data_grad(x)
+        z = randn(x.shape, generators, x.device, x.dtype)
+        x = x - eta * (g + (x - x0_hat) / r ** 2) + noise_scale * z
+    return x
 
 
 @torch.no_grad()
@@ -146,8 +144,13 @@ def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, confi
                 norm2 = 1.5 * operator_norm_sq(op, prior.to_data(x0), 5, power_v)
         return torch.full((B,), a * a * norm2 / tau2, dtype=y.dtype, device=y.device)
 
-    def data_fit(x0: torch.Tensor) -> torch.Tensor:  # -log p(y | x_0), model-space x_0
-        return (y - op(prior.to_data(x0))).flatten(1).pow(2).sum(1) / (2 * tau2)
+    def data_grad(x0: torch.Tensor) -> torch.Tensor:  # grad of -log p(y | x_0) = ||y - A(d(x_0))||^2 / (2 tau^2)
+        if op.linear:  # a A^T (A d(x_0) - y) / tau^2, no autograd (the Langevin loop's hot path)
+            return (a / tau2) * op.A_adjoint(op(prior.to_data(x0)) - y)
+        with torch.enable_grad():
+            x0 = x0.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((y - op(prior.to_data(x0))).pow(2).sum() / (2 * tau2), x0)
+        return g
 
     steps = edm_timesteps(prior.schedule, levels, sigma_max, sigma_min)
     sig = ve_sigmas(prior.schedule)
@@ -158,7 +161,7 @@ def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, confi
         for j, t_idx in enumerate(steps):
             x0_hat = pf_ode_x0(prior, x, t_idx, ode_steps)
             decay = 1.0 + (j / (levels - 1) if levels > 1 else 1.0) * (lr_min_ratio - 1.0)
-            x0_y = langevin_x0(x0_hat, float(sig[t_idx]), data_fit, curvature(x0_hat), langevin_steps, lr * decay,
+            x0_y = langevin_x0(x0_hat, float(sig[t_idx]), data_grad, curvature(x0_hat), langevin_steps, lr * decay,
                                generators)
             guard.check(x0_y, j, t_idx, "DAPS's Langevin step is too large for this problem: lower lr")
             if j + 1 < len(steps):
