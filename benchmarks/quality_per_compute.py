@@ -78,18 +78,21 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colour = {m: f"C{k}" for k, m in enumerate(methods)}  # one colour per method in every panel
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.3), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for m in dict.fromkeys(r["method"] for r in rows):
+        for m in methods:
             pts = sorted((r["nfe"], r["psnr"]) for r in rows if r["task"] == task and r["method"] == m)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
+                ax.plot(*zip(*pts), marker="o", color=colour[m], label=m)
         ax.set_xscale("log")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("network evaluations / sample")
     axes[0][0].set_ylabel("PSNR (dB)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colour[m], marker="o", label=m) for m in methods]
+    fig.legend(handles=handles, loc="upper center", ncol=len(methods), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=110)
 
 
