@@ -73,11 +73,34 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
     return items
 
 
+def _execution_options(fn):
+    """--precision, --checkpointing, --compile: how the network runs (DPSConfig's execution settings)."""
+    fn = click.option("--compile", "compile_network", is_flag=True,
+                      help="torch.compile the network (needs a C++ compiler on the CPU; compiles on first use)")(fn)
+    fn = click.option("--checkpointing", is_flag=True,
+                      help="recompute the network's blocks in the backward pass: less memory, more time")(fn)
+    return click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                        help="dtype of the network's forward and VJP (autocast); the iterate stays float32")(fn)
+
+
+def _execution(precision: str, checkpointing: bool, compile_network: bool) -> dict:
+    """The non-default execution settings as DPSConfig fields."""
+    chosen = {"precision": precision, "checkpointing": checkpointing, "compile": compile_network}
+    return {k: v for k, v in chosen.items() if v != {"precision": "fp32"}.get(k, False)}
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors (or set DPS_DEBUG=1)")
-def main(debug: bool) -> None:
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="intra-op CPU threads of this process (default: torch's, or the cores divided by the "
+                   "processes under torchrun); give each of several concurrent jobs its share")
+def main(debug: bool, threads: int | None) -> None:
     """Diffusion Posterior Sampling (Chung et al., ICLR 2023) for noisy inverse problems."""
     _DEBUG["on"] = debug
+    if threads is not None:
+        from .distributed import set_threads
+
+        set_threads(threads)
 
 
 @main.command()
@@ -219,8 +242,10 @@ def train_classifier_cmd(out, epochs, seed) -> None:
               help="record x0_hat at this many evenly spaced steps (progress/; shown by dps figure)")
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
+@_execution_options
 def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, samples, seed, noise,
-          preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard) -> None:
+          preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard,
+          precision, checkpointing, compile_network) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
     from .models.loading import load_model
@@ -237,6 +262,7 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
         dps["steps"] = steps
     if step_rule is not None:
         dps["step_rule"] = step_rule
+    dps.update(_execution(precision, checkpointing, compile_network))
     operator = dict(task.operator)
     if kernel_wizard is not None:
         if task.name != "nonlinear_blur":
@@ -389,6 +415,66 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
     if table["fid_lpips"] != "ok":
         click.echo(f"FID and LPIPS: {table['fid_lpips']}; those columns read n/a", err=True)
     click.echo((out / "table.md").read_text())
+
+
+def _bool_list(ctx: click.Context, param: click.Parameter, value: str) -> list[bool]:
+    words = {"off": False, "on": True}
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items or any(v not in words for v in items):
+        raise click.BadParameter(f"expected comma-separated on/off, got {value!r}")
+    return [words[v] for v in items]
+
+
+def _precision_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from .diffusion.denoiser import PRECISIONS
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items or any(v not in PRECISIONS for v in items):
+        raise click.BadParameter(f"expected comma-separated precisions from {', '.join(PRECISIONS)}, got {value!r}")
+    return items
+
+
+@bench.command("speed")
+@click.option("--model", default="default",
+              help="prior: embedded name, diffusers folder, .safetensors or .pt (ignored with --arch)")
+@click.option("--config", "model_config", default=None, help="guided-diffusion config of a .pt (preset name or file)")
+@click.option("--arch", type=click.Choice(["ffhq256", "imagenet256"]), default=None,
+              help="measure this guided-diffusion architecture with random weights instead of --model")
+@click.option("--image-size", type=click.IntRange(8), default=None, help="image size of --arch (default: 256)")
+@click.option("--batch", type=click.IntRange(1), default=1, help="measurements B per call")
+@click.option("--samples", default="1", callback=_int_list, help="samples K per measurement, comma-separated")
+@click.option("--precision", default="fp32", callback=_precision_list, help="comma-separated: fp32, bf16, fp16")
+@click.option("--checkpointing", default="off", callback=_bool_list, help="comma-separated on/off")
+@click.option("--compile", "compile_network", default="off", callback=_bool_list, help="comma-separated on/off")
+@click.option("--steps", type=click.IntRange(1), default=3, help="DPS / unconditional steps per timed run")
+@click.option("--repeats", type=click.IntRange(1), default=5, help="timed repeats (medians are reported)")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cuda:0 when present, else cpu]")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the report as JSON to this file")
+def bench_speed(model, model_config, arch, image_size, batch, samples, precision, checkpointing, compile_network,
+                steps, repeats, device, json_out) -> None:
+    """Network forward, the floor (forward + VJP), the DPS step and the unconditional step; peak memory."""
+    import torch
+
+    from .bench.speed import SpeedSettings, random_prior, run_speed, speed_markdown
+    from .utils import atomic_write
+
+    if image_size is not None and arch is None:
+        raise click.UsageError("--image-size applies to --arch only (a model has its own size)")
+    dev = torch.device(device) if device else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device}: this machine has no CUDA device", param_hint="--device")
+    prior = random_prior(arch, image_size) if arch else _load_prior(model, model_config)
+    name = f"{arch} (random weights)" if arch else model
+    settings = SpeedSettings(batch=batch, samples=tuple(samples), precision=tuple(precision),
+                             checkpointing=tuple(checkpointing), compile=tuple(compile_network), repeats=repeats,
+                             steps=steps)
+    report = run_speed(prior, settings, dev, name,
+                       progress=lambda r: click.echo(f"measured K={r['samples']} {r['precision']} ckpt="
+                                                     f"{r['checkpointing']} compile={r['compile']}", err=True))
+    if json_out is not None:
+        atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=1)))
+    click.echo(speed_markdown(report), nl=False)
 
 
 @bench.command("gmm")

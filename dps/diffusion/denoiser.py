@@ -11,15 +11,22 @@ Tweedie (DPS Algorithm 1, line 4), with s_theta = -eps_hat / sqrt(1 - abar_t):
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
 
+from ..errors import DPSError
 from .schedule import Schedule
 
-__all__ = ["DenoiserOutput", "Prior", "NetworkPrior", "tweedie_x0", "eps_from_x0", "bcast"]
+__all__ = ["DenoiserOutput", "Prior", "NetworkPrior", "tweedie_x0", "eps_from_x0", "bcast", "PRECISIONS"]
+
+#: ``--precision`` / ``DPSConfig.precision`` -> the autocast dtype of the network's forward and of its VJP
+#: (None: float32, no autocast). Everything outside the network (schedule, Tweedie, data fit, step size,
+#: iterate) stays in the iterate's dtype.
+PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -106,6 +113,15 @@ class Prior(nn.Module):
             return math.inf
         return max(abs(float(self.from_data(torch.tensor(b)))) for b in self.data_bounds)
 
+    @contextmanager
+    def running(self, precision: str = "fp32", checkpointing: bool = False, compile: bool = False) -> Iterator[None]:
+        """How the network runs inside the block (see :class:`NetworkPrior`). A prior without a network
+        computes exactly: it accepts the defaults only."""
+        if (precision, bool(checkpointing), bool(compile)) != ("fp32", False, False):
+            raise DPSError(f"{type(self).__name__} has no network: precision, checkpointing and compile apply to "
+                           "network priors only; leave them at fp32 / off")
+        yield
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -146,9 +162,59 @@ class NetworkPrior(Prior):
             self.data_scale, self.data_offset = 1.0 / (hi - lo), -lo / (hi - lo)
             self.data_bounds = (0.0, 1.0)
         self.event_shape = event_shape
+        self.precision = "fp32"
+        self.compile = False
+        self._compiled: list[nn.Module] = []  # torch.compile(network), made once; a list keeps it out of state_dict
+        self._abar_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t (B,) float64, from a copy of the table kept on t's device (no host transfer per step)."""
+        source = self.schedule.alphas_cumprod
+        cached = self._abar_cache.get(t.device)
+        if cached is None or cached[0] is not source:  # a new schedule replaces the copy
+            cached = self._abar_cache[t.device] = (source, source.to(t.device))
+        return cached[1][t]
+
+    @contextmanager
+    def running(self, precision: str = "fp32", checkpointing: bool = False, compile: bool = False) -> Iterator[None]:
+        """Run the network, inside the block, with
+
+        :param precision: a :data:`PRECISIONS` name: the network's forward (and so its VJP, which autograd
+            runs in the dtypes of the forward) under ``torch.autocast`` in that dtype; its output is cast
+            back to the input's dtype, so Tweedie, the data fit and the update stay in float32 (float64).
+        :param checkpointing: recompute the network's blocks in the backward pass instead of keeping their
+            activations (less memory for the VJP, one more forward's time); the network must have a
+            settable ``use_checkpoint`` (our UNet and diffusers UNets do).
+        :param compile: run ``torch.compile(network)`` (compiled on first use, kept for later blocks).
+        """
+        if precision not in PRECISIONS:
+            raise DPSError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if checkpointing and not hasattr(self.network, "use_checkpoint"):
+            raise DPSError(f"{type(self.network).__name__} cannot checkpoint its blocks (no use_checkpoint); "
+                           "run without checkpointing")
+        saved = (self.precision, self.compile, getattr(self.network, "use_checkpoint", False))
+        self.precision, self.compile = precision, bool(compile)
+        if hasattr(self.network, "use_checkpoint"):
+            self.network.use_checkpoint = bool(checkpointing)
+        try:
+            yield
+        finally:
+            self.precision, self.compile = saved[0], saved[1]
+            if hasattr(self.network, "use_checkpoint"):
+                self.network.use_checkpoint = saved[2]
+
+    def _network(self) -> nn.Module:
+        if not self.compile:
+            return self.network
+        if not self._compiled:
+            self._compiled.append(torch.compile(self.network))
+        return self._compiled[0]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
-        out = self.network(x, t)
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = self._network()(x, t)
+        out = out.to(x.dtype)
         var_values = None
         if self.learn_sigma:
             if out.shape[1] != 2 * x.shape[1]:

@@ -33,6 +33,16 @@ class DiffusersUNet(nn.Module):
         super().__init__()
         self.unet = unet
 
+    @property
+    def use_checkpoint(self) -> bool:
+        """diffusers' gradient checkpointing of the UNet's blocks (recomputed in the backward pass)."""
+        return bool(getattr(self.unet, "is_gradient_checkpointing", False))
+
+    @use_checkpoint.setter
+    def use_checkpoint(self, on: bool) -> None:
+        if on != self.use_checkpoint:
+            (self.unet.enable_gradient_checkpointing if on else self.unet.disable_gradient_checkpointing)()
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.unet(x, timesteps).sample
 

@@ -163,7 +163,7 @@ def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, confi
             decay = 1.0 + (j / (levels - 1) if levels > 1 else 1.0) * (lr_min_ratio - 1.0)
             x0_y = langevin_x0(x0_hat, float(sig[t_idx]), data_grad, curvature(x0_hat), langevin_steps, lr * decay,
                                generators)
-            guard.check(x0_y, j, t_idx, "DAPS's Langevin step is too large for this problem: lower lr")
+            guard.check(x0_y, len(steps) - 1 - j, t_idx, "DAPS's Langevin step is too large for this problem: lower lr")
             if j + 1 < len(steps):
                 nxt = steps[j + 1]
                 z = randn(x.shape, generators, x.device, x.dtype)

@@ -49,7 +49,7 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from ..diffusion.denoiser import Prior
+from ..diffusion.denoiser import PRECISIONS, Prior
 from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
 from ..errors import Diverged, DPSError, check_float, check_int
@@ -139,6 +139,11 @@ class DPSConfig:
     :param spacing: how steps are respaced: ``"even"`` (guided-diffusion) or ``"ddim"``.
     :param clip_x0: clamp x0_hat to this range (model space) before it is used, as the authors' code does
         with (-1, 1) (clip_denoised); ``None`` (the paper's Algorithm 1) leaves it unclipped.
+    :param precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the network's forward and its VJP
+        under autocast in that dtype; schedule, data fit, step size and iterate stay in float32/float64
+        (:meth:`~dps.diffusion.denoiser.NetworkPrior.running`). Network priors only.
+    :param checkpointing: recompute the network's blocks in the backward pass (less memory, more time).
+    :param compile: run the network through ``torch.compile`` (needs a C++ compiler on the CPU).
     """
 
     steps: int = 1000
@@ -150,6 +155,13 @@ class DPSConfig:
     spacing: str = "even"
     clip_x0: Optional[tuple[float, float]] = None
     reference_steps: Optional[int] = None
+    precision: str = "fp32"
+    checkpointing: bool = False
+    compile: bool = False
+
+    #: how the network runs; recorded in run files only when not at these defaults, so records made
+    #: before these settings existed keep their meaning (and their runs resume)
+    EXECUTION_DEFAULTS = {"precision": "fp32", "checkpointing": False, "compile": False}
 
     def __post_init__(self) -> None:
         if not isinstance(self.step_rule, StepRule) and self.step_rule not in STEP_RULES:
@@ -160,6 +172,8 @@ class DPSConfig:
             raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
         if self.variance not in (None, "fixed_small", "fixed_large", "learned_range"):
             raise DPSError(f"unknown variance {self.variance!r}; use fixed_small, fixed_large or learned_range")
+        if self.precision not in PRECISIONS:
+            raise DPSError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
         object.__setattr__(self, "zeta", check_float(self.zeta, "zeta (the step size)", 0.0))
         if self.reference_steps is not None:
@@ -186,10 +200,14 @@ class DPSConfig:
             return self.zeta
         return self.zeta * self.reference_steps / self.steps
 
+    def running(self, prior: Prior):
+        """The context in which ``prior`` runs its network as these settings say."""
+        return prior.running(self.precision, self.checkpointing, self.compile)
+
     def to_dict(self) -> dict:
-        """Plain values (the rule by name) for run records."""
-        return {**self.__dict__, "step_rule": self.rule.name,
-                "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
+        """Plain values (the rule by name) for run records; execution settings only when not default."""
+        d = {k: v for k, v in self.__dict__.items() if self.EXECUTION_DEFAULTS.get(k, object()) != v}
+        return {**d, "step_rule": self.rule.name, "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
 
 
 @dataclass
@@ -255,20 +273,32 @@ class DivergenceGuard:
 
     Under the VP process x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps, the per-element RMS of x_i is at
     most about R + 1, R = :meth:`Prior.model_radius` (1 for [-1, 1] images). The guard fires when a
-    sample's RMS exceeds ``factor`` (R + 1) (a hundred times what the prior allows), or is not finite:
-    one host synchronisation per step.
+    sample's RMS exceeds ``factor`` (R + 1) (a hundred times what the prior allows), or is not finite.
+    Reading the RMS on the host synchronises a GPU, so on an accelerator the largest RMS is kept on the
+    device and read every ``every`` steps (default 20) and at step 0; on the CPU, where reading is free,
+    at every step.
     """
 
-    def __init__(self, prior: Prior, factor: float = 100.0) -> None:
+    def __init__(self, prior: Prior, factor: float = 100.0, every: Optional[int] = None) -> None:
         self.limit = factor * (prior.model_radius() + 1.0)
+        self.every = every
+        self._worst: Optional[torch.Tensor] = None
+        self._seen = 0
 
     def check(self, x: torch.Tensor, i: int, t: int, advice: str) -> None:
-        worst = float(x.detach().flatten(1).pow(2).mean(1).sqrt().max())
+        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().max()
+        self._worst = rms if self._worst is None else torch.maximum(self._worst, rms)  # NaN propagates
+        self._seen += 1
+        every = self.every or (1 if x.device.type == "cpu" else 20)
+        if i != 0 and self._seen % every:
+            return
+        worst = float(self._worst)
         if worst <= self.limit:
             return
         state = "is not finite" if worst != worst or worst == float("inf") else \
             f"has RMS {worst:.3g}, beyond the {self.limit:.3g} the prior allows"
-        raise Diverged(f"diverged at step {i} (t={t}): the iterate {state}; {advice}")
+        when = f"at step {i}" if every == 1 else f"by step {i}"
+        raise Diverged(f"diverged {when} (t={t}): the iterate {state}; {advice}")
 
 
 def dps_sample(
@@ -316,7 +346,7 @@ def dps_sample(
     advice = (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
               "lower it (--step-size)")
 
-    with frozen_parameters(prior), torch.enable_grad():
+    with frozen_parameters(prior), config.running(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):
             t = torch.full((B * K,), int(schedule.timesteps[i]), dtype=torch.long, device=y.device)
             x = x.detach().requires_grad_(True)

@@ -19,7 +19,7 @@ entry here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -235,7 +235,7 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config:
         if len(generators) != B * K:
             raise ValueError(f"expected {B * K} generators (B * K), got {len(generators)}")
     y_rep = y.repeat_interleave(K, dim=0)
-    with count_evaluations(prior) as rows:
+    with count_evaluations(prior) as rows, (config.running(prior) if prior is not None else nullcontext()):
         x = m.fn(prior, op, y_rep, noise, generators, config, callback, **settings)
     with torch.no_grad():
         residual = (y_rep - op(x)).flatten(1).norm(dim=1)

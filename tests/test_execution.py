@@ -1,0 +1,224 @@
+"""How the network runs (issue 13): precision, block checkpointing, compile, threads, the divergence guard's
+host reads, and the speed benchmark's report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dps.diffusion.denoiser import NetworkPrior
+from dps.diffusion.schedule import make_schedule
+from dps.errors import DPSError, Diverged
+from dps.models.unet import UNetModel
+from dps.noise import GaussianNoise
+from dps.solvers.dps import DivergenceGuard, DPSConfig, dps_sample
+from dps.tasks import build_operator
+
+from conftest import TINY
+
+
+def tiny_prior(seed: int = 0) -> NetworkPrior:
+    torch.manual_seed(seed)
+    net = UNetModel({**TINY, "attention_resolutions": "16"})  # one attention level too
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return NetworkPrior(net, make_schedule("linear", 1000), event_shape=(1, 32, 32)).eval()
+
+
+def problem(prior, seed=0):
+    op = build_operator({"name": "super_resolution", "factor": 4}, (1, 32, 32), 0)
+    noise = GaussianNoise(0.025)
+    g = torch.Generator().manual_seed(seed)
+    y = noise(op(torch.rand((2, 1, 32, 32), generator=g)), g)
+    return op, noise, y
+
+
+def run(prior, **execution):
+    op, noise, y = problem(prior)
+    cfg = DPSConfig(steps=6, zeta=0.1, clip_x0=(-1.0, 1.0), **execution)
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(2)]
+    return dps_sample(prior, op, y, noise, cfg, generator=gens).x
+
+
+def fwd_vjp(prior, x, t, v):
+    xg = x.clone().requires_grad_(True)
+    out = prior(xg, t).x0
+    (g,) = torch.autograd.grad(out, xg, v)
+    return out.detach(), g
+
+
+def test_checkpointing_recomputes_blocks_and_keeps_output_and_vjp():
+    prior = tiny_prior()
+    x, v = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32)
+    t = torch.tensor([10, 400, 900])
+    calls = []
+    prior.network.middle_block.register_forward_pre_hook(lambda *a: calls.append(1))
+    plain = fwd_vjp(prior, x, t, v)
+    assert len(calls) == 1
+    calls.clear()
+    with prior.running(checkpointing=True):
+        assert prior.network.use_checkpoint
+        ckpt = fwd_vjp(prior, x, t, v)
+    assert len(calls) == 2, "the backward pass must recompute the block (checkpointing engaged)"
+    assert not prior.network.use_checkpoint, "the setting must be restored after the block"
+    torch.testing.assert_close(ckpt[0], plain[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(ckpt[1], plain[1], rtol=0, atol=1e-6)
+    with torch.no_grad(), prior.running(checkpointing=True):  # no graph: nothing to checkpoint
+        calls.clear()
+        prior(x, t)
+    assert len(calls) == 1
+
+
+def test_dps_with_checkpointing_equals_without():
+    prior = tiny_prior()
+    torch.testing.assert_close(run(prior, checkpointing=True), run(prior), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_reduced_precision_runs_the_network_only_in_that_dtype(precision, dtype):
+    prior = tiny_prior()
+    seen = []
+    conv = prior.network.input_blocks[0][0]
+    conv.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    reference = run(prior)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    low = run(prior, precision=precision)
+    assert set(seen) == {dtype}, "the network's convolutions must run in the chosen dtype"
+    assert low.dtype == torch.float32, "the iterate and the result stay float32"
+    assert prior.precision == "fp32"
+    diff = (low - reference).abs()
+    # a 6-step run of a random network on [0, 1] images: reduced precision moves pixels by a few 1e-3
+    assert 0 < float(diff.max()) < 0.05 and float(diff.mean()) < 0.01
+
+
+def test_prior_output_is_cast_back_to_the_input_dtype():
+    prior = tiny_prior()
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([5, 700])
+    with prior.running(precision="bf16"):
+        out = prior(x, t)
+    assert out.eps.dtype == torch.float32 and out.x0.dtype == torch.float32
+
+
+def test_execution_settings_need_a_network():
+    from dps.priors.analytic import GaussianPrior
+
+    prior = GaussianPrior(torch.zeros(4), 1.0)
+    with pytest.raises(DPSError, match="no network"):
+        with prior.running(precision="bf16"):
+            pass
+    with prior.running():  # the defaults are fine
+        pass
+    plain = NetworkPrior(torch.nn.Conv2d(1, 1, 1), make_schedule("linear", 1000), event_shape=(1, 8, 8))
+    with pytest.raises(DPSError, match="cannot checkpoint"):
+        with plain.running(checkpointing=True):
+            pass
+    with pytest.raises(DPSError, match="unknown precision"):
+        DPSConfig(precision="int8")
+
+
+def test_settings_are_restored_after_an_error():
+    prior = tiny_prior()
+    with pytest.raises(RuntimeError):
+        with prior.running(precision="bf16", checkpointing=True):
+            raise RuntimeError("boom")
+    assert prior.precision == "fp32" and not prior.network.use_checkpoint
+
+
+def test_run_records_name_execution_settings_only_when_not_default():
+    assert set(DPSConfig().to_dict()).isdisjoint({"precision", "checkpointing", "compile"})
+    d = DPSConfig(precision="bf16", checkpointing=True).to_dict()
+    assert d["precision"] == "bf16" and d["checkpointing"] is True and "compile" not in d
+
+
+def test_abar_table_is_kept_on_the_device_and_follows_a_new_schedule():
+    prior = tiny_prior()
+    t = torch.tensor([0, 999])
+    assert torch.equal(prior.abar(t), prior.schedule.alphas_cumprod[t])
+    prior.schedule = make_schedule("cosine", 1000)
+    assert torch.equal(prior.abar(t), prior.schedule.alphas_cumprod[t])
+
+
+def test_guard_reads_the_host_every_few_steps_and_at_the_last():
+    prior = tiny_prior()
+    guard = DivergenceGuard(prior, every=3)
+    bad = torch.full((1, 4), 1e6)
+    guard.check(torch.zeros(1, 4), 9, 900, "lower it")
+    guard.check(bad, 8, 800, "lower it")  # kept on the device, not read yet
+    with pytest.raises(Diverged, match="by step 7"):
+        guard.check(torch.zeros(1, 4), 7, 700, "lower it")  # the largest RMS so far is read here
+    last = DivergenceGuard(prior, every=50)
+    last.check(bad, 3, 30, "x")
+    with pytest.raises(Diverged):
+        last.check(torch.zeros(1, 4), 0, 0, "x")  # step 0 always reads
+    with pytest.raises(Diverged, match="at step 4"):
+        DivergenceGuard(prior).check(torch.full((1, 4), float("nan")), 4, 40, "x")  # CPU: every step
+
+
+@pytest.fixture
+def restore_threads():
+    from dps import distributed
+
+    before = torch.get_num_threads()
+    yield
+    distributed._CHOSEN.clear()
+    torch.set_num_threads(before)
+
+
+def test_threads_split_the_cores_between_local_processes(monkeypatch, restore_threads):
+    from dps import distributed
+
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert distributed.default_threads() == 2
+    assert distributed.set_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert distributed.default_threads() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert distributed.default_threads() is None
+
+
+def test_cli_threads_option_is_applied_and_wins_over_the_default(monkeypatch, restore_threads):
+    from dps import distributed
+    from dps.cli import main
+
+    torch.set_num_threads(2)
+    result = CliRunner().invoke(main, ["--threads", "1", "methods"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    distributed.setup()  # what every runner calls: the user's count stays
+    assert torch.get_num_threads() == 1
+    bad = CliRunner().invoke(main, ["--threads", "0", "methods"])
+    assert bad.exit_code != 0 and "--threads" in bad.output
+
+
+def test_speed_report_measures_every_row(tmp_path, tiny_model_path):
+    from dps.bench.speed import SpeedSettings, run_speed, speed_markdown
+
+    prior = tiny_prior()
+    settings = SpeedSettings(samples=(1, 2), precision=("fp32",), checkpointing=(False, True), repeats=1, steps=2)
+    report = run_speed(prior, settings, torch.device("cpu"), "tiny")
+    assert len(report["rows"]) == 4
+    for r in report["rows"]:
+        for key in ("forward_s", "floor_s", "dps_step_s", "uncond_step_s"):
+            assert r[key] > 0
+        assert r["dps_over_floor"] == pytest.approx(r["dps_step_s"] / r["floor_s"])
+        assert r["per_sample_vs_k1"] == (1.0 if r["samples"] == 1 else pytest.approx(
+            r["dps_step_per_sample_s"] / next(b["dps_step_per_sample_s"] for b in report["rows"] if b["samples"] == 1
+                                              and b["checkpointing"] == r["checkpointing"])))
+    table = speed_markdown(report)
+    assert table.count("\n| ") == 5 and "DPS / floor" in table
+
+    out = tmp_path / "speed.json"
+    res = CliRunner().invoke(__import__("dps.cli", fromlist=["main"]).main,
+                             ["bench", "speed", "--model", str(tiny_model_path), "--repeats", "1", "--steps", "1",
+                              "--samples", "1,2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert [r["samples"] for r in data["rows"]] == [1, 2] and data["parameters"] > 0
+    bad = CliRunner().invoke(__import__("dps.cli", fromlist=["main"]).main,
+                             ["bench", "speed", "--precision", "fp8"])
+    assert bad.exit_code != 0 and "fp8" in bad.output
