@@ -258,8 +258,6 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     samples = samples or previous.get("samples", 1)
     seed = previous.get("seed", 0) if seed is None else seed
     dps = dict(task.dps)
-    if steps is not None:
-        dps["steps"] = steps
     if step_rule is not None:
         dps["step_rule"] = step_rule
     dps.update(_execution(precision, checkpointing, compile_network))
@@ -272,6 +270,8 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
                                task.select if select is None else (None if select == "first" else select)), preset)
     if zeta is not None:
         task = Task(task.name, task.operator, task.noise, {**task.dps, "zeta": zeta}, task.select)
+    if steps is not None:
+        task = task.with_steps(steps)
     prior = load_model(model, model_config)
     settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
                              convert_channels=convert_channels, progress_frames=progress_frames, method=method)

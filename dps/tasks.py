@@ -130,6 +130,15 @@ class Task:
     def noise_model(self) -> NoiseModel:
         return parse_noise(self.noise)
 
+    def with_steps(self, steps: int) -> "Task":
+        """This task at ``steps`` reverse steps, its zeta' keeping its meaning: zeta' is given for the task's
+        own step count (or an earlier ``reference_steps``), which becomes ``reference_steps``
+        (:attr:`DPSConfig.zeta_per_step`). The one place where a step count is overridden."""
+        cfg = self._config({"zeta": 1.0, **self.dps}).at_steps(steps)
+        dps = {k: v for k, v in self.dps.items() if k != "reference_steps"}
+        dps.update({"steps": cfg.steps, **({"reference_steps": cfg.reference_steps} if cfg.reference_steps else {})})
+        return Task(self.name, self.operator, self.noise, dps, self.select)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "operator": dict(self.operator), "noise": self.noise, "dps": dict(self.dps),
                 "select": self.select}
@@ -205,7 +214,8 @@ class Variant:
 
     :param name: the variant's name; :param task: the catalogue entry it starts from;
     :param operator: operator parameters that replace the entry's; :param noise: the noise (None: the
-    entry's); :param zeta: zeta' (rule "paper"); :param title: a label for figures.
+    entry's); :param zeta: zeta' (rule "paper"); :param title: a label for figures;
+    :param zeta_steps: the step count zeta' was chosen at (None: the entry's steps).
     """
 
     name: str
@@ -214,9 +224,13 @@ class Variant:
     operator: dict = field(default_factory=dict)
     noise: Optional[str] = None
     zeta: Optional[float] = None
+    zeta_steps: Optional[int] = None
 
     def resolve(self, steps: Optional[int] = None, **dps: Any) -> Task:
+        """The variant as a task at ``steps`` steps (default: zeta_steps, else the entry's)."""
         base = load_task(self.task)
-        settings = {**base.dps, **({"zeta": self.zeta} if self.zeta is not None else {}),
-                    **({"steps": steps} if steps is not None else {}), **dps}
-        return Task(self.name, {**base.operator, **self.operator}, self.noise or base.noise, settings, base.select)
+        own = {**({"zeta": self.zeta} if self.zeta is not None else {}),
+               **({"steps": self.zeta_steps} if self.zeta_steps is not None else {})}
+        task = Task(self.name, {**base.operator, **self.operator}, self.noise or base.noise,
+                    {**base.dps, **own, **dps}, base.select)
+        return task if steps is None else task.with_steps(steps)

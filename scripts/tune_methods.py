@@ -8,6 +8,8 @@ sample over n training digits at the method's budget of ``--nfe`` network evalua
 overall (by mean PSNR over the tasks the method applies to). Names that are DPSConfig fields (``zeta``,
 ``step_rule``, ``sampler``, ``eta``, ...) set the config, the others the method's settings; values that
 are not numbers stay strings, e.g. ``--method dps --grid "step_rule=paper,variance;sampler=ddpm,ddim"``.
+``zeta_scale`` = m runs DPS with m times the task's zeta' at every step, with no step-count scaling, e.g.
+``--method dps --nfe 50 --grid "zeta_scale=1,2.24,5,10"`` (benchmarks/step_scaling.md).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def main() -> None:
     x, _ = digits_split("train")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     table: dict[str, dict[str, float]] = {}
-    # the demo's tasks at the 250 steps their zeta' were chosen at; a budget of N keeps that meaning (zeta' 250 / N)
+    # the demo's tasks at the 250 steps their zeta' were chosen at; a budget of N keeps that meaning (DPSConfig.at_steps)
     for variant, task in demo_tasks(250, args.tasks.split(",") if args.tasks else None):
         op = build_operator(task.operator, tuple(prior.event_shape), 0)
         noise = task.noise_model()
@@ -68,7 +70,9 @@ def main() -> None:
             cfg, settings = method.at_budget(args.nfe, task.dps_config())
             fields = {f.name for f in dataclasses.fields(DPSConfig)}
             cfg = dataclasses.replace(cfg, **{k: v for k, v in combo.items() if k in fields})
-            settings = {**settings, **{k: v for k, v in combo.items() if k not in fields}}
+            if "zeta_scale" in combo:
+                cfg = dataclasses.replace(cfg, zeta=cfg.zeta * combo["zeta_scale"], reference_steps=None)
+            settings = {**settings, **{k: v for k, v in combo.items() if k not in fields and k != "zeta_scale"}}
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
             try:
                 score = float(psnr(reconstruct(method, prior, op, y, noise, cfg, gens, **settings).x[:, 0], x).mean())

@@ -222,3 +222,23 @@ def test_speed_report_measures_every_row(tmp_path, tiny_model_path):
     bad = CliRunner().invoke(__import__("dps.cli", fromlist=["main"]).main,
                              ["bench", "speed", "--precision", "fp8"])
     assert bad.exit_code != 0 and "fp8" in bad.output
+
+
+def test_compile_without_a_cpp_compiler_is_a_one_line_error(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent-c++",))
+    torch._dynamo.reset()
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, t):
+            return self.conv(x) * t.float().view(-1, 1, 1, 1)
+
+    prior = NetworkPrior(Net(), make_schedule("linear", 1000), event_shape=(1, 8, 8))
+    with pytest.raises(DPSError, match="C\\+\\+ compiler"):
+        with torch.no_grad(), prior.running(compile=True):
+            prior(torch.randn(1, 1, 8, 8), torch.tensor([3]))
+    torch._dynamo.reset()

@@ -123,8 +123,8 @@ def test_budget_is_what_the_method_spends(gaussian_problem, method):
 
 
 def test_dps_step_size_follows_the_step_count():
-    """zeta' is given for reference_steps: the per-step zeta of rules 'paper' and 'beta' scales by
-    reference_steps / N, so the total guidance is the same at every N; 'variance' needs no factor."""
+    """zeta' is given for reference_steps = R: the per-step zeta of rules 'paper' and 'beta' scales by
+    sqrt(R / N), so the total guidance grows as sqrt(N) (not as N); 'variance' needs no factor."""
     prior = GaussianPrior(torch.zeros(D, dtype=torch.float64))
     op = MatrixOperator(torch.eye(D, dtype=torch.float64)[:2])
     y = torch.ones(1, 2, dtype=torch.float64)
@@ -134,10 +134,27 @@ def test_dps_step_size_follows_the_step_count():
         dps_sample(prior, op, y, GaussianNoise(0.1), DPSConfig(steps=n, zeta=0.5, reference_steps=100),
                    generator=torch.Generator().manual_seed(0),
                    callback=lambda s: (zetas.append(float(s["zeta"][0])), norms.append(float(s["residual"][0]))))
-        per_step = [z * r for z, r in zip(zetas, norms)]  # rule "paper": zeta_i ||r|| = zeta' reference / N
-        assert max(abs(v - 0.5 * 100 / n) for v in per_step) < 1e-9
+        per_step = [z * r for z, r in zip(zetas, norms)]  # rule "paper": zeta_i ||r|| = zeta' sqrt(R / N)
+        assert max(abs(v - 0.5 * math.sqrt(100 / n)) for v in per_step) < 1e-9
         totals[n] = sum(per_step)
-    assert math.isclose(totals[50], totals[200], rel_tol=1e-9)
+    assert math.isclose(totals[200] / totals[50], 2.0, rel_tol=1e-9)  # sqrt(200 / 50)
     assert DPSConfig(steps=50, zeta=2.0, step_rule="variance").zeta_per_step == 2.0
-    assert DPSConfig(steps=250, zeta=1.0, reference_steps=1000).zeta_per_step == 4.0  # a 1000-step zeta' at 250
+    assert DPSConfig(steps=250, zeta=1.0, reference_steps=1000).zeta_per_step == 2.0  # a 1000-step zeta' at 250
     assert DPSConfig(steps=250, zeta=1.0).zeta_per_step == 1.0  # without reference_steps: per step, as given
+
+
+def test_step_count_overrides_keep_the_tasks_zeta_meaning():
+    """Every override of a step count goes through DPSConfig.at_steps: the task's own steps become R."""
+    from dps.demo import DEMO_ZETA_STEPS, demo_tasks
+    from dps.tasks import load_task
+
+    cfg = DPSConfig(steps=1000, zeta=1.0)
+    assert cfg.at_steps(100).reference_steps == 1000 and cfg.at_steps(100).at_steps(10).reference_steps == 1000
+    assert cfg.at_steps(1000).reference_steps is None  # back at its own count: nothing to scale
+    task = load_task("super_resolution", preset="paper-ffhq")
+    assert task.with_steps(100).dps_config().zeta_per_step == pytest.approx(task.dps_config().zeta * math.sqrt(10))
+    assert task.with_steps(100).with_steps(1000).dps_config() == task.dps_config()
+    (_, demo), = demo_tasks(names=["super_resolution"])
+    (_, fast), = demo_tasks(50, names=["super_resolution"])
+    assert demo.dps_config().steps == DEMO_ZETA_STEPS and demo.dps_config().reference_steps is None
+    assert fast.dps_config().zeta_per_step == pytest.approx(demo.dps_config().zeta * math.sqrt(DEMO_ZETA_STEPS / 50))

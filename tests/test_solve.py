@@ -149,8 +149,9 @@ def test_wrong_channel_count_is_a_clear_error(tmp_path, model):
 
 
 def test_progress_frames_and_figure(tmp_path, model, images):
+    # zeta' 0.05 for the task's 1000 steps is 0.65 per step at 6 steps (sqrt(1000 / 6)): a small last step
     _solve("--task", "inpainting_box", "--input", images, "--model", model, "--steps", 6, "--samples", 2,
-           "--progress-frames", 3, "--out", tmp_path)
+           "--step-size", 0.05, "--progress-frames", 3, "--out", tmp_path)
     frames = torch.load(tmp_path / "progress" / "digit0.pt", weights_only=True)
     assert frames.shape == (3, 1, 32, 32)
     # the last frame is x0_hat of the last step: the returned sample 0 before its last guidance step

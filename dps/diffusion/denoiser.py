@@ -203,17 +203,24 @@ class NetworkPrior(Prior):
             if hasattr(self.network, "use_checkpoint"):
                 self.network.use_checkpoint = saved[2]
 
-    def _network(self) -> nn.Module:
-        if not self.compile:
-            return self.network
+    def _compiled_call(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network through ``torch.compile`` (made once). Compilation happens on the first call of each
+        new shape or grad mode; on the CPU it needs a C++ compiler, whose absence is a one-line error."""
         if not self._compiled:
             self._compiled.append(torch.compile(self.network))
-        return self._compiled[0]
+        try:
+            return self._compiled[0](x, t)
+        except RuntimeError as exc:
+            if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise DPSError(f"torch.compile failed ({first}); on a CPU it needs a working C++ compiler "
+                               "(e.g. apt install g++): install one or run without --compile") from None
+            raise
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
         dtype = PRECISIONS[self.precision]
         with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = self._network()(x, t)
+            out = self._compiled_call(x, t) if self.compile else self.network(x, t)
         out = out.to(x.dtype)
         var_values = None
         if self.learn_sigma:

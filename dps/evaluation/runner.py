@@ -123,7 +123,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     x_all, names, labels, failed = _load_data(settings, shape)
     tasks = [load_task(t, settings.preset) for t in settings.tasks]
     if settings.steps is not None:
-        tasks = [Task(t.name, t.operator, t.noise, {**t.dps, "steps": settings.steps}, t.select) for t in tasks]
+        tasks = [t.with_steps(settings.steps) for t in tasks]
     if len({t.name for t in tasks}) != len(tasks):
         raise DPSError("task names must be unique in one bench run")
     # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it

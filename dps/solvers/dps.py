@@ -27,23 +27,29 @@ Step-size rules (``step_rule``), zeta' = ``zeta``:
   not grow with N), see benchmarks/gmm.md. Ours; not in the paper or the authors' code.
 
 Step count (``reference_steps``): under rules "paper" and "beta" the guidance of every step has the same
-size whatever N is, so their total grows with N. With ``reference_steps`` = R set, zeta' is the step size
-of an R-step run and N steps use zeta' * R / N, which keeps the total guidance sum_i zeta_i, and so the
-meaning of zeta', the same at every step count (:attr:`DPSConfig.zeta_per_step`). A method-table budget
-(``dps bench images --nfe N``, the GMM benchmark) sets R to the task's own step count (1000 for the paper's
-presets). ``reference_steps=None`` (the default, and ``dps solve --steps N``) applies zeta' at every step
-as given: the paper's Algorithm 1 and the authors' code, whose scales are meant for 1000 steps. (Scaling
-is not the default because at a handful of steps R / N reaches 100-500 and the iterate diverges.) Rule
-"variance" needs no factor: its zeta_i carries beta_i, which respacing to N steps already scales by about
-1000 / N.
+size whatever N is, so their total grows with N and a zeta' chosen for R steps over-guides at N > R and
+under-guides at N < R. With ``reference_steps`` = R set, zeta' is the step size of an R-step run and N
+steps use zeta' * sqrt(R / N) per step (:attr:`DPSConfig.zeta_per_step`): the total guidance grows as
+sqrt(N) instead of N. Every step-count override goes through :meth:`DPSConfig.at_steps`
+(``dps solve --steps``, ``dps bench images --steps/--nfe``, ``dps demo --steps``, the GMM benchmark), which
+takes the task's own step count as R (1000 for the paper's presets, 250 for the demo's zeta'). Measured on
+8 TRAINING digits over the demo's 8 tasks (zeta' chosen at 250 steps; benchmarks/step_scaling.md), mean
+PSNR at N = 50: factor 1 (no scaling) 25.48 dB, sqrt(250/50) = 2.24: 27.78, 250/50 = 5 (total guidance
+kept, R/N): 25.20, 10: 20.39; at N = 100: 26.33 / 27.22 (sqrt) / 27.08 (R/N) / 24.75. The linear factor
+loses motion blur and phase retrieval badly (17.2 and 14.0 dB against 30.2 and 18.4 at N = 50) and at a
+handful of steps (factor 100-500) makes the iterate diverge; sqrt is never far from the best per task.
+Not in the paper, whose Algorithm 1 applies zeta' per step at N = 1000 (``reference_steps=None``, the
+default of a bare DPSConfig, does that). Rule "variance" needs no factor: its zeta_i carries beta_i, which
+respacing to N steps already scales by about 1000 / N.
 
 Each sample's step uses its own residual norm, so samples never interact; gradients flow through the
 network to x_i only (the network's parameters get none) and the graph is freed every step.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Union
 
 import torch
@@ -69,7 +75,7 @@ class StepRule:
     name: str = "custom"
     needs_jacobian: bool = False
     #: True when zeta_i already shrinks as the step count grows (through beta_i); False makes
-    #: :class:`DPSConfig` scale zeta' by reference_steps / steps.
+    #: :class:`DPSConfig` scale zeta' by sqrt(reference_steps / steps).
     scales_with_steps: bool = False
 
     def __call__(self, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
@@ -128,8 +134,8 @@ class DPSConfig:
     :param steps: number N of reverse steps (the training schedule is respaced to N).
     :param zeta: zeta', the step-size constant of ``step_rule`` (for ``reference_steps`` steps when set).
     :param reference_steps: the step count zeta' is given for; rules "paper" and "beta" then use
-        zeta' * reference_steps / steps per step (module docstring), "variance" ignores it. None: zeta'
-        per step as given.
+        zeta' * sqrt(reference_steps / steps) per step (module docstring), "variance" ignores it. None:
+        zeta' per step as given.
     :param step_rule: ``"paper"``, ``"beta"`` or ``"variance"`` (see module docstring), or a
         :class:`StepRule` instance.
     :param sampler: ``"ddpm"`` (Algorithm 1) or ``"ddim"`` (with ``eta``).
@@ -194,11 +200,18 @@ class DPSConfig:
 
     @property
     def zeta_per_step(self) -> float:
-        """The zeta' that the rule applies at each of the ``steps`` steps: zeta' * reference_steps / steps
-        for rules whose step does not scale with the step count, zeta' otherwise (or without reference_steps)."""
+        """The zeta' that the rule applies at each of the ``steps`` steps: zeta' * sqrt(reference_steps / steps)
+        for rules whose step does not scale with the step count (module docstring: measured against the
+        linear factor), zeta' otherwise (or without reference_steps)."""
         if self.rule.scales_with_steps or self.reference_steps is None:
             return self.zeta
-        return self.zeta * self.reference_steps / self.steps
+        return self.zeta * math.sqrt(self.reference_steps / self.steps)
+
+    def at_steps(self, steps: int) -> "DPSConfig":
+        """This config at ``steps`` steps with zeta' keeping its meaning: the current step count (or an
+        earlier ``reference_steps``) becomes ``reference_steps``. The one rule for overriding a step count."""
+        reference = self.reference_steps or self.steps
+        return replace(self, steps=steps, reference_steps=None if reference == steps else reference)
 
     def running(self, prior: Prior):
         """The context in which ``prior`` runs its network as these settings say."""

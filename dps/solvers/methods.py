@@ -93,7 +93,7 @@ def _task_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
     """Methods that follow the task's step count: N steps of one evaluation each. The task's zeta' keeps its
     meaning (its total guidance) at the new step count: it is taken as given for the task's own steps unless
     the config names another ``reference_steps``."""
-    return replace(config, steps=nfe, reference_steps=config.reference_steps or config.steps), {}
+    return config.at_steps(nfe), {}
 
 
 def _own_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
