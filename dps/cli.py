@@ -448,19 +448,26 @@ def _precision_list(ctx: click.Context, param: click.Parameter, value: str) -> l
 @click.option("--compile", "compile_network", default="off", callback=_bool_list, help="comma-separated on/off")
 @click.option("--steps", type=click.IntRange(1), default=3, help="DPS / unconditional steps per timed run")
 @click.option("--repeats", type=click.IntRange(1), default=5, help="timed repeats (medians are reported)")
+@click.option("--measure", default="forward,floor,dps_step,uncond_step",
+              help="comma-separated quantities to measure (fewer: faster, e.g. floor,dps_step for memory tables)")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N  [default: cuda:0 when present, else cpu]")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write the report as JSON to this file")
 def bench_speed(model, model_config, arch, image_size, batch, samples, precision, checkpointing, compile_network,
-                steps, repeats, device, json_out) -> None:
+                steps, repeats, measure, device, json_out) -> None:
     """Network forward, the floor (forward + VJP), the DPS step and the unconditional step; peak memory."""
     import torch
 
     from .bench.speed import SpeedSettings, random_prior, run_speed, speed_markdown
     from .utils import atomic_write
 
+    from .bench.speed import QUANTITIES
+
     if image_size is not None and arch is None:
         raise click.UsageError("--image-size applies to --arch only (a model has its own size)")
+    measure = tuple(m.strip() for m in measure.split(",") if m.strip())
+    if not measure or set(measure) - set(QUANTITIES):
+        raise click.BadParameter(f"choose from {', '.join(QUANTITIES)}", param_hint="--measure")
     dev = torch.device(device) if device else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter(f"{device}: this machine has no CUDA device", param_hint="--device")
@@ -468,7 +475,7 @@ def bench_speed(model, model_config, arch, image_size, batch, samples, precision
     name = f"{arch} (random weights)" if arch else model
     settings = SpeedSettings(batch=batch, samples=tuple(samples), precision=tuple(precision),
                              checkpointing=tuple(checkpointing), compile=tuple(compile_network), repeats=repeats,
-                             steps=steps)
+                             steps=steps, measure=measure)
     report = run_speed(prior, settings, dev, name,
                        progress=lambda r: click.echo(f"measured K={r['samples']} {r['precision']} ckpt="
                                                      f"{r['checkpointing']} compile={r['compile']}", err=True))

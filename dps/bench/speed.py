@@ -37,7 +37,7 @@ from ..solvers.dps import DPSConfig, dps_sample, frozen_parameters
 from ..solvers.unconditional import sample_prior
 from ..tasks import build_operator
 
-__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "device_name"]
+__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "device_name", "QUANTITIES"]
 
 
 @dataclass
@@ -53,6 +53,7 @@ class SpeedSettings:
     repeats: int = 5
     steps: int = 3
     zeta: float = 1.0
+    measure: tuple[str, ...] = ("forward", "floor", "dps_step", "uncond_step")
     extra: dict = field(default_factory=dict)
 
     def grid(self) -> list[dict]:
@@ -189,9 +190,13 @@ def _quantities(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
     return {"forward": forward, "floor": floor, "dps_step": dps, "uncond_step": uncond}
 
 
+QUANTITIES = ("forward", "floor", "dps_step", "uncond_step")
+
+
 def measure_row(prior: NetworkPrior, row: dict, settings: SpeedSettings, device: torch.device) -> dict:
-    """Times (s, medians) and peak memories (bytes) of one configuration, with its ratios."""
-    fns = _quantities(prior, row, settings, device)
+    """Times (s, medians) and peak memories (bytes) of one configuration, with its ratios; quantities left
+    out of ``settings.measure`` (and the ratios that need them) are None."""
+    fns = {k: f for k, f in _quantities(prior, row, settings, device).items() if k in settings.measure}
     per_call = {"forward": 1, "floor": 1, "dps_step": settings.steps, "uncond_step": settings.steps}
     for fn in fns.values():  # warm-up (and compilation)
         fn()
@@ -199,17 +204,23 @@ def measure_row(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
     for _ in range(settings.repeats):
         for name, fn in fns.items():
             times[name].append(_timed(fn, device) / per_call[name])
-    memory = {}
-    for name in ("floor", "dps_step"):
-        with PeakMemory(device) as pm:
-            fns[name]()
-        memory[name] = pm.peak
-    out = {**row, "batch": settings.batch, **{f"{k}_s": statistics.median(v) for k, v in times.items()},
+    memory: dict[str, Optional[int]] = {"floor": None, "dps_step": None}
+    for name in memory:
+        if name in fns:
+            with PeakMemory(device) as pm:
+                fns[name]()
+            memory[name] = pm.peak
+    out = {**row, "batch": settings.batch,
+           **{f"{k}_s": statistics.median(times[k]) if k in times else None for k in QUANTITIES},
            "floor_mem_bytes": memory["floor"], "dps_mem_bytes": memory["dps_step"]}
-    out["dps_over_floor"] = out["dps_step_s"] / out["floor_s"]
-    out["uncond_over_forward"] = out["uncond_step_s"] / out["forward_s"]
-    out["dps_mem_over_floor"] = memory["dps_step"] / memory["floor"] if memory["floor"] > 0 else float("nan")
-    out["dps_step_per_sample_s"] = out["dps_step_s"] / (settings.batch * row["samples"])
+
+    def ratio(a, b):
+        return None if a is None or b is None or b <= 0 else a / b
+
+    out["dps_over_floor"] = ratio(out["dps_step_s"], out["floor_s"])
+    out["uncond_over_forward"] = ratio(out["uncond_step_s"], out["forward_s"])
+    out["dps_mem_over_floor"] = ratio(memory["dps_step"], memory["floor"])
+    out["dps_step_per_sample_s"] = ratio(out["dps_step_s"], settings.batch * row["samples"])
     return out
 
 
@@ -227,15 +238,24 @@ def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device
     for r in rows:  # time per sample relative to K = 1 in the same configuration
         base = next((b for b in rows if b["samples"] == 1 and all(b[k] == r[k] for k in
                                                                   ("precision", "checkpointing", "compile"))), None)
-        r["per_sample_vs_k1"] = (r["dps_step_per_sample_s"] / base["dps_step_per_sample_s"]) if base else None
+        r["per_sample_vs_k1"] = None if base is None or r["dps_step_per_sample_s"] is None else \
+            r["dps_step_per_sample_s"] / base["dps_step_per_sample_s"]
     params = sum(p.numel() for p in prior.parameters())
     return {"device": device_name(device), "model": model_name, "event_shape": list(prior.event_shape),
             "parameters": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "settings": {k: v for k, v in asdict(settings).items() if k != "extra"}, "rows": rows}
 
 
-def _mib(b: float) -> str:
-    return f"{b / 2**20:.0f}"
+def _mib(b: Optional[float]) -> str:
+    return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+def _ms(s: Optional[float]) -> str:
+    return "-" if s is None else f"{1e3 * s:.1f}"
+
+
+def _x(v: Optional[float], digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def speed_markdown(report: dict) -> str:
@@ -247,10 +267,9 @@ def speed_markdown(report: dict) -> str:
             "DPS / floor", "floor MiB", "DPS MiB", "DPS mem / floor", "per sample vs K=1"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
-        vs = "" if r["per_sample_vs_k1"] is None else f"{r['per_sample_vs_k1']:.2f}"
         lines.append("| " + " | ".join([
             str(r["samples"]), r["precision"], "on" if r["checkpointing"] else "off", "on" if r["compile"] else "off",
-            f"{1e3 * r['forward_s']:.1f}", f"{1e3 * r['floor_s']:.1f}", f"{1e3 * r['dps_step_s']:.1f}",
-            f"{1e3 * r['uncond_step_s']:.1f}", f"{r['dps_over_floor']:.3f}", _mib(r["floor_mem_bytes"]),
-            _mib(r["dps_mem_bytes"]), f"{r['dps_mem_over_floor']:.2f}", vs]) + " |")
+            _ms(r["forward_s"]), _ms(r["floor_s"]), _ms(r["dps_step_s"]), _ms(r["uncond_step_s"]),
+            _x(r["dps_over_floor"], 3), _mib(r["floor_mem_bytes"]), _mib(r["dps_mem_bytes"]),
+            _x(r["dps_mem_over_floor"]), _x(r["per_sample_vs_k1"])]) + " |")
     return head + "\n".join(lines) + "\n"
