@@ -222,7 +222,10 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
-@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="override the task's DPS steps")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None,
+              help="override the task's DPS steps (zeta' then scales by sqrt(task steps / N))")
+@click.option("--nfe", type=click.IntRange(1, 100_000), default=None,
+              help="run the method at this many network evaluations per sample (its budget rule, `dps methods`)")
 @click.option("--samples", type=click.IntRange(1, 64), default=None,
               help="posterior samples K per image  [default: 1, or a run.json's]")
 @click.option("--seed", type=int, default=None, help="[default: 0, or a run.json's]")
@@ -243,7 +246,7 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
 @_execution_options
-def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, samples, seed, noise,
+def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, nfe, samples, seed, noise,
           preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard,
           precision, checkpointing, compile_network) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
@@ -252,11 +255,15 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     from .solve import SolveSettings, run_solve
     from .tasks import Task, load_task, with_step_size
 
+    if nfe is not None and steps is not None:
+        raise click.UsageError("--nfe sets the method's steps; leave out --steps")
     task = load_task(task_name, raw=True)
     previous = _run_settings(task_name)  # a run.json also fixes model, samples and seed
     model = model or previous.get("model", "default")
     samples = samples or previous.get("samples", 1)
     seed = previous.get("seed", 0) if seed is None else seed
+    if nfe is None and steps is None:
+        nfe = previous.get("nfe")
     dps = dict(task.dps)
     if step_rule is not None:
         dps["step_rule"] = step_rule
@@ -274,7 +281,8 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
         task = task.with_steps(steps)
     prior = load_model(model, model_config)
     settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
-                             convert_channels=convert_channels, progress_frames=progress_frames, method=method)
+                             convert_channels=convert_channels, progress_frames=progress_frames, method=method,
+                             nfe=nfe)
     record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
                        settings=settings, operator_file=operator_file, prior=prior)
     done = record["images"]

@@ -58,6 +58,7 @@ class SolveSettings:
     convert_channels: bool = False
     progress_frames: int = 0
     method: str = "dps"
+    nfe: Optional[int] = None  # run the method at this many network evaluations per sample (Method.at_budget)
 
 
 def _frame_steps(steps: int, frames: int) -> set[int]:
@@ -109,6 +110,11 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
         raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
     noise, cfg = task.noise_model(), task.dps_config()
     method.check(op, noise)
+    budget: dict = {}
+    if settings.nfe is not None:
+        if method.budget is None:
+            raise DPSError(f"method {method.name} runs no network, so it has no --nfe budget; leave out --nfe")
+        cfg, budget = method.at_budget(settings.nfe, cfg)
 
     files = list_images(images) if images is not None else [Path(m) for m in measurements]
     names = [f.stem for f in files]
@@ -125,8 +131,9 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
             failed.append(str(exc))
 
     key = {"task": task.to_dict(), "model": settings.model, "samples": settings.samples, "seed": settings.seed,
-           "image_shape": list(shape), "method": settings.method, "operator": _operator_digest(op)}
-    initial = {"dps_config": cfg.to_dict(), "noise": repr(noise), "operator": {"name": op.name, "config": op.config},
+           "image_shape": list(shape), "method": settings.method, "operator": _operator_digest(op),
+           **({"nfe": settings.nfe} if settings.nfe is not None else {})}
+    initial = {"dps_config": cfg.to_dict(), "method_settings": budget, "noise": repr(noise), "operator": {"name": op.name, "config": op.config},
                "seeds": {"operator": settings.seed, **{k: v for k, v in FORMULAS.items() if k != "operator"}},
                "versions": {"torch": torch.__version__, "python": platform.python_version()}, "images": {}}
     with RunFolder(out, "run.json", key, initial) as run:
@@ -140,7 +147,7 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
         for start in range(0, len(todo), settings.batch_size):
             idx = todo[start:start + settings.batch_size]
             _solve_batch(idx, names, inputs, images is not None, op, noise, cfg, prior, method, settings, task, out,
-                         record, run, bar)
+                         record, run, bar, budget)
         bar.close()
         run.save()
     if failed:
@@ -149,7 +156,8 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
     return record
 
 
-def _solve_batch(idx, names, inputs, are_images, op, noise, cfg, prior, method, settings, task, out, record, run, bar):
+def _solve_batch(idx, names, inputs, are_images, op, noise, cfg, prior, method, settings, task, out, record, run, bar,
+                 budget: dict):
     K = settings.samples
     shape = tuple(prior.event_shape)
     batch = torch.stack([inputs[names[i]] for i in idx])
@@ -163,7 +171,7 @@ def _solve_batch(idx, names, inputs, are_images, op, noise, cfg, prior, method, 
             frames.append(prior.to_data(state["x0"]).clamp(0, 1).reshape(len(idx), K, *shape)[:, 0].cpu())
 
     res = reconstruct(method, prior, op, y, noise, cfg, sample_generators(settings.seed, idx, K), K,
-                      callback=callback if keep else None)
+                      callback=callback if keep else None, **budget)
     for b, i in enumerate(idx):
         if frames:
             _save_pt(torch.stack([f[b] for f in frames]), out / "progress" / f"{names[i]}.pt")

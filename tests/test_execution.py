@@ -242,3 +242,14 @@ def test_compile_without_a_cpp_compiler_is_a_one_line_error(monkeypatch):
         with torch.no_grad(), prior.running(compile=True):
             prior(torch.randn(1, 1, 8, 8), torch.tensor([3]))
     torch._dynamo.reset()
+
+
+def test_speed_report_measures_only_what_is_asked():
+    from dps.bench.speed import SpeedSettings, run_speed, speed_markdown
+
+    settings = SpeedSettings(samples=(1,), repeats=1, steps=1, measure=("floor", "dps_step"))
+    report = run_speed(tiny_prior(), settings, torch.device("cpu"), "tiny")
+    (row,) = report["rows"]
+    assert row["forward_s"] is None and row["uncond_step_s"] is None and row["uncond_over_forward"] is None
+    assert row["floor_s"] > 0 and row["dps_over_floor"] > 0 and row["floor_mem_bytes"] is not None
+    assert "| - |" in speed_markdown(report)

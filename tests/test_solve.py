@@ -240,3 +240,16 @@ def test_presets_on_the_command_line(tmp_path, model, images):
     r = CliRunner().invoke(main, ["solve", "--task", "phase_retrieval", "--preset", "paper-imagenet", "--input",
                                   str(images), "--model", model, "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "no step size for task phase_retrieval" in r.output
+
+
+def test_solve_at_a_budget_of_network_evaluations(tmp_path, model, images):
+    _solve("--task", "inpainting_random", "--method", "diffpir", "--nfe", 7, "--input", images, "--model", model,
+           "--out", tmp_path / "a")
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["settings"]["nfe"] == 7 and record["method_settings"] == {"steps": 7}
+    r = CliRunner().invoke(main, ["solve", "--task", "inpainting_random", "--method", "admm_tv", "--nfe", "7",
+                                  "--input", str(images), "--model", model, "--out", str(tmp_path / "b")])
+    assert r.exit_code != 0 and "no --nfe budget" in r.output
+    r = CliRunner().invoke(main, ["solve", "--task", "inpainting_random", "--nfe", "7", "--steps", "5",
+                                  "--input", str(images), "--model", model, "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "leave out --steps" in r.output
