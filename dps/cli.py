@@ -407,15 +407,17 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--nfe", type=click.IntRange(1, 100_000), default=None,
               help="run every method at this many network evaluations per sample (its budget rule in the method "
                    "table); methods without a network keep their settings")
+@_execution_options
 def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples,
-                 nfe) -> None:
+                 nfe, precision, checkpointing, compile_network) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable)."""
     from .evaluation.runner import BenchSettings, run_bench
 
     if nfe is not None and steps is not None:
         raise click.UsageError("--nfe sets each method's steps; leave out --steps")
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed, preset=preset,
-                             samples=samples, batch_size=batch_size, model=model, data=data, nfe=nfe)
+                             samples=samples, batch_size=batch_size, model=model, data=data, nfe=nfe,
+                             execution=_execution(precision, checkpointing, compile_network))
     prior = _load_prior(model, model_config)
     table = run_bench(settings, out, prior=prior)
     if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables

@@ -116,3 +116,18 @@ def test_best_of_k_for_phase_retrieval(tmp_path, prior):
     first = [json.loads((tmp_path / "k1" / "results" / "hio" / "phase_retrieval" / f"heldout00{i}.json")
                         .read_text())["residual"] for i in range(2)]
     assert all(b <= f + 1e-9 for b, f in zip(best, first))
+
+
+def test_execution_settings_reach_every_task_and_the_folder_key(tmp_path, prior):
+    """--precision/--checkpointing apply to every task, and a folder made with other settings is refused."""
+    from dps.errors import DPSError
+
+    base = dict(methods=["dps"], tasks=["super_resolution"], n=2, steps=2, batch_size=2)
+    plain = run_bench(BenchSettings(**base), tmp_path / "a", prior=prior, progress=False)
+    ckpt = run_bench(BenchSettings(**base, execution={"checkpointing": True}), tmp_path / "b", prior=prior,
+                     progress=False)
+    assert abs(plain["rows"][0]["psnr"] - ckpt["rows"][0]["psnr"]) < 1e-4  # checkpointing changes no result
+    key = json.loads((tmp_path / "b" / "bench.json").read_text())["settings"]
+    assert key["tasks"]["super_resolution"]["dps"]["checkpointing"] is True
+    with pytest.raises(DPSError):
+        run_bench(BenchSettings(**base, execution={"precision": "bf16"}), tmp_path / "a", prior=prior, progress=False)

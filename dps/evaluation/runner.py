@@ -27,7 +27,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -58,6 +58,8 @@ class BenchSettings:
     preset: Optional[str] = None
     samples: int = 1
     nfe: Optional[int] = None  # every method at this many network evaluations per sample (Method.at_budget)
+    #: DPSConfig execution settings for every task (precision, checkpointing, compile), only non-defaults
+    execution: dict = field(default_factory=dict)
 
 
 def _load_data(settings: BenchSettings, shape) -> tuple[torch.Tensor, list[str], Optional[torch.Tensor], list[str]]:
@@ -124,6 +126,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     tasks = [load_task(t, settings.preset) for t in settings.tasks]
     if settings.steps is not None:
         tasks = [t.with_steps(settings.steps) for t in tasks]
+    if settings.execution:
+        tasks = [Task(t.name, t.operator, t.noise, {**t.dps, **settings.execution}, t.select) for t in tasks]
     if len({t.name for t in tasks}) != len(tasks):
         raise DPSError("task names must be unique in one bench run")
     # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it
