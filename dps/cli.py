@@ -486,11 +486,14 @@ def bench_speed(model, model_config, arch, image_size, batch, samples, precision
     settings = SpeedSettings(batch=batch, samples=tuple(samples), precision=tuple(precision),
                              checkpointing=tuple(checkpointing), compile=tuple(compile_network), repeats=repeats,
                              steps=steps, measure=measure)
-    report = run_speed(prior, settings, dev, name,
-                       progress=lambda r: click.echo(f"measured K={r['samples']} {r['precision']} ckpt="
-                                                     f"{r['checkpointing']} compile={r['compile']}", err=True))
-    if json_out is not None:
-        atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=1)))
+    def progress(report: dict) -> None:  # every row as it is measured; the JSON so far survives an interruption
+        r = report["rows"][-1]
+        click.echo(f"measured K={r['samples']} {r['precision']} checkpointing={r['checkpointing']} "
+                   f"compile={r['compile']}", err=True)
+        if json_out is not None:
+            atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=1)))
+
+    report = run_speed(prior, settings, dev, name, progress=progress)
     click.echo(speed_markdown(report), nl=False)
 
 

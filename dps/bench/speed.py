@@ -67,13 +67,14 @@ def random_prior(preset: str, image_size: Optional[int] = None, seed: int = 0) -
     random weights, so the network's output (and its precision) is not trivially zero."""
     from ..diffusion.schedule import make_schedule
     from ..models.loading import GUIDED_DIFFUSION_PRESETS, _prior_from_unet
-    from ..models.unet import UNetModel
+    from ..models.unet import UNetConfig, UNetModel
 
     if preset not in GUIDED_DIFFUSION_PRESETS:
         raise DPSError(f"unknown architecture {preset!r}; choose one of {', '.join(GUIDED_DIFFUSION_PRESETS)}")
     cfg = dict(GUIDED_DIFFUSION_PRESETS[preset])
-    if image_size is not None:
-        cfg["image_size"] = image_size
+    if image_size is not None:  # the same network (its 256-px channel multipliers) at another image size
+        mults = UNetConfig.from_dict(cfg).mults()
+        cfg.update(image_size=image_size, channel_mult=",".join(str(m) for m in mults))
     torch.manual_seed(seed)
     net = UNetModel(cfg)
     with torch.no_grad():
@@ -226,15 +227,22 @@ def measure_row(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
 
 def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, model_name: str,
               progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Every row of the grid; the report (rows, device, model, threads, torch version) as a dict."""
+    """Every row of the grid; the report (rows, device, model, threads, torch version) as a dict.
+    ``progress(report)`` gets the report of the rows measured so far after every row (so an interrupted
+    run can leave what it measured)."""
     if not isinstance(prior, NetworkPrior):
         raise DPSError("dps bench speed measures network priors; this prior has no network")
     prior = prior.to(device).eval()
-    rows = []
+    rows: list[dict] = []
     for row in settings.grid():
         rows.append(measure_row(prior, row, settings, device))
         if progress is not None:
-            progress(rows[-1])
+            progress(_report(prior, settings, device, model_name, rows))
+    return _report(prior, settings, device, model_name, rows)
+
+
+def _report(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, model_name: str,
+            rows: list[dict]) -> dict:
     for r in rows:  # time per sample relative to K = 1 in the same configuration
         base = next((b for b in rows if b["samples"] == 1 and all(b[k] == r[k] for k in
                                                                   ("precision", "checkpointing", "compile"))), None)
@@ -243,7 +251,7 @@ def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device
     params = sum(p.numel() for p in prior.parameters())
     return {"device": device_name(device), "model": model_name, "event_shape": list(prior.event_shape),
             "parameters": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "settings": {k: v for k, v in asdict(settings).items() if k != "extra"}, "rows": rows}
+            "settings": {k: v for k, v in asdict(settings).items() if k != "extra"}, "rows": list(rows)}
 
 
 def _mib(b: Optional[float]) -> str:
