@@ -37,6 +37,30 @@ def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: 
     return rows
 
 
+def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int) -> list[dict]:
+    """Rows of the (method, task) pairs that an earlier, interrupted run finished (every image written), without
+    computing anything: how a long run's finished part is reported before it completes."""
+    from dps.evaluation.runner import BenchSettings, _load_data, aggregate
+    from dps.models.loading import load_model
+
+    shape = tuple(load_model("default").event_shape)
+    rows = []
+    for nfe in budgets:
+        for suffix in ("", "_pr"):
+            folder = out / f"nfe{nfe}{suffix}"
+            group = [t for t in tasks if (t == "phase_retrieval") == (suffix == "_pr")]
+            settings = BenchSettings(methods=methods, tasks=group, n=n, seed=seed, nfe=nfe)
+            x_all, names, labels, _ = _load_data(settings, shape)
+            for m in methods:
+                for t in group:
+                    pair = folder / "results" / m / t
+                    if pair.is_dir() and all((pair / f"{name}.json").exists() for name in names):
+                        one = BenchSettings(methods=[m], tasks=[t], n=n, seed=seed, nfe=nfe)
+                        rows += [{**r, "budget": nfe} for r in aggregate(folder, one, [t], x_all, names, labels)["rows"]
+                                 if r.get("psnr") is not None]
+    return rows
+
+
 def write(out: Path, rows: list[dict], budgets: list[int], note: str) -> None:
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     (out / "quality_per_compute.md").write_text(report(rows, budgets, note))
@@ -110,10 +134,17 @@ def main() -> None:
     ap.add_argument("--device-note", default="", help="the machine, for the report's header")
     ap.add_argument("--with-rows", type=Path, default=None,
                     help="rows.json of an earlier run (other budgets or methods) to report together with this one")
+    ap.add_argument("--collect", action="store_true",
+                    help="compute nothing: report the pairs an interrupted run in --out finished")
     args = ap.parse_args()
     budgets = [int(b) for b in args.nfe.split(",")]
     earlier = json.loads(args.with_rows.read_text()) if args.with_rows else []
-    rows = run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed, args.device_note)
+    if args.collect:
+        rows = collect(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed)
+        write(args.out, rows, budgets, args.device_note)
+    else:
+        rows = run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed,
+                   args.device_note)
     if earlier:
         rows = earlier + rows
         write(args.out, rows, sorted({r["budget"] for r in rows}), args.device_note)
