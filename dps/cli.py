@@ -487,9 +487,9 @@ def bench_speed(model, model_config, arch, image_size, batch, samples, precision
                              checkpointing=tuple(checkpointing), compile=tuple(compile_network), repeats=repeats,
                              steps=steps, measure=measure)
     def progress(report: dict) -> None:  # every row as it is measured; the JSON so far survives an interruption
-        r = report["rows"][-1]
-        click.echo(f"measured K={r['samples']} {r['precision']} checkpointing={r['checkpointing']} "
-                   f"compile={r['compile']}", err=True)
+        rows = report["rows"]
+        mem = sum(r["floor_mem_bytes"] is not None or r["dps_mem_bytes"] is not None for r in rows)
+        click.echo(f"timed {len(rows)} of {len(settings.grid())} row(s), memory of {mem}", err=True)
         if json_out is not None:
             atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=1)))
 

@@ -253,3 +253,18 @@ def test_speed_report_measures_only_what_is_asked():
     assert row["forward_s"] is None and row["uncond_step_s"] is None and row["uncond_over_forward"] is None
     assert row["floor_s"] > 0 and row["dps_over_floor"] > 0 and row["floor_mem_bytes"] is not None
     assert "| - |" in speed_markdown(report)
+
+
+def test_peak_memory_counts_live_tensors_on_the_cpu():
+    from dps.bench.speed import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as pm:
+        a = torch.ones(1_000_000)  # 4 MB
+        b = a * 2  # 4 MB: 8 MB live
+        del a
+        c = b + 1  # a was freed: still 8 MB
+        del b, c
+    assert 8e6 <= pm.peak < 8.1e6
+    with PeakMemory(torch.device("cpu")) as pm2:
+        d = torch.ones(250_000)
+    assert 1e6 <= pm2.peak < 1.1e6 and d.numel() == 250_000

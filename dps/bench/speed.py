@@ -9,24 +9,24 @@ so drifts of the machine hit all of them alike), medians over the repeats after 
 - ``dps_step``: one step of :func:`~dps.solvers.dps.dps_sample` (super-resolution x4, Gaussian noise),
   timed over ``steps`` steps of a whole run and divided by them;
 - ``uncond_step``: one step of the unconditional DDPM sampler, the same way;
-- peak memory of the floor and of the DPS step above what was in use before: CUDA's allocator statistics
-  (``max_memory_allocated``) on a GPU; on the CPU the process's resident set, sampled every millisecond by a
-  thread after returning freed memory to the system (``malloc_trim``), so it is a close lower bound.
+- peak memory of the floor and of the DPS step, in tensors allocated above what was in use before: CUDA's
+  allocator statistics (``max_memory_allocated``) on a GPU, the allocation events of ``torch.profiler`` on
+  the CPU (measured after all timings, since profiling slows a run).
 
 Ratios: ``dps_step / floor`` (1.0 means no overhead beyond the network), ``dps_mem / floor_mem``, and,
 between rows that differ only in K, the time per sample relative to K = 1.
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
+import sys
+from contextlib import contextmanager
 import os
 import platform
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -99,20 +99,25 @@ def device_name(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trim() -> None:
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C-level writes included) inside the block."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 class PeakMemory:
-    """Peak memory in use inside the block above what was in use when it began (bytes, ``.peak``)."""
+    """Peak memory of the tensors allocated inside the block, above what was in use when it began (bytes,
+    ``.peak``): CUDA's allocator statistics on a GPU; on the CPU the same quantity from the allocation
+    events of ``torch.profiler`` (profile_memory), summed in time order. Both count tensor memory only,
+    not the allocator's caching or the process's resident set."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -125,26 +130,27 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
-            _trim()
-            self._base = self._max = _rss_bytes()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
+            from torch.profiler import ProfilerActivity, profile
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, _rss_bytes())
-            time.sleep(0.001)
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            with _quiet_stderr():  # the profiler's C++ side logs its start and stop there
+                self._prof.__enter__()
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self._max, _rss_bytes()) - self._base
+            return
+        with _quiet_stderr():
+            self._prof.__exit__(*exc)
+        events = [e for e in self._prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+        live = peak = 0
+        for e in sorted(events, key=lambda e: e.start_ns()):
+            live += e.nbytes()
+            peak = max(peak, live)
+        self.peak = peak
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -194,10 +200,9 @@ def _quantities(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
 QUANTITIES = ("forward", "floor", "dps_step", "uncond_step")
 
 
-def measure_row(prior: NetworkPrior, row: dict, settings: SpeedSettings, device: torch.device) -> dict:
-    """Times (s, medians) and peak memories (bytes) of one configuration, with its ratios; quantities left
-    out of ``settings.measure`` (and the ratios that need them) are None."""
-    fns = {k: f for k, f in _quantities(prior, row, settings, device).items() if k in settings.measure}
+def time_row(fns: dict[str, Callable], row: dict, settings: SpeedSettings, device: torch.device) -> dict:
+    """Times (s per step, medians of interleaved repeats after a warm-up) of one configuration; quantities
+    left out of ``settings.measure`` (and the ratios that need them) are None."""
     per_call = {"forward": 1, "floor": 1, "dps_step": settings.steps, "uncond_step": settings.steps}
     for fn in fns.values():  # warm-up (and compilation)
         fn()
@@ -205,37 +210,50 @@ def measure_row(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
     for _ in range(settings.repeats):
         for name, fn in fns.items():
             times[name].append(_timed(fn, device) / per_call[name])
-    memory: dict[str, Optional[int]] = {"floor": None, "dps_step": None}
-    for name in memory:
+    out = {**row, "batch": settings.batch,
+           **{f"{k}_s": statistics.median(times[k]) if k in times else None for k in QUANTITIES},
+           "floor_mem_bytes": None, "dps_mem_bytes": None}
+    out["dps_over_floor"] = _ratio(out["dps_step_s"], out["floor_s"])
+    out["uncond_over_forward"] = _ratio(out["uncond_step_s"], out["forward_s"])
+    out["dps_step_per_sample_s"] = _ratio(out["dps_step_s"], settings.batch * row["samples"])
+    out["dps_mem_over_floor"] = None
+    return out
+
+
+def memory_row(fns: dict[str, Callable], out: dict, device: torch.device) -> None:
+    """Peak memory (bytes) of the floor and the DPS step of a timed row, written into it."""
+    for name, key in (("floor", "floor_mem_bytes"), ("dps_step", "dps_mem_bytes")):
         if name in fns:
             with PeakMemory(device) as pm:
                 fns[name]()
-            memory[name] = pm.peak
-    out = {**row, "batch": settings.batch,
-           **{f"{k}_s": statistics.median(times[k]) if k in times else None for k in QUANTITIES},
-           "floor_mem_bytes": memory["floor"], "dps_mem_bytes": memory["dps_step"]}
+            out[key] = pm.peak
+    out["dps_mem_over_floor"] = _ratio(out["dps_mem_bytes"], out["floor_mem_bytes"])
 
-    def ratio(a, b):
-        return None if a is None or b is None or b <= 0 else a / b
 
-    out["dps_over_floor"] = ratio(out["dps_step_s"], out["floor_s"])
-    out["uncond_over_forward"] = ratio(out["uncond_step_s"], out["forward_s"])
-    out["dps_mem_over_floor"] = ratio(memory["dps_step"], memory["floor"])
-    out["dps_step_per_sample_s"] = ratio(out["dps_step_s"], settings.batch * row["samples"])
-    return out
+def _ratio(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
 
 
 def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, model_name: str,
               progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Every row of the grid; the report (rows, device, model, threads, torch version) as a dict.
-    ``progress(report)`` gets the report of the rows measured so far after every row (so an interrupted
-    run can leave what it measured)."""
+
+    All rows are timed first, then their memory is measured (on a CPU that phase lowers glibc's mmap
+    threshold, which would slow later timings). ``progress(report)`` gets the report so far after every
+    row of either phase, so an interrupted run leaves what it measured."""
     if not isinstance(prior, NetworkPrior):
         raise DPSError("dps bench speed measures network priors; this prior has no network")
     prior = prior.to(device).eval()
     rows: list[dict] = []
+    calls = []
     for row in settings.grid():
-        rows.append(measure_row(prior, row, settings, device))
+        fns = {k: f for k, f in _quantities(prior, row, settings, device).items() if k in settings.measure}
+        calls.append(fns)
+        rows.append(time_row(fns, row, settings, device))
+        if progress is not None:
+            progress(_report(prior, settings, device, model_name, rows))
+    for fns, out in zip(calls, rows):
+        memory_row(fns, out, device)
         if progress is not None:
             progress(_report(prior, settings, device, model_name, rows))
     return _report(prior, settings, device, model_name, rows)

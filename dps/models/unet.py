@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Optional, Sequence
 
 import torch
@@ -139,17 +140,31 @@ class ResBlock(EmbedBlock):
         self._in_parts = (tuple(self.in_layers)[:-1], self.in_layers[-1])
         self._out_parts = (self.out_layers[0], tuple(self.out_layers)[1:])
 
+    #: set by UNetModel.use_checkpoint: recompute each half of the block separately in the backward pass
+    checkpoint_halves: bool = False
+
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_halves and torch.is_grad_enabled():
+            h, x = checkpoint(self._first_half, x, use_reentrant=False)
+            return checkpoint(self._second_half, h, x, emb, use_reentrant=False)
+        h, x = self._first_half(x)
+        return self._second_half(h, x, emb)
+
+    def _first_half(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """norm -> SiLU -> [up/down] -> conv; returns h and the (resampled) input for the skip path."""
         # the layers are reached through plain tuples made once in __init__: slicing an nn.Sequential
         # (in_layers[:-1]) would build a new Sequential object on every call
         in_norm_act, in_conv = self._in_parts
-        out_norm, out_rest = self._out_parts
         h = x
         for layer in in_norm_act:
             h = layer(h)
         if self.updown:
             h, x = self.h_upd(h), self.x_upd(x)
-        h = in_conv(h)
+        return in_conv(h), x
+
+    def _second_half(self, h: torch.Tensor, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The embedding (shift, or scale and shift of the norm), norm -> SiLU -> dropout -> conv, + skip."""
+        out_norm, out_rest = self._out_parts
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
@@ -289,7 +304,6 @@ class UNetModel(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
         self.config = cfg
-        self.use_checkpoint = bool(cfg.use_checkpoint)
         mc = cfg.num_channels
         ted = 4 * mc
         attention_ds = cfg.attention_ds()
@@ -341,6 +355,18 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(int(mults[0] * mc), cfg.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.use_checkpoint = bool(cfg.use_checkpoint)
+
+    @property
+    def use_checkpoint(self) -> bool:
+        return self._use_checkpoint
+
+    @use_checkpoint.setter
+    def use_checkpoint(self, on: bool) -> None:
+        self._use_checkpoint = bool(on)
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.checkpoint_halves = bool(on)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if (y is not None) != self.config.class_cond:
@@ -351,7 +377,7 @@ class UNetModel(nn.Module):
         emb = self.time_embed(t_emb)
         if y is not None:
             emb = emb + self.label_emb(y)
-        run = self._checkpointed if self.use_checkpoint and torch.is_grad_enabled() else _call
+        run = _checkpointed if self.use_checkpoint and torch.is_grad_enabled() else _call
         hs = []
         h = x
         for block in self.input_blocks:
@@ -359,13 +385,19 @@ class UNetModel(nn.Module):
             hs.append(h)
         h = run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = run(block, torch.cat([h, hs.pop()], dim=1), emb)
+            # the concatenation happens inside the block's segment: a checkpoint then keeps h (the skip
+            # tensor is kept anyway) instead of the twice-as-large concatenation
+            h = run(partial(_with_skip, block), h, hs.pop(), emb)
         return self.out(h.type(x.dtype))
 
-    @staticmethod
-    def _checkpointed(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return checkpoint(block, h, emb, use_reentrant=False)
+
+def _with_skip(block: nn.Module, h: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    return block(torch.cat([h, skip], dim=1), emb)
 
 
-def _call(block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    return block(h, emb)
+def _call(fn, *args: torch.Tensor) -> torch.Tensor:
+    return fn(*args)
+
+
+def _checkpointed(fn, *args: torch.Tensor) -> torch.Tensor:
+    return checkpoint(fn, *args, use_reentrant=False)
