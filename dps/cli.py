@@ -478,7 +478,10 @@ def bench_speed(model, model_config, arch, image_size, batch, samples, precision
     measure = tuple(m.strip() for m in measure.split(",") if m.strip())
     if not measure or set(measure) - set(QUANTITIES):
         raise click.BadParameter(f"choose from {', '.join(QUANTITIES)}", param_hint="--measure")
-    dev = torch.device(device) if device else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device) if device else torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r} is not a device; use cpu, cuda or cuda:N", param_hint="--device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter(f"{device}: this machine has no CUDA device", param_hint="--device")
     prior = random_prior(arch, image_size) if arch else _load_prior(model, model_config)
