@@ -86,7 +86,7 @@ def _execution_options(fn):
 def _execution(precision: str, checkpointing: bool, compile_network: bool) -> dict:
     """The non-default execution settings as DPSConfig fields."""
     chosen = {"precision": precision, "checkpointing": checkpointing, "compile": compile_network}
-    return {k: v for k, v in chosen.items() if v != {"precision": "fp32"}.get(k, False)}
+    return {k: v for k, v in chosen.items() if v != DPSConfig.EXECUTION_DEFAULTS[k]}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -25,7 +25,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -54,7 +54,6 @@ class SpeedSettings:
     steps: int = 3
     zeta: float = 1.0
     measure: tuple[str, ...] = ("forward", "floor", "dps_step", "uncond_step")
-    extra: dict = field(default_factory=dict)
 
     def grid(self) -> list[dict]:
         return [{"samples": k, "precision": p, "checkpointing": c, "compile": cc}
@@ -238,8 +237,8 @@ def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device
               progress: Optional[Callable[[dict], None]] = None) -> dict:
     """Every row of the grid; the report (rows, device, model, threads, torch version) as a dict.
 
-    All rows are timed first, then their memory is measured (on a CPU that phase lowers glibc's mmap
-    threshold, which would slow later timings). ``progress(report)`` gets the report so far after every
+    All rows are timed first, then their memory is measured (on a CPU the memory phase profiles the run,
+    which would slow timings). ``progress(report)`` gets the report so far after every
     row of either phase, so an interrupted run leaves what it measured."""
     if not isinstance(prior, NetworkPrior):
         raise DPSError("dps bench speed measures network priors; this prior has no network")
@@ -269,7 +268,7 @@ def _report(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, 
     params = sum(p.numel() for p in prior.parameters())
     return {"device": device_name(device), "model": model_name, "event_shape": list(prior.event_shape),
             "parameters": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "settings": {k: v for k, v in asdict(settings).items() if k != "extra"}, "rows": list(rows)}
+            "settings": asdict(settings), "rows": list(rows)}
 
 
 def _mib(b: Optional[float]) -> str:

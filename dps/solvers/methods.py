@@ -18,7 +18,7 @@ entry here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Optional, Sequence
 
