@@ -76,6 +76,89 @@ def test_dps_with_checkpointing_equals_without():
     torch.testing.assert_close(run(prior, checkpointing=True), run(prior), rtol=0, atol=1e-5)
 
 
+def frozen_unet(scale_shift: bool, seed: int = 0) -> UNetModel:
+    torch.manual_seed(seed)
+    net = UNetModel({**TINY, "attention_resolutions": "16", "use_scale_shift_norm": scale_shift,
+                     "resblock_updown": True})
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net.eval().requires_grad_(False)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass while ``fn`` runs."""
+    kept = {}
+
+    def pack(t):
+        kept[(t.data_ptr(), t.shape)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lean_vjp_gives_autograds_gradient_and_keeps_less(scale_shift, checkpointing):
+    net = frozen_unet(scale_shift)
+    net.use_checkpoint = checkpointing
+    x, v = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    t = torch.tensor([30, 700])
+
+    def vjp(lean: bool):
+        net.lean = lean
+        xg = x.clone().requires_grad_(True)
+        out = net(xg, t)
+        return out.detach(), torch.autograd.grad(out, xg, v)[0]
+
+    (out0, g0), (out1, g1) = vjp(False), vjp(True)
+    torch.testing.assert_close(out1, out0, rtol=0, atol=0)
+    torch.testing.assert_close(g1, g0, rtol=0, atol=1e-6 * float(g0.abs().max()))
+    if not checkpointing:  # what the graph keeps: the norm's input only, instead of three activations
+        xg = x.clone().requires_grad_(True)
+        net.lean = False
+        plain = saved_bytes(lambda: net(xg, t))
+        net.lean = True
+        lean = saved_bytes(lambda: net(xg, t))
+        assert lean < 0.5 * plain, (lean, plain)
+
+
+def test_lean_vjp_by_default_from_64_by_64_pixels():
+    net = frozen_unet(True)
+    t = torch.tensor([500])
+    for size, expected in ((32, False), (64, True), (32, False)):
+        net(torch.randn(1, 1, size, size, requires_grad=True), t)
+        assert all(b.lean == expected for b in net._resblocks), size
+    net.lean = True
+    net(torch.randn(1, 1, 32, 32, requires_grad=True), t)
+    assert all(b.lean for b in net._resblocks)
+
+
+def test_lean_vjp_under_autocast_and_when_training():
+    net = frozen_unet(True)
+    x, v = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32)
+    t = torch.tensor([500])
+    grads = {}
+    for lean in (False, True):
+        net.lean = lean
+        xg = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(xg, t)
+        grads[lean] = torch.autograd.grad(out.float(), xg, v)[0]
+    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=1e-6 * float(grads[False].abs().max()))
+    # weights that need gradients (training) take autograd's own layers: parameter gradients are unchanged
+    net.requires_grad_(True)
+    param_grads = {}
+    for lean in (False, True):
+        net.lean = lean
+        net.zero_grad()
+        (net(x, t) * v).sum().backward()
+        param_grads[lean] = [p.grad.clone() for p in net.parameters()]
+    for a, b in zip(param_grads[True], param_grads[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_reduced_precision_runs_the_network_only_in_that_dtype(precision, dtype):
     prior = tiny_prior()
@@ -222,6 +305,17 @@ def test_speed_report_measures_every_row(tmp_path, tiny_model_path):
     bad = CliRunner().invoke(__import__("dps.cli", fromlist=["main"]).main,
                              ["bench", "speed", "--precision", "fp8"])
     assert bad.exit_code != 0 and "fp8" in bad.output
+
+
+def test_compile_runs_the_plain_layers_and_restores_the_lean_setting():
+    prior = tiny_prior()
+    prior.network.lean = True
+    with prior.running(compile=True):
+        assert prior.network.lean is False  # the compiler partitions the graph itself
+    assert prior.network.lean is True
+    prior.network.lean = None
+    with prior.running(checkpointing=True):
+        assert prior.network.lean is None
 
 
 def test_compile_without_a_cpp_compiler_is_a_one_line_error(monkeypatch):

@@ -185,23 +185,30 @@ class NetworkPrior(Prior):
         :param checkpointing: recompute the network's blocks in the backward pass instead of keeping their
             activations (less memory for the VJP, one more forward's time); the network must have a
             settable ``use_checkpoint`` (our UNet and diffusers UNets do).
-        :param compile: run ``torch.compile(network)`` (compiled on first use, kept for later blocks).
+        :param compile: run ``torch.compile(network)`` (compiled on first use, kept for later blocks), with
+            our UNet's lean VJP off: the compiler's own partition of forward and backward keeps only what the
+            input's gradient needs, and traces plain layers.
         """
         if precision not in PRECISIONS:
             raise DPSError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if checkpointing and not hasattr(self.network, "use_checkpoint"):
             raise DPSError(f"{type(self.network).__name__} cannot checkpoint its blocks (no use_checkpoint); "
                            "run without checkpointing")
-        saved = (self.precision, self.compile, getattr(self.network, "use_checkpoint", False))
+        saved = (self.precision, self.compile, getattr(self.network, "use_checkpoint", False),
+                 getattr(self.network, "lean", None))
         self.precision, self.compile = precision, bool(compile)
         if hasattr(self.network, "use_checkpoint"):
             self.network.use_checkpoint = bool(checkpointing)
+        if compile and hasattr(self.network, "lean"):
+            self.network.lean = False
         try:
             yield
         finally:
             self.precision, self.compile = saved[0], saved[1]
             if hasattr(self.network, "use_checkpoint"):
                 self.network.use_checkpoint = saved[2]
+            if hasattr(self.network, "lean"):
+                self.network.lean = saved[3]
 
     def _compiled_call(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network through ``torch.compile`` (made once). Compilation happens on the first call of each
