@@ -347,6 +347,7 @@ def test_speed_report_measures_only_what_is_asked():
     assert row["forward_s"] is None and row["uncond_step_s"] is None and row["uncond_over_forward"] is None
     assert row["floor_s"] > 0 and row["dps_over_floor"] > 0 and row["floor_mem_bytes"] is not None
     assert "| - |" in speed_markdown(report)
+    assert report["lean_vjp"] is False and "lean VJP off" in speed_markdown(report)  # 32 x 32: below the threshold
 
 
 def test_peak_memory_counts_live_tensors_on_the_cpu():

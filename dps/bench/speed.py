@@ -268,7 +268,18 @@ def _report(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, 
     params = sum(p.numel() for p in prior.parameters())
     return {"device": device_name(device), "model": model_name, "event_shape": list(prior.event_shape),
             "parameters": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "settings": asdict(settings), "rows": list(rows)}
+            "lean_vjp": _lean_vjp(prior), "settings": asdict(settings), "rows": list(rows)}
+
+
+def _lean_vjp(prior: NetworkPrior) -> Optional[bool]:
+    """Whether our UNet's lean VJP ran (without --compile) at this image size; None for other networks."""
+    from ..models.unet import LEAN_MIN_PIXELS
+
+    net = prior.network
+    if not hasattr(net, "lean") or not hasattr(net, "_resblocks"):
+        return None
+    h, w = prior.event_shape[-2:]
+    return net.lean if net.lean is not None else h * w >= LEAN_MIN_PIXELS
 
 
 def _mib(b: Optional[float]) -> str:
@@ -287,7 +298,9 @@ def speed_markdown(report: dict) -> str:
     """The report as a Markdown table (times in ms per step, memory in MiB)."""
     head = (f"{report['model']} {tuple(report['event_shape'])}, {report['parameters'] / 1e6:.1f}M parameters, "
             f"batch {report['settings']['batch']}, {report['settings']['steps']} DPS steps x "
-            f"{report['settings']['repeats']} repeats (medians); {report['device']}; torch {report['torch']}.\n\n")
+            f"{report['settings']['repeats']} repeats (medians); {report['device']}; torch {report['torch']}"
+            + {True: "; lean VJP on (off in compiled rows)", False: "; lean VJP off", None: ""}[report.get("lean_vjp")]
+            + ".\n\n")
     cols = ["K", "precision", "ckpt", "compile", "forward ms", "floor ms", "DPS step ms", "uncond step ms",
             "DPS / floor", "floor MiB", "DPS MiB", "DPS mem / floor", "per sample vs K=1"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
