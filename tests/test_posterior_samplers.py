@@ -119,7 +119,7 @@ def test_budget_is_what_the_method_spends(gaussian_problem, method):
             assert 0.5 * nfe <= counted <= nfe
         else:
             assert counted == nfe, (method.name, counted)
-    assert daps_budget(1000) == {"levels": 200, "ode_steps": 5} and daps_budget(100) == {"levels": 50, "ode_steps": 2}
+    assert daps_budget(1000) == {"levels": 1000, "ode_steps": 1} and daps_budget(100) == {"levels": 100, "ode_steps": 1}
 
 
 def test_dps_step_size_follows_the_step_count():
