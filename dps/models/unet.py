@@ -154,8 +154,8 @@ def conv_lean(conv: nn.Module, x: torch.Tensor, lean: bool = True) -> torch.Tens
 def norm_silu(norm: nn.Module, x: torch.Tensor, scale: Optional[torch.Tensor] = None,
               shift: Optional[torch.Tensor] = None, lean: bool = True) -> torch.Tensor:
     """``SiLU(norm(x) [* (1 + scale) + shift])``; with ``lean`` and a frozen norm, keeping only x."""
-    frozen_mod = lean and _frozen(norm, x) and not any(t is not None and t.requires_grad for t in (scale, shift))
-    return _NormSiLU.apply(x, scale, shift, norm) if frozen_mod else _norm_silu(norm, x, scale, shift)
+    use = lean and _frozen(norm, x) and not any(t is not None and t.requires_grad for t in (scale, shift))
+    return _NormSiLU.apply(x, scale, shift, norm) if use else _norm_silu(norm, x, scale, shift)
 
 
 class EmbedBlock(nn.Module):
