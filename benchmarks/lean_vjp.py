@@ -2,6 +2,7 @@
 and the largest gradient difference, with and without block checkpointing (issue 13).
 
     python benchmarks/lean_vjp.py [--model default | --arch ffhq256] [--size 64,128] [--repeats 5] [--threads 2]
+        [--device cuda]
 
 Times are medians of interleaved repeats (lean, plain, lean, plain, ...): run it on idle cores. Memory is
 the peak of the tensors allocated during one floor (``dps.bench.speed.PeakMemory``: CUDA's allocator or the
@@ -25,6 +26,11 @@ def floor(net, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(out, xg, torch.cos(out))[0]
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(net, x: torch.Tensor, t: torch.Tensor, repeats: int) -> list[str]:
     rows = []
     for ckpt in (False, True):
@@ -35,12 +41,15 @@ def measure(net, x: torch.Tensor, t: torch.Tensor, repeats: int) -> list[str]:
             floor(net, x, t)
             with PeakMemory(x.device) as peak:
                 grads[lean] = floor(net, x, t)
+            sync(x.device)
             mem[lean] = peak.peak / 2**20
         for _ in range(repeats):
             for lean in (True, False):
                 net.lean = lean
+                sync(x.device)
                 start = time.perf_counter()
                 floor(net, x, t)
+                sync(x.device)
                 times[lean].append(time.perf_counter() - start)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         diff = float((grads[True] - grads[False]).abs().max() / grads[False].abs().max())
@@ -57,6 +66,7 @@ def main() -> None:
     ap.add_argument("--size", default="64,128", help="image sizes for --arch")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,14 +77,17 @@ def main() -> None:
     else:
         for size in (int(s) for s in args.size.split(",")):
             cases.append((f"{args.arch} at {size} px", random_prior(args.arch, size).network, (3, size, size)))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; floor = forward + VJP to x, batch 1\n")
+    from dps.bench.speed import device_name
+
+    print(f"{device_name(torch.device(args.device))}; torch {torch.__version__}; floor = forward + VJP to x, batch 1\n")
     print("| network | ckpt | plain ms | lean ms | lean / plain | plain MiB | lean MiB | memory plain / lean | "
           "max grad difference (relative) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, net, shape in cases:
-        net.requires_grad_(False).eval()
-        x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
-        t = torch.full((1,), 500)
+        device = torch.device(args.device)
+        net.requires_grad_(False).eval().to(device)
+        x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+        t = torch.full((1,), 500, device=device)
         for row in measure(net, x, t, args.repeats):
             print(f"| {name} " + row)
 

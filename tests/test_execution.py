@@ -124,10 +124,10 @@ def test_lean_vjp_gives_autograds_gradient_and_keeps_less(scale_shift, checkpoin
         assert lean < 0.5 * plain, (lean, plain)
 
 
-def test_lean_vjp_by_default_from_64_by_64_pixels():
+def test_lean_vjp_by_default_from_128_by_128_pixels():
     net = frozen_unet(True)
     t = torch.tensor([500])
-    for size, expected in ((32, False), (64, True), (32, False)):
+    for size, expected in ((64, False), (128, True), (64, False)):
         net(torch.randn(1, 1, size, size, requires_grad=True), t)
         assert all(b.lean == expected for b in net._resblocks), size
     net.lean = True

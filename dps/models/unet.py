@@ -68,7 +68,7 @@ def normalization(channels: int) -> nn.Module:
 
 
 #: input pixels (H x W) from which ``UNetModel.lean = None`` (the default) turns the lean VJP on
-LEAN_MIN_PIXELS = 64 * 64
+LEAN_MIN_PIXELS = 128 * 128
 
 
 class _ConvInputGrad(torch.autograd.Function):
@@ -456,8 +456,9 @@ class UNetModel(nn.Module):
         pass), and a skip connection's gradient does not hold the concatenated one; the gradient is the same
         (tested to 1e-6 relative). At 256 px (ffhq256) it halves the VJP's memory (1721 -> 819 MiB per
         sample) at no measured time cost. ``None`` (default): on for inputs of at least
-        :data:`LEAN_MIN_PIXELS` pixels, where its per-layer Python overhead is negligible (on 32 x 32 digits it
-        cost 20% of the floor's time); True / False: always / never."""
+        :data:`LEAN_MIN_PIXELS` pixels (128 x 128), where its per-layer Python overhead is not measurable (floor
+        time lean / plain on 2 CPU threads: 1.17 on the 32-px digits, 1.04 at 64 px, 1.00 at 128 px;
+        ``benchmarks/lean_vjp.py``); True / False: always / never."""
         return self._lean
 
     @lean.setter
