@@ -168,7 +168,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023",
            "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
     Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)",
-           "DAPS-1K: 200 levels x 5 ODE steps, 100 Langevin steps, lr 0.5, tau 0.01", (GAUSSIAN,),
+           "1000 levels x 1 ODE step (the paper's DAPS-1K is 200 x 5), 100 Langevin steps, lr 0.5, tau 0.01", (GAUSSIAN,),
            budget=_daps),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
            "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False, budget=_iterations),
