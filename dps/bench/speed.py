@@ -273,13 +273,8 @@ def _report(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, 
 
 def _lean_vjp(prior: NetworkPrior) -> Optional[bool]:
     """Whether our UNet's lean VJP ran (without --compile) at this image size; None for other networks."""
-    from ..models.unet import LEAN_MIN_PIXELS
-
-    net = prior.network
-    if not hasattr(net, "lean") or not hasattr(net, "_resblocks"):
-        return None
-    h, w = prior.event_shape[-2:]
-    return net.lean if net.lean is not None else h * w >= LEAN_MIN_PIXELS
+    lean_for = getattr(prior.network, "lean_for", None)
+    return None if lean_for is None else lean_for(*prior.event_shape[-2:])
 
 
 def _mib(b: Optional[float]) -> str:

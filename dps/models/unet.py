@@ -465,8 +465,12 @@ class UNetModel(nn.Module):
     def lean(self, on: Optional[bool]) -> None:
         self._lean = None if on is None else bool(on)
 
+    def lean_for(self, height: int, width: int) -> bool:
+        """Whether the lean VJP runs for inputs of this size: the ``lean`` setting, or the default rule."""
+        return self._lean if self._lean is not None else height * width >= LEAN_MIN_PIXELS
+
     def _set_lean(self, x: torch.Tensor) -> None:
-        on = self._lean if self._lean is not None else x.shape[-1] * x.shape[-2] >= LEAN_MIN_PIXELS
+        on = self.lean_for(x.shape[-2], x.shape[-1])
         if self._resblocks and self._resblocks[0].lean != on:
             for block in self._resblocks:
                 block.lean = on
