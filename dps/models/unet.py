@@ -384,9 +384,9 @@ class UNetModel(nn.Module):
     input, middle and output block keeps only its inputs and is recomputed in the backward pass
     (``torch.utils.checkpoint``, non-reentrant), for about one more forward pass of time; outputs and
     gradients are unchanged. ``lean`` (below) lowers what each block keeps and what its recomputation
-    allocates. Peak tensor memory of one VJP at 256 px (ffhq256, K = 1, ``benchmarks/speed_cpu/``): 1721 MiB
-    with autograd's own layers, 819 MiB lean, 642 MiB checkpointed, 545 MiB lean and checkpointed (3.2x less
-    than the first). What remains is every block's input (the skip connections need them anyway), their
+    allocates. Peak tensor memory of a DPS step at 256 px (ffhq256, K = 1, ``benchmarks/speed_cpu/memory256*``):
+    1722 MiB with autograd's own layers, 820 MiB lean, 642 MiB checkpointed, 546 MiB lean and checkpointed
+    (3.15x less than the first). What remains is every block's input (the skip connections need them anyway), their
     gradients and one block's recomputation.
     """
 
@@ -454,7 +454,7 @@ class UNetModel(nn.Module):
         """The lean VJP: when the weights are frozen and a graph to x is recorded (a DPS step), convolutions
         keep no input and each norm -> SiLU keeps only the norm's input (recomputing the rest in the backward
         pass), and a skip connection's gradient does not hold the concatenated one; the gradient is the same
-        (tested to 1e-6 relative). At 256 px (ffhq256) it halves the VJP's memory (1721 -> 819 MiB per
+        (tested to 1e-6 relative). At 256 px (ffhq256) it halves the VJP's memory (1722 -> 820 MiB per
         sample) at no measured time cost. ``None`` (default): on for inputs of at least
         :data:`LEAN_MIN_PIXELS` pixels (128 x 128), where its per-layer Python overhead is not measurable (floor
         time lean / plain on 2 CPU threads: 1.17 on the 32-px digits, 1.04 at 64 px, 1.00 at 128 px;
@@ -469,11 +469,13 @@ class UNetModel(nn.Module):
         """Whether the lean VJP runs for inputs of this size: the ``lean`` setting, or the default rule."""
         return self._lean if self._lean is not None else height * width >= LEAN_MIN_PIXELS
 
-    def _set_lean(self, x: torch.Tensor) -> None:
+    def _set_lean(self, x: torch.Tensor) -> bool:
+        """The blocks' setting for this input (read again by a checkpoint's recomputation); returns it."""
         on = self.lean_for(x.shape[-2], x.shape[-1])
         if self._resblocks and self._resblocks[0].lean != on:
             for block in self._resblocks:
                 block.lean = on
+        return on
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if (y is not None) != self.config.class_cond:
@@ -484,7 +486,7 @@ class UNetModel(nn.Module):
         emb = self.time_embed(t_emb)
         if y is not None:
             emb = emb + self.label_emb(y)
-        self._set_lean(x)
+        lean = self._set_lean(x)
         run = _checkpointed if self.use_checkpoint and torch.is_grad_enabled() else _call
         hs = []
         h = x
@@ -497,7 +499,6 @@ class UNetModel(nn.Module):
             # tensor is kept anyway) instead of the twice-as-large concatenation
             h = run(partial(_with_skip, block), h, hs.pop(), emb)
         norm, _, conv = self.out
-        lean = bool(self._resblocks) and self._resblocks[0].lean
         return conv_lean(conv, norm_silu(norm, h.type(x.dtype), lean=lean), lean)
 
 
