@@ -81,6 +81,20 @@ def test_langevin_step_has_the_gaussian_target_as_stationary_law():
     assert (torch.cov(x.T).diagonal() > 0.5 * C.diagonal()).all()
 
 
+def test_langevin_chain_of_a_sample_does_not_depend_on_its_batch():
+    """With per-sample generators a sample's Langevin chain is the same alone as in a batch."""
+    m = torch.tensor([[0.3, -0.2, 0.1, 0.0]], dtype=torch.float64)
+    grad = lambda x: 2.0 * x  # noqa: E731
+
+    def chains(n):
+        gens = [torch.Generator().manual_seed(7 + k) for k in range(n)]
+        return langevin_x0(m.expand(n, D), 0.5, grad, torch.full((n,), 2.0, dtype=torch.float64), 12, 0.1, gens)
+
+    batch = chains(3)
+    assert torch.equal(chains(1)[0], batch[0])
+    assert not torch.allclose(batch[0], batch[1])  # distinct generators, distinct chains
+
+
 def test_operator_norm_by_power_iteration():
     A = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     est = operator_norm_sq(MatrixOperator(A), torch.zeros(1, 6, dtype=torch.float64), iters=50)
