@@ -5,9 +5,10 @@
 For every combination of the grid (``name=v1,v2;name2=...``), prints per demo task the mean PSNR of one
 sample over n training digits at the method's budget of ``--nfe`` network evaluations (its
 ``Method.at_budget``; the grid's settings override the budget's), and the best combination per task and
-overall (by mean PSNR over the tasks the method applies to). Names that are DPSConfig fields (``zeta``,
-``step_rule``, ``sampler``, ``eta``, ...) set the config, the others the method's settings; values that
-are not numbers stay strings, e.g. ``--method dps --grid "step_rule=paper,variance;sampler=ddpm,ddim"``.
+overall (by mean PSNR over the tasks the method applies to). A name that is a keyword of the method's
+function sets that setting (DiffPIR's ``zeta``, DAPS's ``tau``); other names that are DPSConfig fields
+(``zeta``, ``step_rule``, ``sampler``, ``eta``, ...) set the config; ``cfg.NAME`` always sets the config.
+Values that are not numbers stay strings, e.g. ``--method dps --grid "step_rule=paper,variance;sampler=ddpm,ddim"``.
 ``zeta_scale`` = m runs DPS with m times the task's zeta' at every step, with no step-count scaling, e.g.
 ``--method dps --nfe 50 --grid "zeta_scale=1,2.24,5,10"`` (benchmarks/step_scaling.md).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import itertools
 
 import torch
@@ -45,6 +47,23 @@ def _grid(text: str) -> list[dict]:
     return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
 
 
+def _split(combo: dict, method) -> tuple[dict, dict]:
+    """(DPSConfig fields, the method's own settings) of one grid combination: a keyword of the method's
+    function is its setting even where DPSConfig has a field of that name (DiffPIR's zeta is its noise
+    mix, DPSConfig's zeta DPS's step size); ``cfg.NAME`` forces the config."""
+    own_names = set(inspect.signature(method.fn).parameters)
+    fields = {f.name for f in dataclasses.fields(DPSConfig)}
+    cfg, own = {}, {}
+    for k, v in combo.items():
+        if k.startswith("cfg."):
+            cfg[k[4:]] = v
+        elif k in own_names or k not in fields:
+            own[k] = v
+        else:
+            cfg[k] = v
+    return cfg, own
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", required=True)
@@ -68,11 +87,11 @@ def main() -> None:
         y = noise(op(x), torch.Generator().manual_seed(0))
         for combo in _grid(args.grid):
             cfg, settings = method.at_budget(args.nfe, task.dps_config())
-            fields = {f.name for f in dataclasses.fields(DPSConfig)}
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in combo.items() if k in fields})
-            if "zeta_scale" in combo:
-                cfg = dataclasses.replace(cfg, zeta=cfg.zeta * combo["zeta_scale"], reference_steps=None)
-            settings = {**settings, **{k: v for k, v in combo.items() if k not in fields and k != "zeta_scale"}}
+            cfg_part, own = _split(combo, method)
+            cfg = dataclasses.replace(cfg, **cfg_part)
+            if "zeta_scale" in own:
+                cfg = dataclasses.replace(cfg, zeta=cfg.zeta * own.pop("zeta_scale"), reference_steps=None)
+            settings = {**settings, **own}
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
             try:
                 score = float(psnr(reconstruct(method, prior, op, y, noise, cfg, gens, **settings).x[:, 0], x).mean())
