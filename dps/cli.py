@@ -532,6 +532,10 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
         raise click.BadParameter("the benchmark's dimension must be even", param_hint="--dim")
     zeta = GMM_DEFAULT_ZETA[step_rule] if zeta is None else zeta
     seeds = list(range(first_seed, first_seed + problems))
+    cols = ("dps", *extra, "prior", "floor")
+    header = "| d | d_y | steps | " + " | ".join(METHODS[c].title if c in METHODS else c for c in cols) + " |"
+    if not as_json:
+        click.echo(f"  cells as they finish: {header}", err=True)
     cells = []
     for d in dims:
         for d_y in obs_dims:
@@ -541,21 +545,24 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
                 cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
                 res = run_cell(d, d_y, cfg, seeds, n_samples=samples, methods=extra).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
-                if not as_json:
-                    click.echo(f"  done d={d} d_y={d_y} steps={n}", err=True)
+                if not as_json:  # each cell's numbers as it finishes, so a long run's finished cells are kept
+                    click.echo(f"  done {_gmm_row(cells[-1], cols)}", err=True)
     report = {"problems": seeds, "samples": samples, "step_rule": step_rule, "zeta": zeta, "cells": cells}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {seeds} "
                f"(+-95% interval), {samples} samples, step rule {step_rule!r}, zeta'={zeta}")
-    cols = ("dps", *extra, "prior", "floor")
-    click.echo("| d | d_y | steps | " + " | ".join(METHODS[c].title if c in METHODS else c for c in cols) + " |")
+    click.echo(header)
     click.echo("|---|---|---|" + "---|" * len(cols))
     for c in cells:
-        cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}")
-                          for k in cols)
-        click.echo(f"| {c['dim']} | {c['obs_dim']} | {c['steps']} | {cell} |")
+        click.echo(_gmm_row(c, cols))
+
+
+def _gmm_row(c: dict, cols: tuple[str, ...]) -> str:
+    """One cell of `dps bench gmm` as a markdown table row: d, d_y, steps, then mean +- 95% interval per column."""
+    cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}") for k in cols)
+    return f"| {c['dim']} | {c['obs_dim']} | {c['steps']} | {cell} |"
 
 
 if __name__ == "__main__":  # pragma: no cover

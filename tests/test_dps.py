@@ -291,3 +291,19 @@ def test_step_rule_objects_and_read_only_callback() -> None:
     assert torch.equal(run(DPSConfig(steps=10), callback=vandal), ref)
     moved = run(DPSConfig(steps=10), post_step=lambda x, i: torch.zeros_like(x) if i == 0 else x)
     assert not torch.equal(moved, ref)
+
+
+def test_bench_gmm_reports_each_cell_as_it_finishes() -> None:
+    """A long `dps bench gmm` run shows every finished cell's numbers on stderr (an interrupted run keeps
+    them), the same rows as the final table on stdout."""
+    from click.testing import CliRunner
+
+    from dps.cli import main
+
+    r = CliRunner().invoke(main, ["bench", "gmm", "--dim", "4", "--obs-dim", "1,2", "--steps", "5", "--problems", "1",
+                                  "--samples", "50"])
+    assert r.exit_code == 0, r.output
+    done = [line.split("done ", 1)[1] for line in r.stderr.splitlines() if line.strip().startswith("done ")]
+    table = [line for line in r.stdout.splitlines() if line.startswith("| 4 |")]
+    assert len(done) == 2 and done == table
+    assert "| 4 | 1 | 5 | " in table[0] and "| 4 | 2 | 5 | " in table[1]
