@@ -200,6 +200,7 @@ def test_every_method_declares_why_it_does_not_apply():
         "dps": set(), "ddrm": {"motion", "nonlinear", "poisson", "phase"}, "mcg": {"nonlinear", "phase"},
         "score_sde": {"nonlinear", "phase"}, "pnp_admm": {"nonlinear", "phase"}, "admm_tv": {"nonlinear", "phase"},
         "pigdm": {"nonlinear", "phase", "poisson"}, "diffpir": {"nonlinear", "phase", "poisson"}, "daps": {"poisson"},
+        "tds": {"nonlinear", "phase", "poisson"},
         "hio": {"motion", "nonlinear", "poisson"}, "er": {"motion", "nonlinear", "poisson"},
         "oss": {"motion", "nonlinear", "poisson"}}
     assert set(expected) == set(METHODS)

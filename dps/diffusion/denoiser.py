@@ -71,7 +71,11 @@ class Prior(nn.Module):
       data = ``data_scale`` * x + ``data_offset`` (:meth:`to_data`, :meth:`from_data`; images in
       [-1, 1] have scale 1/2 and offset 1/2);
     - ``data_bounds``: the range of valid data values ((0, 1) for images), or None when unbounded;
-      :meth:`clip_data` and :meth:`clip_x0` clamp to it.
+      :meth:`clip_data` and :meth:`clip_x0` clamp to it;
+    - ``data_variance``: the mean per-coordinate variance of x_0 in model space, s^2, for the samplers that
+      approximate the prior by a Gaussian of that variance (TDS's twisting, :meth:`x0_variance`); 1.0 unless
+      the prior knows better (the analytic priors compute theirs; a network prior takes 1, the unit-variance
+      assumption of Pi-GDM).
 
     Subclasses set ``schedule`` and ``event_shape`` and implement :meth:`forward`.
     """
@@ -81,10 +85,17 @@ class Prior(nn.Module):
     data_scale: float = 1.0
     data_offset: float = 0.0
     data_bounds: Optional[tuple[float, float]] = None
+    data_variance: float = 1.0
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """abar_t for integer model timesteps t (B,), float64."""
         return self.schedule.alphas_cumprod.to(t.device)[t]
+
+    def x0_variance(self, abar: float) -> float:
+        """Var[x_0 | x_t] per coordinate (model space) if x_0 were Gaussian with variance ``data_variance`` s^2:
+        s^2 (1 - abar_t) / (abar_t s^2 + 1 - abar_t); 1 - abar_t for s^2 = 1 (Pi-GDM's r_t^2)."""
+        s2 = self.data_variance
+        return s2 * (1.0 - abar) / (abar * s2 + 1.0 - abar)
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> data space: data_scale * x + data_offset."""

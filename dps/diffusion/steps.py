@@ -12,7 +12,7 @@ from .schedule import Schedule
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
-__all__ = ["Generators", "randn", "ddpm_step", "ddim_step", "ddpm_sigma", "VARIANCES"]
+__all__ = ["Generators", "randn", "ddpm_step", "ddim_step", "ddim_noise_std", "ddpm_sigma", "VARIANCES"]
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
@@ -81,6 +81,14 @@ def ddpm_step(
     return mean + ddpm_sigma(schedule, i, variance, var_values) * noise
 
 
+def ddim_noise_std(schedule: Schedule, i: int, eta: float) -> float:
+    """s of the DDIM step i: eta sqrt((1 - abar_{i-1}) / (1 - abar_i)) sqrt(1 - abar_i / abar_{i-1}) (0 at i = 0
+    is not implied: :func:`ddim_step` adds no noise at i = 0 whatever s is)."""
+    abar = float(schedule.alphas_cumprod[i])
+    abar_prev = float(schedule.alphas_cumprod_prev[i])
+    return eta * ((1 - abar_prev) / (1 - abar)) ** 0.5 * (1 - abar / abar_prev) ** 0.5
+
+
 def ddim_step(
     x: torch.Tensor, x0: torch.Tensor, schedule: Schedule, i: int, noise: torch.Tensor, eta: float = 0.0
 ) -> torch.Tensor:
@@ -92,7 +100,7 @@ def ddim_step(
     abar = float(schedule.alphas_cumprod[i])
     abar_prev = float(schedule.alphas_cumprod_prev[i])
     eps = (x - abar**0.5 * x0) / (1 - abar) ** 0.5
-    s = eta * ((1 - abar_prev) / (1 - abar)) ** 0.5 * (1 - abar / abar_prev) ** 0.5
+    s = ddim_noise_std(schedule, i, eta)
     out = abar_prev**0.5 * x0 + max(1 - abar_prev - s**2, 0.0) ** 0.5 * eps
     if i == 0 or s == 0:
         return out

@@ -69,6 +69,7 @@ class GaussianPrior(Prior):
         self.schedule = schedule if schedule is not None else make_schedule("linear")
         self.register_buffer("mean", mean.clone())
         self.std = float(std)
+        self.data_variance = self.std ** 2
         self.event_shape = tuple(mean.shape)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
@@ -116,6 +117,8 @@ class GaussianMixturePrior(Prior):
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("means", means.clone())
         self.event_shape = tuple(means.shape[1:])
+        centred = _flat(means) - (self.weights[:, None] * _flat(means)).sum(0)
+        self.data_variance = 1.0 + float((self.weights[:, None] * centred ** 2).sum(0).mean())  # I + Cov of the means
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
         abar = self.abar(t)

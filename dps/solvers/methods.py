@@ -33,6 +33,7 @@ from .dps import DPSConfig, check_measurement, dps_sample
 from .phase import er, hio, oss
 from .pigdm import pigdm
 from .projection import mcg, score_sde
+from .tds import tds
 
 __all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown",
            "count_evaluations"]
@@ -118,6 +119,9 @@ class Method:
     :param budget: how it spends a given number of network evaluations (``at_budget``); None for methods
         without a network or without such a knob.
     :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
+    :param particles: True when the K samples of one measurement are one interacting particle system
+        (sequential Monte Carlo): :func:`reconstruct` then passes ``num_samples`` = K to the function, and a
+        sample depends on the other samples of its measurement (never on other measurements).
     """
 
     name: str
@@ -129,6 +133,7 @@ class Method:
     sampler: bool = True
     budget: Optional["Budget"] = None
     vjp: bool = False
+    particles: bool = False
 
     def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
         """(config, settings) that spend about ``nfe`` network evaluations per sample, or a DPSError for
@@ -165,6 +170,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "the task's steps, projection after each unconditional DDPM step", (LINEAR,), budget=_task_steps),
     Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023",
            "100 DDIM steps, eta 1, r_t^2 = 1 - abar_t", (LINEAR, GAUSSIAN), budget=_own_steps, vjp=True),
+    Method("tds", tds, "TDS", "Wu et al., NeurIPS 2023 (twisting: Pi-GDM's Gaussian likelihood)",
+           "100 DDIM steps, eta 1, the K samples resampled at ESS < K / 2", (LINEAR, GAUSSIAN), budget=_own_steps,
+           vjp=True, particles=True),
     Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023",
            "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
     Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)",
@@ -188,8 +196,9 @@ def methods_markdown() -> str:
     rows = ["| name | method | source | settings | applies to | samples |", "|---|---|---|---|---|---|"]
     for m in METHODS.values():
         needs = ", ".join(r.name for r in m.requires) or "any operator and noise"
-        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings} | {needs} | "
-                    f"{'posterior samples' if m.sampler else 'point estimate'} |")
+        kind = ("posterior samples (the K of a measurement interact)" if m.particles else "posterior samples") \
+            if m.sampler else "point estimate"
+        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings} | {needs} | {kind} |")
     return "\n".join(rows) + "\n"
 
 
@@ -220,8 +229,9 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config:
     """K = ``num_samples`` reconstructions of each of the B measurements y with ``method``.
 
     :param generators: B * K generators; sample k of measurement b draws from generators[b * K + k], so
-        no sample depends on the rest of its batch. One generator is accepted too (one stream for the
-        whole batch, as the GMM benchmark uses; then samples depend on the batch).
+        no sample depends on the rest of its batch (for a ``particles`` method such as TDS: on the other
+        samples of its measurement only). One generator is accepted too (one stream for the whole batch, as
+        the GMM benchmark uses; then samples depend on the batch).
     """
     m = method if isinstance(method, Method) else get_method(method)
     m.check(op, noise)
@@ -236,7 +246,8 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config:
             raise ValueError(f"expected {B * K} generators (B * K), got {len(generators)}")
     y_rep = y.repeat_interleave(K, dim=0)
     with count_evaluations(prior) as rows, (config.running(prior) if prior is not None else nullcontext()):
-        x = m.fn(prior, op, y_rep, noise, generators, config, callback, **settings)
+        x = m.fn(prior, op, y_rep, noise, generators, config, callback,
+                 **({"num_samples": K} if m.particles else {}), **settings)
     with torch.no_grad():
         residual = (y_rep - op(x)).flatten(1).norm(dim=1)
     return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K),

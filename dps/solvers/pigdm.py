@@ -33,20 +33,31 @@ from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 
-__all__ = ["pigdm", "pigdm_score"]
+__all__ = ["pigdm", "pigdm_score", "pigdm_likelihood"]
 
 
 def pigdm_score(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor, t: torch.Tensor, abar: float,
                 sigma_y2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, g): the Tweedie estimate (model space, detached) and g = grad_{x_t} log p(y | x_t) of Pi-GDM
     (shape of x), from one network forward and one VJP. abar is abar_t of x (B, *event_shape)."""
+    x0, g, _ = pigdm_likelihood(prior, op, y, x, t, abar, sigma_y2)
+    return x0, g
+
+
+def pigdm_likelihood(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                     abar: float, sigma_y2: float, r2_model: float | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0_hat, g, log p~): as :func:`pigdm_score`, plus log p~(y | x_t) = -(y - A x0_hat)^T (r_t^2 A A^T +
+    sigma_y^2 I)^-1 (y - A x0_hat) / 2 per sample (B,), up to a constant that is the same for every x at t.
+    ``r2_model``: r_t^2 in model space (default Pi-GDM's 1 - abar_t)."""
     x = x.detach().requires_grad_(True)
     x0 = prior(x, t).x0
     Ax0 = op(prior.to_data(x0))
-    r2 = prior.data_scale ** 2 * (1.0 - abar)  # r_t^2 in data units
-    v = op.gram_solve((y - Ax0).detach(), r2, sigma_y2)  # (r_t^2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat)
+    r2 = prior.data_scale ** 2 * (1.0 - abar if r2_model is None else r2_model)  # r_t^2 in data units
+    r = (y - Ax0).detach()
+    v = op.gram_solve(r, r2, sigma_y2)  # (r_t^2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat)
     (g,) = torch.autograd.grad((v * Ax0).sum(), x)  # J^T A^T v (the data map's scale is inside Ax0)
-    return x0.detach(), g
+    return x0.detach(), g, -0.5 * (r * v).flatten(1).sum(1)
 
 
 def pigdm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config=None,
