@@ -28,7 +28,7 @@ inflation for inpainting); ours adds the x_0 variance above, which makes it exac
 (then every weight is 1 up to the proposal's discretisation; tested).
 In high dimensions with few particles the weights degenerate: on a 32 x 32 digit (super-resolution, K = 4,
 20 steps) all four samples came out as copies of one particle. TDS is for problems where many particles are
-affordable (the GMM benchmark: 2,000); on images with small K it is Pi-GDM with extra steps.
+affordable (the GMM benchmark: 2,000); on images with small K its samples are copies of a few Pi-GDM chains.
 
 The particles of one measurement interact (they are resampled together), so, unlike the other samplers,
 a sample depends on the other K - 1 samples of its measurement (never on other measurements); each
