@@ -102,19 +102,23 @@ def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
         x0_guided = prior.clip_x0(x0 + (1.0 - abar) / math.sqrt(abar) * g)
         return prior.clip_x0(x0), x0_guided, log_twist
 
-    def resample(log_w: torch.Tensor, *tensors: torch.Tensor):
-        idx = systematic_resample(log_w.reshape(B, K), resample_gens)
+    def resample(log_w: torch.Tensor, threshold: float, *tensors: torch.Tensor):
+        """Resample the measurements whose ESS is below threshold K (each draws its uniform every time, so
+        one measurement's stream never depends on another's weights); returns (log_w, *tensors)."""
+        lw = log_w.reshape(B, K)
+        need = effective_sample_size(lw) < threshold * K  # (B,)
+        keep = torch.arange(K, device=lw.device).expand(B, K)
+        idx = torch.where(need[:, None], systematic_resample(lw, resample_gens).to(lw.device), keep)
         flat = (idx + K * torch.arange(B, device=idx.device)[:, None]).reshape(-1)
-        return [v[flat] for v in tensors]
+        lw = torch.where(need[:, None], torch.zeros_like(lw), lw)
+        return [lw.reshape(-1)] + [v[flat] for v in tensors]
 
     with frozen_parameters(prior), torch.enable_grad():
         i = len(schedule) - 1
         x0, x0_guided, log_twist = twisted(x, i)
         log_w = log_twist.clone()  # w_T = p~_T(y | x_T)
         for i in reversed(range(1, len(schedule))):
-            if bool((effective_sample_size(log_w.reshape(B, K)) < ess_threshold * K).any()):
-                x, x0, x0_guided, log_twist = resample(log_w, x, x0, x0_guided, log_twist)
-                log_w = torch.zeros_like(log_w)
+            log_w, x, x0, x0_guided, log_twist = resample(log_w, ess_threshold, x, x0, x0_guided, log_twist)
             with torch.no_grad():
                 s = ddim_noise_std(schedule, i, 1.0)
                 mean_q = ddim_step(x, x0_guided, schedule, i, torch.zeros_like(x), 1.0)
@@ -127,5 +131,5 @@ def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
             guard.check(x, i - 1, int(schedule.timesteps[i - 1]), "TDS's guidance is unstable for this problem")
             if callback is not None:
                 callback({"i": i - 1, "t": int(schedule.timesteps[i - 1]), "x": x.clone(), "x0": x0_guided.clone()})
-        (x0_guided,) = resample(log_w, x0_guided)
+        _, x0_guided = resample(log_w, float("inf"), x0_guided)  # always, by the final weights
     return prior.clip_data(prior.to_data(x0_guided.detach()))
