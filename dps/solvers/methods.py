@@ -171,7 +171,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023",
            "100 DDIM steps, eta 1, r_t^2 = 1 - abar_t", (LINEAR, GAUSSIAN), budget=_own_steps, vjp=True),
     Method("tds", tds, "TDS", "Wu et al., NeurIPS 2023 (twisting: Pi-GDM's Gaussian likelihood)",
-           "100 DDIM steps, eta 1, the K samples resampled at ESS < K / 2", (LINEAR, GAUSSIAN), budget=_own_steps,
+           "100 DDIM steps, eta 1, r_t^2 of the prior's variance, the K samples resampled at ESS < K / 2", (LINEAR, GAUSSIAN), budget=_own_steps,
            vjp=True, particles=True),
     Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023",
            "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
