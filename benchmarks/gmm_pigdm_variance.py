@@ -78,9 +78,10 @@ def main() -> None:
                 s2 = float(1 + (w[:, None] * (mu - (w[:, None] * mu).sum(0)) ** 2).sum(0).mean())
                 pigdm_module.pigdm_score = score_for(mode, s2)
                 exact = pb.posterior().sample(2000, torch.Generator().manual_seed(10_000 + seed))
-                x = reconstruct("pigdm", pb.prior, MatrixOperator(pb.A), pb.y[None], GaussianNoise(min(pb.sigma_y, 1.0)),
-                                DPSConfig(steps=args.steps), torch.Generator().manual_seed(30_000 + seed),
-                                num_samples=2000, steps=args.steps, eta=args.eta).x[0]
+                op, noise = MatrixOperator(pb.A), GaussianNoise(min(pb.sigma_y, 1.0))
+                x = reconstruct("pigdm", pb.prior, op, pb.y[None], noise, DPSConfig(steps=args.steps),
+                                torch.Generator().manual_seed(30_000 + seed), num_samples=2000, steps=args.steps,
+                                eta=args.eta).x[0]
                 dist.append(sliced_wasserstein(x, exact, generator=torch.Generator().manual_seed(20_000 + seed)))
             cells.append(sum(dist) / len(dist))
         pigdm_module.pigdm_score = SHIPPED

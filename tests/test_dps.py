@@ -300,8 +300,8 @@ def test_bench_gmm_reports_each_cell_as_it_finishes() -> None:
 
     from dps.cli import main
 
-    r = CliRunner().invoke(main, ["bench", "gmm", "--dim", "4", "--obs-dim", "1,2", "--steps", "5", "--problems", "1",
-                                  "--samples", "50"])
+    args = ["bench", "gmm", "--dim", "4", "--obs-dim", "1,2", "--steps", "5", "--problems", "1", "--samples", "50"]
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     done = [line.split("done ", 1)[1] for line in r.stderr.splitlines() if line.strip().startswith("done ")]
     table = [line for line in r.stdout.splitlines() if line.startswith("| 4 |")]

@@ -182,7 +182,8 @@ def test_tds_is_exact_with_an_exact_twisting_function():
     g = torch.Generator().manual_seed(0)
     prior = GaussianPrior(torch.tensor([0.5, -0.3, 0.2, 1.0], dtype=torch.float64), std=0.5)
     A = torch.randn(2, D, generator=g, dtype=torch.float64)
-    y = A @ torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=torch.float64) + 0.3 * torch.randn(2, generator=g, dtype=torch.float64)
+    x_true = torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=torch.float64)
+    y = A @ x_true + 0.3 * torch.randn(2, generator=g, dtype=torch.float64)
     post = prior.posterior(A, 0.3, y)
     x = reconstruct("tds", prior, MatrixOperator(A), y[None], GaussianNoise(0.3), DPSConfig(),
                     torch.Generator().manual_seed(1), num_samples=8000, steps=200).x[0]
