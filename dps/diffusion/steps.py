@@ -82,8 +82,8 @@ def ddpm_step(
 
 
 def ddim_noise_std(schedule: Schedule, i: int, eta: float) -> float:
-    """s of the DDIM step i: eta sqrt((1 - abar_{i-1}) / (1 - abar_i)) sqrt(1 - abar_i / abar_{i-1}) (0 at i = 0
-    is not implied: :func:`ddim_step` adds no noise at i = 0 whatever s is)."""
+    """s, the noise std of DDIM step i: eta sqrt((1 - abar_{i-1}) / (1 - abar_i)) sqrt(1 - abar_i / abar_{i-1})
+    (:func:`ddim_step` adds no noise at i = 0, whatever s)."""
     abar = float(schedule.alphas_cumprod[i])
     abar_prev = float(schedule.alphas_cumprod_prev[i])
     return eta * ((1 - abar_prev) / (1 - abar)) ** 0.5 * (1 - abar / abar_prev) ** 0.5
