@@ -152,4 +152,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dps.errors import DPSError
+
+    try:
+        main()
+    except DPSError as exc:  # a bad folder or setting: one line, as the CLI says it
+        raise SystemExit(f"error: {exc}") from None

@@ -46,13 +46,18 @@ class RunFolder:
     :param record_name: the JSON file whose ``"settings"`` key identifies the run.
     :param settings: plain values (JSON) that must match on a rerun (a mismatch is refused).
     :param initial: extra keys written with the settings when the run is new.
+    :param extendable: keys of list values that a rerun may extend: the recorded list must be a prefix of the
+        new one (a bench run grown from 8 to 32 images keeps its first 8 results, whose seeds depend on the
+        image's index only); the record then holds the longer list. Shrinking is refused like any change.
     """
 
-    def __init__(self, path: Path, record_name: str, settings: dict, initial: Optional[dict] = None) -> None:
+    def __init__(self, path: Path, record_name: str, settings: dict, initial: Optional[dict] = None,
+                 extendable: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.record_path = self.path / record_name
         self.settings = json.loads(json.dumps(settings))  # plain JSON values, as they will be read back
         self.initial = initial or {}
+        self.extendable = tuple(extendable)
         self.record: dict = {}
         self._lock: Optional[Path] = None
 
@@ -97,15 +102,27 @@ class RunFolder:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise DPSError(f"{self.record_path} is damaged; delete the folder {self.path} or use another --out") \
                     from None
-            if record.get("settings") != self.settings:
-                diff = sorted(k for k in set(self.settings) | set(record.get("settings") or {})
-                              if (record.get("settings") or {}).get(k) != self.settings.get(k))
-                raise DPSError(f"{self.path} holds a run with other settings ({', '.join(diff)} differ); use another "
-                               "--out, or the same settings to resume")
+            old = record.get("settings") or {}
+            diff = sorted(k for k in set(self.settings) | set(old) if old.get(k) != self.settings.get(k))
+            fixed = [k for k in diff if k not in self.extendable or not self._extends(old.get(k), self.settings.get(k))]
+            if fixed:
+                grown = [f"; {k}: the folder holds {len(old[k])}, this run names {len(self.settings[k])} (a rerun may "
+                         f"add to them, in the same order)" for k in fixed if k in self.extendable
+                         and isinstance(old.get(k), list) and isinstance(self.settings.get(k), list)]
+                raise DPSError(f"{self.path} holds a run with other settings ({', '.join(fixed)} differ{''.join(grown)}"
+                               "); use another --out, or the same settings to resume")
             self.record = record
+            if diff:  # extended: the record names the longer lists from now on
+                self.record["settings"] = self.settings
+                self.save()
         else:
             self.record = {"settings": self.settings, **self.initial}
             self.save()  # the settings are recorded before any work
+
+    @staticmethod
+    def _extends(old, new) -> bool:
+        """True when the list ``new`` starts with the whole list ``old`` (same items at the same places)."""
+        return isinstance(old, list) and isinstance(new, list) and len(new) >= len(old) and new[:len(old)] == old
 
     def save(self) -> None:
         write_json(self.record_path, self.record)

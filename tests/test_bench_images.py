@@ -49,6 +49,25 @@ def test_bench_tables_and_resume(tmp_path, prior):
     assert _quality(tmp_path / "table.md") == _quality_text(md)
 
 
+def test_bench_grows_to_more_images(tmp_path, prior):
+    """A rerun with a larger --n keeps the finished images (their seeds depend on the index only) and adds the
+    new ones, giving the table a run of that --n from scratch gives; a smaller --n is refused."""
+    small = BenchSettings(methods=["dps"], tasks=["inpainting_random"], n=2, steps=2, batch_size=2)
+    run_bench(small, tmp_path / "grown", prior=prior, progress=False)
+    first = tmp_path / "grown" / "results" / "dps" / "inpainting_random" / "heldout000.json"
+    stamp = first.stat().st_mtime_ns
+    large = BenchSettings(methods=["dps"], tasks=["inpainting_random"], n=3, steps=2, batch_size=2)
+    grown = run_bench(large, tmp_path / "grown", prior=prior, progress=False)
+    assert first.stat().st_mtime_ns == stamp  # not recomputed
+    assert json.loads((tmp_path / "grown" / "bench.json").read_text())["settings"]["images"][-1] == "heldout002"
+    fresh = run_bench(large, tmp_path / "fresh", prior=prior, progress=False)
+    assert grown["rows"][0]["n"] == 3 and grown["rows"][0]["psnr"] == pytest.approx(fresh["rows"][0]["psnr"], abs=1e-9)
+    from dps.errors import DPSError
+
+    with pytest.raises(DPSError, match="images differ; images: the folder holds 3, this run names 2"):
+        run_bench(small, tmp_path / "grown", prior=prior, progress=False)
+
+
 def test_unknown_method_is_an_error(tmp_path, prior):
     with pytest.raises(ValueError, match="choose one of"):
         run_bench(BenchSettings(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)

@@ -131,7 +131,8 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     if len({t.name for t in tasks}) != len(tasks):
         raise DPSError("task names must be unique in one bench run")
     # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it
-    folder_ctx = RunFolder(out, "bench.json", _settings_key(settings, tasks, names)) if ctx.is_main \
+    folder_ctx = RunFolder(out, "bench.json", _settings_key(settings, tasks, names),
+                           extendable=("images",)) if ctx.is_main \
         else contextlib.nullcontext()
     with folder_ctx:
         barrier(ctx)
