@@ -11,6 +11,8 @@ function sets that setting (DiffPIR's ``zeta``, DAPS's ``tau``); other names tha
 Values that are not numbers stay strings, e.g. ``--method dps --grid "step_rule=paper,variance;sampler=ddpm,ddim"``.
 ``zeta_scale`` = m runs DPS with m times the task's zeta' at every step, with no step-count scaling, e.g.
 ``--method dps --nfe 50 --grid "zeta_scale=1,2.24,5,10"`` (benchmarks/step_scaling.md).
+``--bench-tasks`` tunes on the shipped tasks that ``dps bench images`` runs (their own noise, steps and
+preset zeta') instead of the demo's, e.g. ``--bench-tasks --tasks inpainting_random``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from dps.metrics import psnr
 from dps.models.loading import load_model
 from dps.solvers.dps import DPSConfig
 from dps.solvers.methods import get_method, reconstruct
-from dps.tasks import build_operator
+from dps.tasks import build_operator, load_task
 
 
 def _value(text: str):
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--model", default="default")
     ap.add_argument("--tasks", default=None, help="comma-separated demo task names (default: all)")
+    ap.add_argument("--bench-tasks", action="store_true",
+                    help="--tasks name the shipped tasks of `dps bench images` (their noise, steps, preset zeta')")
     args = ap.parse_args()
     method = get_method(args.method)
     prior = load_model(args.model)
@@ -79,7 +83,14 @@ def main() -> None:
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     table: dict[str, dict[str, float]] = {}
     # the demo's tasks at the 250 steps their zeta' were chosen at; a budget of N keeps that meaning (DPSConfig.at_steps)
-    for variant, task in demo_tasks(250, args.tasks.split(",") if args.tasks else None):
+    names = args.tasks.split(",") if args.tasks else None
+    if args.bench_tasks:
+        if not names:
+            raise SystemExit("error: --bench-tasks needs --tasks (shipped task names)")
+        pairs = [(argparse.Namespace(name=n), load_task(n)) for n in names]
+    else:
+        pairs = demo_tasks(250, names)
+    for variant, task in pairs:
         op = build_operator(task.operator, tuple(prior.event_shape), 0)
         noise = task.noise_model()
         if method.why_not(op, noise):
