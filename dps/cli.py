@@ -216,9 +216,9 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--operator", "operator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="operator.pt of an earlier run (its mask/kernel/latent) instead of building one")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--method", type=click.Choice(list(METHODS)), default="dps",
+@click.option("--method", type=click.Choice(list(METHODS)), default=None,
               help="reconstruction method (`dps methods` lists them with their settings; dps, mcg and score_sde "
-                   "follow --steps, the others their own settings)")
+                   "follow --steps, the others their own settings)  [default: dps, or a run.json's]")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
@@ -258,10 +258,11 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     if nfe is not None and steps is not None:
         raise click.UsageError("--nfe sets the method's steps; leave out --steps")
     task = load_task(task_name, raw=True)
-    previous = _run_settings(task_name)  # a run.json also fixes model, samples and seed
+    previous = _run_settings(task_name)  # a run.json also fixes model, samples, seed, method and budget
     model = model or previous.get("model", "default")
     samples = samples or previous.get("samples", 1)
     seed = previous.get("seed", 0) if seed is None else seed
+    method = method or previous.get("method", "dps")
     if nfe is None and steps is None:
         nfe = previous.get("nfe")
     dps = dict(task.dps)

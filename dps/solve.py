@@ -108,8 +108,9 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
         op = build_operator(task.operator, shape, operator_seed(settings.seed))
     if list(op.in_shape) != list(shape):
         raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
-    noise, cfg = task.noise_model(), task.dps_config()
+    noise = task.noise_model()
     method.check(op, noise)
+    cfg = task.dps_config(method.step_size)
     budget: dict = {}
     if settings.nfe is not None:
         if method.budget is None:

@@ -110,8 +110,10 @@ class Task:
         self._config({"zeta": 1.0, **self.dps})  # validate now (zeta' may come later from a preset)
         parse_noise(self.noise)
 
-    def dps_config(self) -> DPSConfig:
-        if "zeta" not in self.dps:
+    def dps_config(self, step_size: bool = True) -> DPSConfig:
+        """The task's DPS settings; ``step_size=False`` (a method that does not use zeta') accepts a task without
+        zeta' (the config's zeta' then is DPSConfig's default and means nothing)."""
+        if step_size and "zeta" not in self.dps:
             raise DPSError(f"task {self.name} sets no step size zeta': add dps.zeta to the task file, or pass "
                            f"--step-size or a --preset ({', '.join(STEP_SIZES)})")
         return self._config(self.dps)

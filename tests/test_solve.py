@@ -253,3 +253,27 @@ def test_solve_at_a_budget_of_network_evaluations(tmp_path, model, images):
     r = CliRunner().invoke(main, ["solve", "--task", "inpainting_random", "--nfe", "7", "--steps", "5",
                                   "--input", str(images), "--model", model, "--out", str(tmp_path / "c")])
     assert r.exit_code != 0 and "leave out --steps" in r.output
+
+
+def test_run_json_reproduces_method_and_budget(tmp_path, model, images):
+    """`--task RUN/run.json` reruns the recorded method at the recorded budget (not DPS), giving the same samples."""
+    _solve("--task", "inpainting_random", "--method", "diffpir", "--nfe", 5, "--input", images, "--model", model,
+           "--out", tmp_path / "a")
+    _solve("--task", tmp_path / "a" / "run.json", "--input", images, "--out", tmp_path / "b")
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert record["settings"]["method"] == "diffpir" and record["method_settings"] == {"steps": 5}
+    for name in ("digit0", "digit2"):
+        assert (_png(tmp_path / "a" / "recon" / f"{name}.png") == _png(tmp_path / "b" / "recon" / f"{name}.png")).all()
+    # a rerun into the same folder from its own run.json resumes it instead of refusing "other settings"
+    _solve("--task", tmp_path / "a" / "run.json", "--input", images, "--out", tmp_path / "a")
+
+
+def test_methods_without_a_step_size_run_tasks_without_one(tmp_path, model, images):
+    """Random inpainting with Poisson noise has no preset zeta': DPS says so, PnP-ADMM (which uses none) runs."""
+    args = ["--task", "inpainting_random", "--noise", "poisson:1.0", "--input", str(images), "--model", model]
+    r = CliRunner().invoke(main, ["solve", *args, "--steps", "2", "--out", str(tmp_path / "dps")])
+    assert r.exit_code == 1 and "sets no step size zeta'" in r.output
+    _solve(*args, "--method", "pnp_admm", "--nfe", 2, "--out", tmp_path / "admm")
+    assert len(list((tmp_path / "admm" / "recon").glob("*.png"))) == 3
+    r = CliRunner().invoke(main, ["solve", *args, "--method", "ddrm", "--out", str(tmp_path / "ddrm")])
+    assert r.exit_code == 1 and "ddrm does not apply" in r.output  # the method's reason, not the step size

@@ -179,10 +179,7 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
     folder = out / "results" / method.name / task.name
     folder.mkdir(parents=True, exist_ok=True)
     op = build_operator(task.operator, shape, operator_seed(settings.seed))  # measurements are made on the CPU
-    noise, cfg = task.noise_model(), task.dps_config()
-    extra = {}
-    if settings.nfe is not None and method.budget is not None:
-        cfg, extra = method.at_budget(settings.nfe, cfg)
+    noise = task.noise_model()
     reason = method.why_not(op, noise)
     if (folder / "DIVERGED").exists():
         return
@@ -190,6 +187,9 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
         if ctx.is_main:
             atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
         return
+    cfg, extra = task.dps_config(method.step_size), {}
+    if settings.nfe is not None and method.budget is not None:
+        cfg, extra = method.at_budget(settings.nfe, cfg)
     # shard the full list first, then skip finished images: the split must not depend on timing
     todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
     op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)

@@ -119,6 +119,8 @@ class Method:
     :param budget: how it spends a given number of network evaluations (``at_budget``); None for methods
         without a network or without such a knob.
     :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
+    :param step_size: True when the method uses the task's DPS step size zeta' (a task without one is then an
+        error; the other methods run without it).
     :param particles: True when the K samples of one measurement are one interacting particle system
         (sequential Monte Carlo): :func:`reconstruct` then passes ``num_samples`` = K to the function, and a
         sample depends on the other samples of its measurement (never on other measurements).
@@ -133,6 +135,7 @@ class Method:
     sampler: bool = True
     budget: Optional["Budget"] = None
     vjp: bool = False
+    step_size: bool = False
     particles: bool = False
 
     def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
@@ -160,12 +163,12 @@ class Method:
 #: name -> method; the one table (order = the order of the paper's tables).
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)",
-           "the task's steps, zeta' and step rule", (), budget=_task_steps, vjp=True),
+           "the task's steps, zeta' and step rule", (), budget=_task_steps, vjp=True, step_size=True),
     Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022",
            "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN), budget=_own_steps),
     Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022",
            "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,),
-           budget=_task_steps, vjp=True),
+           budget=_task_steps, vjp=True, step_size=True),
     Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
            "the task's steps, projection after each unconditional DDPM step", (LINEAR,), budget=_task_steps),
     Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023",
