@@ -219,6 +219,9 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--method", type=click.Choice(list(METHODS)), default=None,
               help="reconstruction method (`dps methods` lists them with their settings; dps, mcg and score_sde "
                    "follow --steps, the others their own settings)  [default: dps, or a run.json's]")
+@click.option("--method-preset", default=None,
+              help="named settings of the method from its paper (`dps methods` lists them, e.g. daps-1k = 200 "
+                   "levels x 5 ODE steps); instead of --nfe  [default: none, or a run.json's]")
 @click.option("--model", default=None,
               help="prior: embedded name, diffusers folder, .safetensors or .pt  [default: default, or a run.json's]")
 @click.option("--config", "model_config", default=None, help="guided-diffusion config (preset name or file)")
@@ -246,8 +249,8 @@ def train_classifier_cmd(out, epochs, seed) -> None:
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
 @_execution_options
-def solve(task_name, inputs, measurements, operator_file, out, method, model, model_config, steps, nfe, samples, seed, noise,
-          preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard,
+def solve(task_name, inputs, measurements, operator_file, out, method, method_preset, model, model_config, steps, nfe,
+          samples, seed, noise, preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames, kernel_wizard,
           precision, checkpointing, compile_network) -> None:
     """Run DPS on images (or measurements); write a reproducible run folder."""
 
@@ -262,8 +265,11 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     model = model or previous.get("model", "default")
     samples = samples or previous.get("samples", 1)
     seed = previous.get("seed", 0) if seed is None else seed
+    same_method = method is None or method == previous.get("method", "dps")
     method = method or previous.get("method", "dps")
-    if nfe is None and steps is None:
+    if method_preset is None and nfe is None and steps is None and same_method:
+        method_preset = previous.get("method_preset")
+    if nfe is None and steps is None and method_preset is None:
         nfe = previous.get("nfe")
     dps = dict(task.dps)
     if step_rule is not None:
@@ -283,7 +289,7 @@ def solve(task_name, inputs, measurements, operator_file, out, method, model, mo
     prior = load_model(model, model_config)
     settings = SolveSettings(model=model, samples=samples, seed=seed, batch_size=batch_size, resize=resize,
                              convert_channels=convert_channels, progress_frames=progress_frames, method=method,
-                             nfe=nfe)
+                             nfe=nfe, method_preset=method_preset)
     record = run_solve(task, out, images=list(inputs) or None, measurements=list(measurements) or None,
                        settings=settings, operator_file=operator_file, prior=prior)
     done = record["images"]

@@ -59,6 +59,7 @@ class SolveSettings:
     progress_frames: int = 0
     method: str = "dps"
     nfe: Optional[int] = None  # run the method at this many network evaluations per sample (Method.at_budget)
+    method_preset: Optional[str] = None  # named settings of the method (Method.presets), instead of nfe
 
 
 def _frame_steps(steps: int, frames: int) -> set[int]:
@@ -112,6 +113,10 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
     method.check(op, noise)
     cfg = task.dps_config(method.step_size)
     budget: dict = {}
+    if settings.method_preset is not None:
+        if settings.nfe is not None:
+            raise DPSError("a method preset sets the method's budget; leave out --nfe")
+        budget = method.preset(settings.method_preset)
     if settings.nfe is not None:
         if method.budget is None:
             raise DPSError(f"method {method.name} runs no network, so it has no --nfe budget; leave out --nfe")
@@ -133,7 +138,8 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
 
     key = {"task": task.to_dict(), "model": settings.model, "samples": settings.samples, "seed": settings.seed,
            "image_shape": list(shape), "method": settings.method, "operator": _operator_digest(op),
-           **({"nfe": settings.nfe} if settings.nfe is not None else {})}
+           **({"nfe": settings.nfe} if settings.nfe is not None else {}),
+           **({"method_preset": settings.method_preset} if settings.method_preset is not None else {})}
     initial = {"dps_config": cfg.to_dict(), "method_settings": budget, "noise": repr(noise), "operator": {"name": op.name, "config": op.config},
                "seeds": {"operator": settings.seed, **{k: v for k, v in FORMULAS.items() if k != "operator"}},
                "versions": {"torch": torch.__version__, "python": platform.python_version()}, "images": {}}

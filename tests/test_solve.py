@@ -277,3 +277,23 @@ def test_methods_without_a_step_size_run_tasks_without_one(tmp_path, model, imag
     assert len(list((tmp_path / "admm" / "recon").glob("*.png"))) == 3
     r = CliRunner().invoke(main, ["solve", *args, "--method", "ddrm", "--out", str(tmp_path / "ddrm")])
     assert r.exit_code == 1 and "ddrm does not apply" in r.output  # the method's reason, not the step size
+
+
+def test_method_preset_sets_the_papers_configuration(tmp_path, model, images):
+    """`--method-preset daps-100` runs DAPS with the paper's 50 levels x 2 ODE steps (recorded, and
+    reused from run.json); an unknown preset, a method without presets and a preset with --nfe are one-line errors."""
+    from dps.solvers.daps import DAPS_PRESETS
+
+    args = ["--task", "inpainting_random", "--input", str(images), "--model", model]
+    _solve(*args, "--method", "daps", "--method-preset", "daps-100", "--out", tmp_path / "a")
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    levels, ode_steps = DAPS_PRESETS["daps-100"]
+    assert record["settings"]["method_preset"] == "daps-100"
+    assert record["method_settings"] == {"levels": levels, "ode_steps": ode_steps}
+    _solve("--task", tmp_path / "a" / "run.json", "--input", images, "--out", tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["method_settings"] == record["method_settings"]
+    for extra, message in ((["--method", "daps", "--method-preset", "daps-9k"], "no preset 'daps-9k'; its presets: daps-100"),
+                           (["--method", "ddrm", "--method-preset", "daps-1k"], "method ddrm has no preset 'daps-1k'; it has none"),
+                           (["--method", "daps", "--method-preset", "daps-1k", "--nfe", "5"], "leave out --nfe")):
+        r = CliRunner().invoke(main, ["solve", *args, *extra, "--out", str(tmp_path / "x")])
+        assert r.exit_code == 1 and message in r.output, r.output

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import CapabilityMissing, DPSError, NotApplicable
 from .admm import admm_tv, pnp_admm
-from .daps import daps, daps_budget
+from .daps import DAPS_PRESETS, daps, daps_budget
 from .ddrm import ddrm
 from .diffpir import diffpir
 from .dps import DPSConfig, check_measurement, dps_sample
@@ -121,6 +121,7 @@ class Method:
     :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
     :param step_size: True when the method uses the task's DPS step size zeta' (a task without one is then an
         error; the other methods run without it).
+    :param presets: named settings from the method's paper (``dps solve --method-preset NAME``), e.g. DAPS-1K.
     :param particles: True when the K samples of one measurement are one interacting particle system
         (sequential Monte Carlo): :func:`reconstruct` then passes ``num_samples`` = K to the function, and a
         sample depends on the other samples of its measurement (never on other measurements).
@@ -136,6 +137,7 @@ class Method:
     budget: Optional["Budget"] = None
     vjp: bool = False
     step_size: bool = False
+    presets: dict = field(default_factory=dict)
     particles: bool = False
 
     def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
@@ -144,6 +146,13 @@ class Method:
         if self.budget is None:
             raise DPSError(f"{self.name} has no network-evaluation budget to set")
         return self.budget(nfe, config)
+
+    def preset(self, name: str) -> dict:
+        """The settings of the preset called ``name``, or a DPSError naming the method's presets."""
+        if name not in self.presets:
+            known = f"its presets: {', '.join(self.presets)}" if self.presets else "it has none"
+            raise DPSError(f"method {self.name} has no preset {name!r}; {known}")
+        return dict(self.presets[name])
 
     def why_not(self, op, noise) -> Optional[str]:
         """None when the method applies to (op, noise), else the reason (one sentence)."""
@@ -180,7 +189,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
     Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)",
            "1000 levels x 1 ODE step (the paper's DAPS-1K is 200 x 5), 100 Langevin steps, lr 0.5, tau 0.01", (GAUSSIAN,),
-           budget=_daps),
+           budget=_daps, presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
            "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False, budget=_iterations),
     Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM",
@@ -201,7 +210,9 @@ def methods_markdown() -> str:
         needs = ", ".join(r.name for r in m.requires) or "any operator and noise"
         kind = ("posterior samples (the K of a measurement interact)" if m.particles else "posterior samples") \
             if m.sampler else "point estimate"
-        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings} | {needs} | {kind} |")
+        presets = "; presets: " + ", ".join(f"`{k}` ({', '.join(f'{n} {v}' for n, v in p.items())})"
+                                            for k, p in m.presets.items()) if m.presets else ""
+        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings}{presets} | {needs} | {kind} |")
     return "\n".join(rows) + "\n"
 
 
