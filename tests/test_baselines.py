@@ -42,7 +42,7 @@ LINEAR = {
 }
 SETTINGS = {"ddrm": dict(), "mcg": dict(steps=50), "score_sde": dict(steps=50), "pnp_admm": dict(iters=15),
             "admm_tv": dict(iters=40), "pigdm": dict(steps=30), "diffpir": dict(steps=30),
-            "daps": dict(levels=15, ode_steps=2, langevin_steps=20)}
+            "daps": dict(levels=15, ode_steps=2, langevin_steps=20), "tds": dict()}
 
 
 @pytest.mark.parametrize("method", sorted(SETTINGS))
