@@ -87,10 +87,10 @@ def main() -> None:
     if args.bench_tasks:
         if not names:
             raise SystemExit("error: --bench-tasks needs --tasks (shipped task names)")
-        pairs = [(argparse.Namespace(name=n), load_task(n)) for n in names]
+        tasks = [(n, load_task(n)) for n in names]
     else:
-        pairs = demo_tasks(250, names)
-    for variant, task in pairs:
+        tasks = [(variant.name, task) for variant, task in demo_tasks(250, names)]
+    for name, task in tasks:
         op = build_operator(task.operator, tuple(prior.event_shape), 0)
         noise = task.noise_model()
         if method.why_not(op, noise):
@@ -109,8 +109,8 @@ def main() -> None:
             except Diverged:
                 score = float("nan")
             key = ",".join(f"{k}={v}" for k, v in combo.items()) or "defaults"
-            table.setdefault(key, {})[variant.name] = score
-            print(f"{variant.name:24s} {args.method} {key:30s} PSNR {score:.2f}", flush=True)
+            table.setdefault(key, {})[name] = score
+            print(f"{name:24s} {args.method} {key:30s} PSNR {score:.2f}", flush=True)
     means = {k: sum(v.values()) / len(v) for k, v in table.items()}
     print("mean PSNR over tasks:", {k: round(v, 2) for k, v in means.items()})
     print("best overall:", max(means, key=lambda k: means[k] if means[k] == means[k] else -1e9))

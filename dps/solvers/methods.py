@@ -137,7 +137,7 @@ class Method:
     budget: Optional["Budget"] = None
     vjp: bool = False
     step_size: bool = False
-    presets: dict = field(default_factory=dict)
+    presets: dict = field(default_factory=dict, hash=False)
     particles: bool = False
 
     def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
