@@ -414,9 +414,11 @@ def bench_prior(model, n, steps, seed, grid, as_json) -> None:
 @click.option("--nfe", type=click.IntRange(1, 100_000), default=None,
               help="run every method at this many network evaluations per sample (its budget rule in the method "
                    "table); methods without a network keep their settings")
+@click.option("--method-preset", "method_presets", multiple=True, metavar="METHOD=PRESET",
+              help="run METHOD with one of its presets (`dps methods`), e.g. daps=daps-1k; repeatable; not with --nfe")
 @_execution_options
 def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples,
-                 nfe, precision, checkpointing, compile_network) -> None:
+                 nfe, method_presets, precision, checkpointing, compile_network) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable)."""
     from .evaluation.runner import BenchSettings, run_bench
 
@@ -424,6 +426,7 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
         raise click.UsageError("--nfe sets each method's steps; leave out --steps")
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, steps=steps, seed=seed, preset=preset,
                              samples=samples, batch_size=batch_size, model=model, data=data, nfe=nfe,
+                             method_presets=_pairs(method_presets, "--method-preset"),
                              execution=_execution(precision, checkpointing, compile_network))
     prior = _load_prior(model, model_config)
     table = run_bench(settings, out, prior=prior)
@@ -432,6 +435,17 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
     if table["fid_lpips"] != "ok":
         click.echo(f"FID and LPIPS: {table['fid_lpips']}; those columns read n/a", err=True)
     click.echo((out / "table.md").read_text())
+
+
+def _pairs(items, option: str) -> dict[str, str]:
+    """NAME=VALUE items as a dict (one value per name), or a one-line usage error."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip() or name.strip() in out:
+            raise click.BadParameter(f"expected METHOD=PRESET, each method once; got {item!r}", param_hint=option)
+        out[name.strip()] = value.strip()
+    return out
 
 
 def _bool_list(ctx: click.Context, param: click.Parameter, value: str) -> list[bool]:

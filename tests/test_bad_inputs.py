@@ -240,6 +240,8 @@ CASES = [
     Case("bench-data-with-a-broken-file", "bench images --methods dps --tasks super_resolution --n 3 --steps 2 "
          "--model {model} --data {d}/in --out {d}/bench", 1, "1 image(s) could not be read", _truncated_png,
          after=lambda d: json.loads((d / "bench" / "table.json").read_text())["n"] == 2 or pytest.fail("table")),
+    Case("bench-method-preset-without-a-name", "bench images --methods daps --method-preset daps --model {model} "
+         "--out {d}/bench", 2, "expected METHOD=PRESET"),
     Case("bench-unknown-method", "bench images --methods magic --model {model} --out {d}/bench", 1,
          "unknown method 'magic'"),
     Case("bench-ddrm-on-poisson-is-na", "bench images --methods ddrm --tasks {d}/task.yaml --n 1 --model {model} "

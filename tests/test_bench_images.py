@@ -68,6 +68,31 @@ def test_bench_grows_to_more_images(tmp_path, prior):
         run_bench(small, tmp_path / "grown", prior=prior, progress=False)
 
 
+def test_bench_method_preset(tmp_path, prior):
+    """--method-preset daps=daps-100 runs DAPS with the paper's 50 levels x 2 ODE steps: the counted evaluations
+    per sample are the preset's (about 100, not the default 1000), the table says which preset ran, and the folder
+    is another run than a preset-free one."""
+    from dps.errors import DPSError
+    from dps.solvers.daps import DAPS_PRESETS
+
+    settings = BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets={"daps": "daps-100"})
+    table = run_bench(settings, tmp_path / "a", prior=prior, progress=False)
+    levels, ode_steps = DAPS_PRESETS["daps-100"]
+    assert 0.9 * levels * ode_steps <= table["rows"][0]["nfe"] <= levels * ode_steps
+    assert "method presets daps daps-100" in (tmp_path / "a" / "table.md").read_text()
+    with pytest.raises(DPSError, match="method_presets differ"):
+        run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, steps=None), tmp_path / "a",
+                  prior=prior, progress=False)
+    for bad, message in (({"ddrm": "daps-1k"}, "not in --methods"), ({"daps": "daps-9k"}, "no preset 'daps-9k'")):
+        with pytest.raises(DPSError, match=message):
+            run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets=bad),
+                      tmp_path / "b", prior=prior, progress=False)
+    with pytest.raises(DPSError, match="leave out --nfe"):
+        run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, nfe=10,
+                                method_presets={"daps": "daps-100"}), tmp_path / "c", prior=prior, progress=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any folder is made
+
+
 def test_unknown_method_is_an_error(tmp_path, prior):
     with pytest.raises(ValueError, match="choose one of"):
         run_bench(BenchSettings(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)

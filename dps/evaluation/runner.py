@@ -58,6 +58,8 @@ class BenchSettings:
     preset: Optional[str] = None
     samples: int = 1
     nfe: Optional[int] = None  # every method at this many network evaluations per sample (Method.at_budget)
+    #: method name -> the name of one of its presets (Method.presets), e.g. {"daps": "daps-1k"}; not with nfe
+    method_presets: dict = field(default_factory=dict)
     #: DPSConfig execution settings for every task (precision, checkpointing, compile), only non-defaults
     execution: dict = field(default_factory=dict)
 
@@ -107,7 +109,19 @@ def _settings_key(settings: BenchSettings, tasks: Sequence[Task], names: Sequenc
     key = {"images": list(names), "steps": settings.steps, "seed": settings.seed, "model": settings.model,
            "data": settings.data, "tasks": {t.name: t.to_dict() for t in tasks}}
     key = key if settings.samples == 1 else {**key, "samples": settings.samples}  # older folders stay valid
+    key = key if not settings.method_presets else {**key, "method_presets": dict(settings.method_presets)}
     return key if settings.nfe is None else {**key, "nfe": settings.nfe}
+
+
+def _check_presets(settings: BenchSettings, methods) -> None:
+    """Every method preset names a method of the run and one of its presets, and is not combined with nfe."""
+    if settings.method_presets and settings.nfe is not None:
+        raise DPSError("a method preset sets that method's budget; leave out --nfe")
+    names = {m.name: m for m in methods}
+    for name, preset in settings.method_presets.items():
+        if name not in names:
+            raise DPSError(f"--method-preset names {name}, which is not in --methods ({', '.join(names)})")
+        names[name].preset(preset)
 
 
 def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = True) -> dict:
@@ -117,6 +131,7 @@ def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = T
     from ..models.loading import load_model
 
     methods = [get_method(m) for m in settings.methods]
+    _check_presets(settings, methods)
     ctx = setup()
     out = Path(out)
     prior = prior if prior is not None else load_model(settings.model)
@@ -190,6 +205,8 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
     cfg, extra = task.dps_config(method.step_size), {}
     if settings.nfe is not None and method.budget is not None:
         cfg, extra = method.at_budget(settings.nfe, cfg)
+    if method.name in settings.method_presets:
+        extra = method.preset(settings.method_presets[method.name])
     # shard the full list first, then skip finished images: the split must not depend on timing
     todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
     op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)
@@ -267,6 +284,7 @@ def aggregate(out: Path, settings: BenchSettings, task_names: Sequence[str], x_a
                 row["fd_digits"] = frechet_distance(*gaussian_stats(f_r), *gaussian_stats(f_x)) if len(per) > 1 else None
             rows.append(row)
     return {"rows": rows, "n": len(names), "steps": settings.steps, "nfe": settings.nfe, "seed": settings.seed,
+            "method_presets": dict(settings.method_presets),
             "model": settings.model,
             "data": settings.data or "embedded digits, held-out split", "fid_lpips": "ok" if why is None else f"n/a ({why})"}
 
@@ -287,6 +305,8 @@ def render_tables(table: dict) -> str:
         groups += [("digit acc.", "digit_acc", ".2f"), ("FD-digits", "fd_digits", ".2f")]
     compute = [("NFE", "nfe", ".0f"), ("s/img", "seconds_per_image", ".2f")]
     budget = f", {table['nfe']} network evaluations per sample" if table.get("nfe") else ""
+    if table.get("method_presets"):
+        budget += ", method presets " + ", ".join(f"{m} {p}" for m, p in table["method_presets"].items())
     head = (f"{table['n']} images ({table['data']}), model `{table['model']}`, steps "
             f"{table['steps'] or 'task default'}{budget}, seed {table['seed']}. FID/LPIPS: {table['fid_lpips']}.\n\n")
     lines = []
