@@ -112,15 +112,9 @@ def run_solve(task: Task, out: Path, images: Optional[Sequence[Path]] = None,
     noise = task.noise_model()
     method.check(op, noise)
     cfg = task.dps_config(method.step_size)
-    budget: dict = {}
-    if settings.method_preset is not None:
-        if settings.nfe is not None:
-            raise DPSError("a method preset sets the method's budget; leave out --nfe")
-        budget = method.preset(settings.method_preset)
-    if settings.nfe is not None:
-        if method.budget is None:
-            raise DPSError(f"method {method.name} runs no network, so it has no --nfe budget; leave out --nfe")
-        cfg, budget = method.at_budget(settings.nfe, cfg)
+    if settings.nfe is not None and method.budget is None:
+        raise DPSError(f"method {method.name} runs no network, so it has no --nfe budget; leave out --nfe")
+    cfg, budget = method.run_settings(cfg, settings.nfe, settings.method_preset)
 
     files = list_images(images) if images is not None else [Path(m) for m in measurements]
     names = [f.stem for f in files]

@@ -38,6 +38,7 @@ from ..images import measurement_picture, save_image
 from ..metrics import psnr, ssim
 from ..pipeline import RunFolder, measure, write_json
 from ..seeds import operator_seed, sample_generators
+from ..solvers.dps import DPSConfig
 from ..solvers.methods import get_method, reconstruct
 from ..tasks import Task, build_operator, load_task
 from ..utils import atomic_path
@@ -115,13 +116,11 @@ def _settings_key(settings: BenchSettings, tasks: Sequence[Task], names: Sequenc
 
 def _check_presets(settings: BenchSettings, methods) -> None:
     """Every method preset names a method of the run and one of its presets, and is not combined with nfe."""
-    if settings.method_presets and settings.nfe is not None:
-        raise DPSError("a method preset sets that method's budget; leave out --nfe")
     names = {m.name: m for m in methods}
     for name, preset in settings.method_presets.items():
         if name not in names:
             raise DPSError(f"--method-preset names {name}, which is not in --methods ({', '.join(names)})")
-        names[name].preset(preset)
+        names[name].run_settings(DPSConfig(), settings.nfe, preset)
 
 
 def run_bench(settings: BenchSettings, out: Path, prior=None, progress: bool = True) -> dict:
@@ -202,11 +201,8 @@ def _run_pair(method, task: Task, prior, shape, x_all, names, settings: BenchSet
         if ctx.is_main:
             atomic_write(folder / "NOT_APPLICABLE", lambda p: p.write_text(reason + "\n"))
         return
-    cfg, extra = task.dps_config(method.step_size), {}
-    if settings.nfe is not None and method.budget is not None:
-        cfg, extra = method.at_budget(settings.nfe, cfg)
-    if method.name in settings.method_presets:
-        extra = method.preset(settings.method_presets[method.name])
+    nfe = settings.nfe if method.budget is not None else None  # methods without a network keep their settings
+    cfg, extra = method.run_settings(task.dps_config(method.step_size), nfe, settings.method_presets.get(method.name))
     # shard the full list first, then skip finished images: the split must not depend on timing
     todo = [i for i in shard(list(range(len(names))), ctx) if not (folder / f"{names[i]}.json").exists()]
     op_dev = op if ctx.device.type == "cpu" else copy.deepcopy(op).to(ctx.device)

@@ -147,6 +147,16 @@ class Method:
             raise DPSError(f"{self.name} has no network-evaluation budget to set")
         return self.budget(nfe, config)
 
+    def run_settings(self, config: DPSConfig, nfe: Optional[int] = None, preset: Optional[str] = None
+                     ) -> tuple[DPSConfig, dict]:
+        """(config, settings) of a run at a budget of ``nfe`` evaluations or with the named ``preset`` (not both;
+        neither: the config as given and the method's defaults)."""
+        if preset is not None:
+            if nfe is not None:
+                raise DPSError("a method preset sets the method's budget; leave out --nfe")
+            return config, self.preset(preset)
+        return (config, {}) if nfe is None else self.at_budget(nfe, config)
+
     def preset(self, name: str) -> dict:
         """The settings of the preset called ``name``, or a DPSError naming the method's presets."""
         if name not in self.presets:
