@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dps.data.digits import digits_split
-from dps.demo import demo_tasks
+from dps.runs.demo import demo_tasks
 from dps.metrics import psnr
 from dps.models.loading import load_model
 from dps.solvers.methods import reconstruct

@@ -1,7 +1,7 @@
 """Scale-out on torch.distributed: launched by ``torchrun``, each process takes a shard of the images.
 
-Backend: NCCL when CUDA is available (one GPU per process, ``cuda:LOCAL_RANK``), gloo on CPU. Outside
-``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs in one process.
+Backend: NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on the CPU. Outside ``torchrun``
+(no ``WORLD_SIZE`` in the environment) everything runs in one process.
 """
 from __future__ import annotations
 
@@ -53,20 +53,19 @@ class Context:
         return self.rank == 0
 
 
-def setup() -> Context:
-    """Join the process group started by torchrun, or return the single-process context (on the first CUDA
-    device when there is one, else the CPU)."""
+def setup(device: torch.device) -> Context:
+    """Join the process group started by torchrun, or return the single-process context, on ``device`` (the
+    run's device, chosen by :func:`~dps.execution.choose_device`: under torchrun ``cuda`` is the GPU of the
+    process's local rank). NCCL for CUDA devices, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if not torch.cuda.is_available():
+    if device.type == "cpu":
         set_threads()  # processes sharing the CPU split its cores (an explicit --threads was applied before)
     if world <= 1:
-        return Context(device=torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu"))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
+        return Context(device=device)
+    rank = int(os.environ["RANK"])
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     return Context(rank, world, device)
 

@@ -10,7 +10,8 @@ import math
 from numbers import Integral, Real
 from typing import Any, Optional
 
-__all__ = ["DPSError", "NotApplicable", "CapabilityMissing", "Diverged", "RunFolderBusy", "check_int", "check_float"]
+__all__ = ["DPSError", "NotApplicable", "CapabilityMissing", "Diverged", "RunFolderBusy", "check_int", "check_float",
+           "user_message"]
 
 
 class DPSError(ValueError):
@@ -60,3 +61,31 @@ def check_float(value: Any, key: str, lo: Optional[float] = None, hi: Optional[f
     if hi is not None and value > hi:
         raise DPSError(f"{key} must be <= {hi}, got {value}")
     return value
+
+
+def user_message(exc: Exception) -> tuple[str, int]:
+    """The one line a command prints for ``exc``, and its exit status: ours as they are (1); a missing optional
+    package, a permission or disk error named (1); anything else an internal error that asks for a report (3)."""
+    from .io import describe_exception
+
+    if isinstance(exc, DPSError):
+        return str(exc), 1
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or str(exc)
+        extra = {"diffusers": "pip install 'dps[diffusers]'", "transformers": "pip install 'dps[diffusers]'",
+                 "torchmetrics": "pip install 'dps[metrics]'", "lpips": "pip install 'dps[metrics]'",
+                 "torchvision": "pip install 'dps[metrics]'"}.get((name or "").split(".")[0], f"pip install {name}")
+        return f"the optional package {name!r} is needed for this and is not installed: {extra}", 1
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}; choose a folder you can write to", 1
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            return (f"no space left on the device ({exc.filename or 'while writing'}); free some space and rerun the "
+                    "same command: finished results are kept and the run resumes"), 1
+        return f"{exc.strerror}: {exc.filename or ''}".rstrip(": "), 1
+    if isinstance(exc, (ValueError, FileNotFoundError)):  # older checks: their message is meant for users
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        return (" ".join(lines) if lines else describe_exception(exc)), 1
+    return f"internal error ({describe_exception(exc)}); rerun with `dps --debug ...` and report the traceback", 3

@@ -188,17 +188,18 @@ def image_channels(path: PathLike) -> np.ndarray:
             from None
 
 
-def read_image(path: PathLike, channels: int, convert_channels: bool = False) -> torch.Tensor:
+def read_image(path: PathLike, channels: int, convert_channels: bool = False, advice: str = "") -> torch.Tensor:
     """One image file as (channels, H, W) float32 in [0, 1] at full precision (see the module's table).
 
     :param convert_channels: convert grey <-> RGB to ``channels``; if False a mismatch is an error.
+    :param advice: what the error for a mismatch adds about the model (e.g. which model it is).
     """
     arr = image_channels(path)
     have = arr.shape[-1]
     if have != channels:
         if not convert_channels:
-            raise DPSError(f"{path} has {have} channel(s), the model takes {channels}; convert it or pass "
-                           "--convert-channels")
+            raise DPSError(f"{path} has {have} channel(s), the model takes {channels}; "
+                           + (f"{advice}; " if advice else "") + "or convert the image (--convert-channels)")
         if channels == 1:
             arr = (arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
         else:

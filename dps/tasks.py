@@ -28,11 +28,11 @@ from .operators import Blur, Inpainting, Operator, PhaseRetrieval, SaturatedMoti
 from .solvers.dps import DPSConfig
 
 __all__ = ["TASK_NAMES", "Task", "Variant", "load_task", "build_operator", "check_operator_matches", "OPERATOR_BUILDERS",
-           "STEP_SIZES", "DEFAULT_PRESET", "apply_preset", "with_step_size"]
+           "STEP_SIZES", "DEFAULT_PRESET", "apply_preset", "with_step_size", "kernel_wizard_operator"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "task_presets"
-TASK_NAMES = ("super_resolution", "inpainting_box", "inpainting_random", "gaussian_blur", "motion_blur",
-              "phase_retrieval", "nonlinear_blur")
+#: the shipped tasks: every ``dps/task_presets/*.yaml`` but the step-size presets (the catalogue is the folder)
+TASK_NAMES = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "step_sizes"))
 SELECT = (None, "best-residual")
 
 Shape = tuple[int, int, int]
@@ -77,6 +77,15 @@ def build_operator(spec: dict[str, Any], shape: Shape, seed: int) -> Operator:
         raise DPSError(f"bad parameters for operator {name!r}: {exc}") from None
     except ValueError as exc:  # the constructor's check of a parameter (DPSError is a ValueError too)
         raise DPSError(f"operator {name!r}: {exc}") from None
+
+
+def kernel_wizard_operator(task: Union[str, Path], weights: Union[str, Path]) -> dict:
+    """The operator spec of the paper's KernelWizard blur with ``weights`` (GOPRO_wVAE.pth), for the task
+    ``task`` (a name or file), which must be the nonlinear deblurring task."""
+    name = load_task(task, raw=True).name
+    if name != "nonlinear_blur":
+        raise DPSError(f"--kernel-wizard applies to the nonlinear_blur task only, not {name}")
+    return {"name": "nonuniform_blur", "weights": str(Path(weights).resolve())}
 
 
 def check_operator_matches(op: Operator, spec: dict[str, Any], shape: Shape, source: str) -> None:

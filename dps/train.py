@@ -31,12 +31,35 @@ from .diffusion.schedule import make_schedule
 from .models.unet import UNetConfig, UNetModel
 from .utils import atomic_path, atomic_write
 
-__all__ = ["TrainConfig", "train", "ddpm_loss", "DIGITS_UNET"]
+__all__ = ["TrainConfig", "train", "ddpm_loss", "DIGITS_UNET", "unet_config"]
 
 #: The embedded model's architecture (about 1.0M parameters; sized for 2 CPU cores).
 DIGITS_UNET = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2,2", num_res_blocks=1,
                    attention_resolutions="8", num_head_channels=32, use_scale_shift_norm=True,
                    resblock_updown=True, learn_sigma=False, dropout=0.0)
+
+
+def unet_config(unet: Optional[str] = None, image_size: Optional[int] = None, channels: Optional[int] = None) -> dict:
+    """The UNet's ``create_model`` keywords: the digits architecture, or ``unet`` (JSON text, or a JSON/YAML
+    file), with ``image_size`` and ``channels`` (in_channels) overriding them."""
+    from .errors import DPSError
+    from .models.loading import resolve_config
+
+    config = dict(DIGITS_UNET)
+    if unet:
+        if unet.lstrip().startswith("{"):
+            try:
+                config = json.loads(unet)
+            except json.JSONDecodeError as exc:
+                raise DPSError(f"--unet is not valid JSON ({exc.msg} at column {exc.colno}); give create_model "
+                               "keywords as a JSON object or a JSON/YAML file") from None
+        else:
+            config = resolve_config(unet)
+    if image_size is not None:
+        config["image_size"] = image_size
+    if channels is not None:
+        config["in_channels"] = int(channels)
+    return config
 
 
 @dataclass
@@ -79,13 +102,15 @@ def load_training_images(cfg: TrainConfig) -> torch.Tensor:
 
 
 def ddpm_loss(net: nn.Module, x0: torch.Tensor, abar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """L_simple for a batch x0 (B, C, H, W) in [-1, 1]; ``abar`` float64 (T,). Returns a scalar."""
+    """L_simple for a batch x0 (B, C, H, W) in [-1, 1] on the network's device; ``abar`` float64 (T,). t and eps
+    are drawn from a CPU ``generator`` and moved to x0's device, so a run draws the same numbers on every
+    device (and resumes on another one). Returns a scalar."""
     b = x0.shape[0]
     t = torch.randint(0, len(abar), (b,), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    a = abar[t].to(x0.dtype).view(b, 1, 1, 1)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    a = abar[t].to(x0.device, x0.dtype).view(b, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    out = net(x_t, t)
+    out = net(x_t, t.to(x0.device))
     eps_hat = out[:, : x0.shape[1]]
     return ((eps_hat - eps) ** 2).mean()
 
@@ -94,13 +119,13 @@ def _save_state(path: Path, step: int, net: nn.Module, ema: nn.Module, opt: torc
                 gen: torch.Generator, ema_loss: float, wall_s: float) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     for i, (name, p) in enumerate(net.named_parameters()):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
-                tensors[f"opt.{name}.{key}"] = st[key].contiguous()
+                tensors[f"opt.{name}.{key}"] = st[key].detach().cpu().contiguous()
     tensors["rng"] = gen.get_state()
     meta = {"step": str(step), "ema_loss": repr(ema_loss), "wall_s": f"{wall_s:.1f}"}
     with atomic_path(path) as tmp:
@@ -125,8 +150,8 @@ def _load_state(path: Path, net: nn.Module, ema: nn.Module, opt: torch.optim.Opt
         raise DPSError(f"training state {path} does not fit this run ({type(exc).__name__}); {restart}") from None
     for name, p in net.named_parameters():
         if f"opt.{name}.exp_avg" in tensors:
-            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"opt.{name}.exp_avg"],
-                            "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"]}
+            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": tensors[f"opt.{name}.exp_avg"].to(p.device),
+                            "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"].to(p.device)}
     return step, float(meta["ema_loss"]), float(meta.get("wall_s", 0.0))
 
 
@@ -172,17 +197,19 @@ def _check_config(out: Path, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
-          on_checkpoint: Optional[Callable[[int, UNetModel], None]] = None) -> UNetModel:
-    """Train (or resume) to ``cfg.steps`` optimiser steps in ``out``; returns the EMA network.
+          on_checkpoint: Optional[Callable[[int, UNetModel], None]] = None, device="cpu") -> UNetModel:
+    """Train (or resume) to ``cfg.steps`` optimiser steps in ``out`` on ``device``; returns the EMA network.
 
-    ``steps`` may be raised on a rerun to train further; everything else must match the saved run.
+    ``steps`` may be raised on a rerun to train further; everything else must match the saved run. Initial
+    weights and every random draw come from CPU generators, so the device changes results only by rounding.
     """
     out = Path(out)
+    device = torch.device(device)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, cfg)
     torch.manual_seed(cfg.seed)  # initial weights
-    net = UNetModel(UNetConfig.from_dict(cfg.unet))
-    ema = UNetModel(UNetConfig.from_dict(cfg.unet))
+    net = UNetModel(UNetConfig.from_dict(cfg.unet)).to(device)
+    ema = UNetModel(UNetConfig.from_dict(cfg.unet)).to(device)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -212,6 +239,7 @@ def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
             if cfg.hflip:
                 flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
                 x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            x0 = x0.to(device)
             loss = ddpm_loss(net, x0, abar, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -229,24 +257,25 @@ def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
             bar.set_postfix(loss=f"{ema_loss:.4f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 log.flush()
-                _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0)
+                _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0, device)
                 if on_checkpoint is not None:
                     on_checkpoint(step, ema)
     finally:
         log.close()
         bar.close()
     if not (out / "model.safetensors").exists():  # steps already reached on a rerun
-        _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0)
+        _checkpoint(out, step, net, ema, opt, gen, ema_loss, cfg, time.time() - t0, device)
     return ema
 
 
-def _checkpoint(out: Path, step: int, net, ema, opt, gen, ema_loss: float, cfg: TrainConfig, wall_s: float) -> None:
+def _checkpoint(out: Path, step: int, net, ema, opt, gen, ema_loss: float, cfg: TrainConfig, wall_s: float,
+                device: torch.device) -> None:
     from .models.loading import save_unet_safetensors
 
     _save_state(out / "state.safetensors", step, net, ema, opt, gen, ema_loss, wall_s)
     save_unet_safetensors(out / "model.safetensors", ema, cfg.schedule, cfg.T,
                           extra={"train_steps": str(step), "train_data": cfg.data, "train_wall_s": f"{wall_s:.0f}",
-                                 "train_ema_loss": f"{ema_loss:.5f}"})
+                                 "train_ema_loss": f"{ema_loss:.5f}", "train_device": str(device)})
     _plot_loss(out / "loss.csv", out / "loss.png")
 
 

@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from dps.data.digits import digits_split
-from dps.demo import demo_tasks
+from dps.runs.demo import demo_tasks
 from dps.errors import Diverged
 from dps.metrics import psnr
 from dps.models.loading import load_model

@@ -24,7 +24,7 @@ import itertools
 import torch
 
 from dps.data.digits import digits_split
-from dps.demo import demo_tasks
+from dps.runs.demo import demo_tasks
 from dps.errors import Diverged
 from dps.metrics import psnr
 from dps.models.loading import load_model

@@ -5,8 +5,16 @@ import json
 
 import pytest
 
-from dps.evaluation.runner import BenchSettings, run_bench
+from dps.execution import Execution
 from dps.models.loading import load_model, save_unet_safetensors
+from dps.runs.bench import BenchSettings, run_bench
+from dps.runs.spec import Overrides
+
+
+def bench(methods, tasks, n, batch_size=8, method_presets=None, **overrides) -> BenchSettings:
+    """Bench settings with command-line overrides (steps, nfe, samples, model, ...)."""
+    return BenchSettings(methods=methods, tasks=tasks, n=n, batch_size=batch_size, overrides=Overrides(**overrides),
+                         method_presets=method_presets or {})
 
 
 def _quality_text(md: str) -> str:
@@ -24,7 +32,7 @@ def prior(tiny_model_path):
 
 
 def test_bench_tables_and_resume(tmp_path, prior):
-    settings = BenchSettings(methods=["dps"], tasks=["super_resolution", "inpainting_random"], n=3, steps=2,
+    settings = bench(methods=["dps"], tasks=["super_resolution", "inpainting_random"], n=3, steps=2,
                              batch_size=2)
     table = run_bench(settings, tmp_path, prior=prior, progress=False)
     md = (tmp_path / "table.md").read_text()
@@ -52,11 +60,11 @@ def test_bench_tables_and_resume(tmp_path, prior):
 def test_bench_grows_to_more_images(tmp_path, prior):
     """A rerun with a larger --n keeps the finished images (their seeds depend on the index only) and adds the
     new ones, giving the table a run of that --n from scratch gives; a smaller --n is refused."""
-    small = BenchSettings(methods=["dps"], tasks=["inpainting_random"], n=2, steps=2, batch_size=2)
+    small = bench(methods=["dps"], tasks=["inpainting_random"], n=2, steps=2, batch_size=2)
     run_bench(small, tmp_path / "grown", prior=prior, progress=False)
     first = tmp_path / "grown" / "results" / "dps" / "inpainting_random" / "heldout000.json"
     stamp = first.stat().st_mtime_ns
-    large = BenchSettings(methods=["dps"], tasks=["inpainting_random"], n=3, steps=2, batch_size=2)
+    large = bench(methods=["dps"], tasks=["inpainting_random"], n=3, steps=2, batch_size=2)
     grown = run_bench(large, tmp_path / "grown", prior=prior, progress=False)
     assert first.stat().st_mtime_ns == stamp  # not recomputed
     assert json.loads((tmp_path / "grown" / "bench.json").read_text())["settings"]["images"][-1] == "heldout002"
@@ -75,35 +83,35 @@ def test_bench_method_preset(tmp_path, prior):
     from dps.errors import DPSError
     from dps.solvers.daps import DAPS_PRESETS
 
-    settings = BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets={"daps": "daps-100"})
+    settings = bench(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets={"daps": "daps-100"})
     table = run_bench(settings, tmp_path / "a", prior=prior, progress=False)
     levels, ode_steps = DAPS_PRESETS["daps-100"]
     assert 0.9 * levels * ode_steps <= table["rows"][0]["nfe"] <= levels * ode_steps
     assert "method presets daps daps-100" in (tmp_path / "a" / "table.md").read_text()
     with pytest.raises(DPSError, match="method_presets differ"):
-        run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, steps=None), tmp_path / "a",
+        run_bench(bench(methods=["daps"], tasks=["inpainting_random"], n=1, steps=None), tmp_path / "a",
                   prior=prior, progress=False)
     for bad, message in (({"ddrm": "daps-1k"}, "not in --methods"), ({"daps": "daps-9k"}, "no preset 'daps-9k'")):
         with pytest.raises(DPSError, match=message):
-            run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets=bad),
+            run_bench(bench(methods=["daps"], tasks=["inpainting_random"], n=1, method_presets=bad),
                       tmp_path / "b", prior=prior, progress=False)
     with pytest.raises(DPSError, match="leave out --nfe"):
-        run_bench(BenchSettings(methods=["daps"], tasks=["inpainting_random"], n=1, nfe=10,
+        run_bench(bench(methods=["daps"], tasks=["inpainting_random"], n=1, nfe=10,
                                 method_presets={"daps": "daps-100"}), tmp_path / "c", prior=prior, progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any folder is made
 
 
 def test_unknown_method_is_an_error(tmp_path, prior):
     with pytest.raises(ValueError, match="choose one of"):
-        run_bench(BenchSettings(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)
+        run_bench(bench(methods=["magic"], tasks=["super_resolution"], n=1), tmp_path, prior=prior)
 
 
 def test_bench_figure_per_task(tmp_path, prior):
-    run_bench(BenchSettings(methods=["dps"], tasks=["motion_blur"], n=2, steps=2), tmp_path, prior=prior,
+    run_bench(bench(methods=["dps"], tasks=["motion_blur"], n=2, steps=2), tmp_path, prior=prior,
               progress=False)
     assert (tmp_path / "figure_motion_blur.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["heldout000.png", "heldout001.png"]
-    from dps.evaluation.figures import figure_for
+    from dps.runs.figures import figure_for
 
     assert [p.name for p in figure_for(tmp_path)] == ["figure_motion_blur.png"]
 
@@ -135,7 +143,7 @@ def test_torchrun_two_processes_give_the_single_process_table(tmp_path, prior):
 
 
 def test_bench_runs_baselines_and_marks_not_applicable(tmp_path, prior):
-    table = run_bench(BenchSettings(methods=["dps", "admm_tv", "hio"], tasks=["inpainting_box", "phase_retrieval"],
+    table = run_bench(bench(methods=["dps", "admm_tv", "hio"], tasks=["inpainting_box", "phase_retrieval"],
                                     n=2, steps=2), tmp_path, prior=prior, progress=False)
     rows = {(r["method"], r["task"]): r for r in table["rows"]}
     assert rows[("admm_tv", "inpainting_box")]["psnr"] is not None
@@ -143,35 +151,36 @@ def test_bench_runs_baselines_and_marks_not_applicable(tmp_path, prior):
     assert rows[("admm_tv", "phase_retrieval")].get("not_applicable")
     assert rows[("hio", "inpainting_box")].get("not_applicable")
     md = (tmp_path / "table.md").read_text()
-    assert "| hio | n/a | n/a |" in md.replace("  ", " ")
+    assert "| HIO | n/a | n/a |" in md.replace("  ", " ")  # rows are titled by the method table
 
 
 def test_best_of_k_for_phase_retrieval(tmp_path, prior):
     """--samples K with a best-residual task keeps, per image, the sample with the lowest residual: its residual
     is the minimum of the K single-sample runs' residuals (sample k uses the same generator either way)."""
-    from dps.evaluation.runner import BenchSettings, run_bench
-
     common = dict(methods=["hio"], tasks=["phase_retrieval"], n=2, steps=2, model="tiny")
-    run_bench(BenchSettings(**common, samples=3), tmp_path / "k3", prior=prior, progress=False)
+    run_bench(bench(**common, samples=3), tmp_path / "k3", prior=prior, progress=False)
     best = [json.loads((tmp_path / "k3" / "results" / "hio" / "phase_retrieval" / f"heldout00{i}.json")
                        .read_text())["residual"] for i in range(2)]
     assert json.loads((tmp_path / "k3" / "bench.json").read_text())["settings"]["samples"] == 3
-    run_bench(BenchSettings(**common), tmp_path / "k1", prior=prior, progress=False)
+    run_bench(bench(**common), tmp_path / "k1", prior=prior, progress=False)
     first = [json.loads((tmp_path / "k1" / "results" / "hio" / "phase_retrieval" / f"heldout00{i}.json")
                         .read_text())["residual"] for i in range(2)]
     assert all(b <= f + 1e-9 for b, f in zip(best, first))
 
 
 def test_execution_settings_reach_every_task_and_the_folder_key(tmp_path, prior):
-    """--precision/--checkpointing apply to every task, and a folder made with other settings is refused."""
+    """--precision/--checkpointing apply to every task, the folder records them and the device, and a folder made
+    with other network settings is refused."""
     from dps.errors import DPSError
 
     base = dict(methods=["dps"], tasks=["super_resolution"], n=2, steps=2, batch_size=2)
-    plain = run_bench(BenchSettings(**base), tmp_path / "a", prior=prior, progress=False)
-    ckpt = run_bench(BenchSettings(**base, execution={"checkpointing": True}), tmp_path / "b", prior=prior,
-                     progress=False)
+    plain = run_bench(bench(**base), tmp_path / "a", prior=prior, progress=False, execution=Execution())
+    ckpt = run_bench(bench(**base), tmp_path / "b", prior=prior, progress=False,
+                     execution=Execution(checkpointing=True))
     assert abs(plain["rows"][0]["psnr"] - ckpt["rows"][0]["psnr"]) < 1e-4  # checkpointing changes no result
     key = json.loads((tmp_path / "b" / "bench.json").read_text())["settings"]
-    assert key["tasks"]["super_resolution"]["dps"]["checkpointing"] is True
+    assert key["checkpointing"] is True
+    row = json.loads((tmp_path / "a" / "results" / "dps" / "super_resolution" / "heldout000.json").read_text())
+    assert row["device"] == "cpu" and plain["device"] == "cpu"
     with pytest.raises(DPSError):
-        run_bench(BenchSettings(**base, execution={"precision": "bf16"}), tmp_path / "a", prior=prior, progress=False)
+        run_bench(bench(**base), tmp_path / "a", prior=prior, progress=False, execution=Execution(precision="bf16"))

@@ -16,7 +16,7 @@ def tiny_model(tiny_model_path):
 
 
 def test_demo_writes_every_task_and_resumes(tmp_path, tiny_model):
-    from dps.demo import DEMO_VARIANTS, run_demo
+    from dps.runs.demo import DEMO_VARIANTS, run_demo
     from dps.errors import DPSError
 
     names = [v.name for v in DEMO_VARIANTS]
@@ -29,17 +29,18 @@ def test_demo_writes_every_task_and_resumes(tmp_path, tiny_model):
     saved = json.loads((out / "metrics.json").read_text())
     for name, row in saved["tasks"].items():
         assert 0 <= row["classifier_acc"] <= 1 and row["ssim"] <= 1 and row["psnr"] > 0, name
-    res = torch.load(out / "tasks" / "super_resolution.pt", weights_only=True)["result"]
-    assert res["recon"].shape == (2, 2, 1, 32, 32) and res["y"].shape == (2, 1, 8, 8)
-    assert res["recon"].min() >= 0 and res["recon"].max() <= 1
-    # a rerun with the same settings reuses finished tasks; other settings are refused, nothing is touched
-    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()}
+    res = torch.load(out / "tasks" / "super_resolution" / "images" / "heldout001.pt", weights_only=True)
+    assert res["samples"].shape == (2, 1, 32, 32) and res["y"].shape == (1, 8, 8)
+    assert res["samples"].min() >= 0 and res["samples"].max() <= 1
+    # a rerun with the same settings reuses finished images; other settings are refused, nothing is touched
+    files = lambda: {p: p.stat().st_mtime_ns for p in (out / "tasks").rglob("*.pt")}  # noqa: E731
+    stamp = files()
     again = run_demo(out, model=str(tiny_model), n=2, samples=2, steps=3, progress=False)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()} == stamp
-    assert again["tasks"] == report["tasks"]
+    assert files() == stamp and len(stamp) == 2 * len(names) + len(names)  # images and operators
+    assert again["tasks"] == {k: {**v, "seconds": again["tasks"][k]["seconds"]} for k, v in report["tasks"].items()}
     with pytest.raises(DPSError, match="other settings"):
         run_demo(out, model=str(tiny_model), n=2, samples=2, steps=4, tasks=["inpainting_box"], progress=False)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "tasks").iterdir()} == stamp
+    assert files() == stamp
 
 
 def test_demo_rejects_unknown_task(tmp_path, tiny_model):

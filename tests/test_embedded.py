@@ -37,7 +37,7 @@ def test_embedded_model_samples_are_digits():
 def test_dps_with_embedded_model_inpaints_held_out_digits():
     """Box inpainting of 4 held-out digits: DPS beats the zero-filled measurement by a wide margin and the
     classifier recognises the reconstructions."""
-    from dps.demo import demo_tasks
+    from dps.runs.demo import demo_tasks
     from dps.tasks import build_operator
 
     prior = dps.load_model("default")

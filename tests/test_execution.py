@@ -1,4 +1,4 @@
-"""How the network runs (issue 13): precision, block checkpointing, compile, threads, the divergence guard's
+"""How the network runs: precision, block checkpointing, compile, threads, the device, the divergence guard's
 host reads, and the speed benchmark's report."""
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from dps.diffusion.schedule import make_schedule
 from dps.errors import DPSError, Diverged
 from dps.models.unet import UNetModel
 from dps.noise import GaussianNoise
-from dps.solvers.dps import DivergenceGuard, DPSConfig, dps_sample
+from dps.execution import Execution, choose_device
+from dps.solvers.dps import DivergenceGuard, DPSConfig
+from dps.solvers.methods import reconstruct
 from dps.tasks import build_operator
 
 from conftest import TINY
@@ -36,10 +38,11 @@ def problem(prior, seed=0):
 
 
 def run(prior, **execution):
+    """A 6-step DPS run through the method table with the given Execution settings (on the CPU)."""
     op, noise, y = problem(prior)
-    cfg = DPSConfig(steps=6, zeta=0.1, clip_x0=(-1.0, 1.0), **execution)
+    cfg = DPSConfig(steps=6, zeta=0.1, clip_x0=(-1.0, 1.0))
     gens = [torch.Generator().manual_seed(10 + k) for k in range(2)]
-    return dps_sample(prior, op, y, noise, cfg, generator=gens).x
+    return reconstruct("dps", prior, op, y, noise, cfg, gens, execution=Execution(**execution)).x
 
 
 def fwd_vjp(prior, x, t, v):
@@ -199,7 +202,7 @@ def test_execution_settings_need_a_network():
         with plain.running(checkpointing=True):
             pass
     with pytest.raises(DPSError, match="unknown precision"):
-        DPSConfig(precision="int8")
+        Execution(precision="int8")
 
 
 def test_settings_are_restored_after_an_error():
@@ -210,10 +213,31 @@ def test_settings_are_restored_after_an_error():
     assert prior.precision == "fp32" and not prior.network.use_checkpoint
 
 
-def test_run_records_name_execution_settings_only_when_not_default():
-    assert set(DPSConfig().to_dict()).isdisjoint({"precision", "checkpointing", "compile"})
-    d = DPSConfig(precision="bf16", checkpointing=True).to_dict()
-    assert d["precision"] == "bf16" and d["checkpointing"] is True and "compile" not in d
+def test_run_records_name_network_settings_only_when_not_default():
+    assert Execution().network_settings() == {}
+    d = Execution(precision="bf16", checkpointing=True).network_settings()
+    assert d == {"precision": "bf16", "checkpointing": True}
+    assert set(DPSConfig().to_dict()).isdisjoint({"precision", "checkpointing", "compile", "device"})
+
+
+def test_device_is_chosen_once_and_a_missing_one_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(None) == torch.device("cpu")  # the default without CUDA
+    assert choose_device("cpu") == torch.device("cpu")
+    for bad, words in (("cuda", "no CUDA device"), ("cuda:1", "no CUDA device"), ("gpu0", "not a device"),
+                       ("tpu", "not a device")):
+        with pytest.raises(DPSError, match=words):
+            choose_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert choose_device(None) == torch.device("cuda", 0)  # CUDA by default when present
+    with pytest.raises(DPSError, match="2 CUDA device"):
+        choose_device("cuda:2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert choose_device("cuda") == torch.device("cuda", 1)  # under torchrun: the local rank's GPU
+    with pytest.raises(DPSError, match="local rank"):
+        choose_device("cuda:0")
 
 
 def test_abar_table_is_kept_on_the_device_and_follows_a_new_schedule():
@@ -272,7 +296,7 @@ def test_cli_threads_option_is_applied_and_wins_over_the_default(monkeypatch, re
     assert result.exit_code == 0, result.output
     assert torch.get_num_threads() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    distributed.setup()  # what every runner calls: the user's count stays
+    distributed.setup(torch.device("cpu"))  # what every runner calls: the user's count stays
     assert torch.get_num_threads() == 1
     bad = CliRunner().invoke(main, ["--threads", "0", "methods"])
     assert bad.exit_code != 0 and "--threads" in bad.output

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ import torch
 from dps.noise import GaussianNoise
 from dps.operators import MatrixOperator, PhaseRetrieval, SaturatedMotionBlur, Blur
 from dps.priors.analytic import GaussianPrior
-from dps.solvers.daps import daps_budget, langevin_x0, operator_norm_sq
+from dps.solvers.daps import DAPSSettings, daps_budget, langevin_x0, operator_norm_sq
+from dps.solvers.pigdm import PiGDMSettings
+from dps.solvers.tds import TDSSettings
 from dps.solvers.dps import DPSConfig, dps_sample
 from dps.solvers.methods import METHODS, reconstruct
 
@@ -28,11 +31,12 @@ def gaussian_problem():
     return prior, MatrixOperator(A), y, sigma, prior.posterior(A, sigma, y)
 
 
-def _samples(method, problem, n=4000, nfe=200, **settings):
+def _samples(method, problem, n=4000, nfe=200, **changes):
     prior, op, y, sigma, _ = problem
-    cfg, budget = METHODS[method].at_budget(nfe, DPSConfig())
-    return reconstruct(method, prior, op, y[None], GaussianNoise(sigma), cfg, torch.Generator().manual_seed(1),
-                       num_samples=n, **{**budget, **settings}).x[0]
+    m = METHODS[method]
+    settings = replace(m.at_budget(nfe, m.default_settings(DPSConfig())), **changes)
+    return reconstruct(method, prior, op, y[None], GaussianNoise(sigma), settings, torch.Generator().manual_seed(1),
+                       num_samples=n).x[0]
 
 
 # Tolerances: 4000 samples give a standard error of about 0.013 on a mean and 0.02 on a covariance entry
@@ -56,8 +60,8 @@ def test_pigdm_without_guidance_would_fail(gaussian_problem):
     """The same check catches a sampler that ignores y (a broken guidance term)."""
     prior, op, y, sigma, post = gaussian_problem
     far = GaussianNoise(sigma)
-    x = reconstruct("pigdm", prior, op, (y + 5.0)[None], far, DPSConfig(), torch.Generator().manual_seed(1),
-                    num_samples=2000, steps=100).x[0]
+    x = reconstruct("pigdm", prior, op, (y + 5.0)[None], far, PiGDMSettings(steps=100),
+                    torch.Generator().manual_seed(1), num_samples=2000).x[0]
     assert (x.mean(0) - post.mean).abs().max() > 0.2
 
 
@@ -113,8 +117,8 @@ def test_daps_fits_nonlinear_measurements(make):
     prior.data_scale, prior.data_offset, prior.data_bounds = 0.5, 0.5, (0.0, 1.0)
     x = prior.to_data(prior.sample(2, torch.Generator().manual_seed(0))).clamp(0, 1)
     y = op(x)
-    res = reconstruct("daps", prior, op, y, GaussianNoise(0.01), DPSConfig(),
-                      [torch.Generator().manual_seed(k) for k in range(2)], levels=30, ode_steps=1, langevin_steps=100)
+    res = reconstruct("daps", prior, op, y, GaussianNoise(0.01), DAPSSettings(levels=30, ode_steps=1, langevin_steps=100),
+                      [torch.Generator().manual_seed(k) for k in range(2)])
     start = (y - op(torch.full_like(x, 0.5))).flatten(1).norm(dim=1)
     assert (res.residual[:, 0] < 0.5 * start).all(), (res.residual, start)
 
@@ -125,9 +129,9 @@ def test_budget_is_what_the_method_spends(gaussian_problem, method):
     at most, as ODE steps that round to one timestep are made once)."""
     prior, op, y, sigma, _ = gaussian_problem
     for nfe in (20, 60):
-        cfg, settings = method.at_budget(nfe, DPSConfig(zeta=0.1))
-        res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), cfg, torch.Generator().manual_seed(0),
-                          num_samples=3, **settings)
+        settings = method.at_budget(nfe, method.default_settings(DPSConfig(zeta=0.1)))
+        res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), settings, torch.Generator().manual_seed(0),
+                          num_samples=3)
         counted = res.extras["nfe"]
         if method.name == "daps":
             assert 0.5 * nfe <= counted <= nfe
@@ -159,7 +163,7 @@ def test_dps_step_size_follows_the_step_count():
 
 def test_step_count_overrides_keep_the_tasks_zeta_meaning():
     """Every override of a step count goes through DPSConfig.at_steps: the task's own steps become R."""
-    from dps.demo import DEMO_ZETA_STEPS, demo_tasks
+    from dps.runs.demo import DEMO_ZETA_STEPS, demo_tasks
     from dps.tasks import load_task
 
     cfg = DPSConfig(steps=1000, zeta=1.0)
@@ -185,8 +189,8 @@ def test_tds_is_exact_with_an_exact_twisting_function():
     x_true = torch.tensor([1.0, 0.0, -1.0, 0.5], dtype=torch.float64)
     y = A @ x_true + 0.3 * torch.randn(2, generator=g, dtype=torch.float64)
     post = prior.posterior(A, 0.3, y)
-    x = reconstruct("tds", prior, MatrixOperator(A), y[None], GaussianNoise(0.3), DPSConfig(),
-                    torch.Generator().manual_seed(1), num_samples=8000, steps=200).x[0]
+    x = reconstruct("tds", prior, MatrixOperator(A), y[None], GaussianNoise(0.3), TDSSettings(steps=200),
+                    torch.Generator().manual_seed(1), num_samples=8000).x[0]
     assert (x.mean(0) - post.mean).abs().max() < 0.04
     assert (torch.cov(x.T) - post.cov).abs().max() < 0.03
     assert (prior.mean - post.mean).abs().max() > 0.3  # the test can tell the posterior from the prior
@@ -203,8 +207,8 @@ def test_tds_recovers_a_mixture_posterior_where_single_chains_fail():
     op, noise = MatrixOperator(pb.A), GaussianNoise(pb.sigma_y)
     dist = {}
     for m in ("tds", "pigdm"):
-        x = reconstruct(m, pb.prior, op, pb.y[None], noise, DPSConfig(), torch.Generator().manual_seed(1),
-                        num_samples=1000, steps=100).x[0]
+        x = reconstruct(m, pb.prior, op, pb.y[None], noise, METHODS[m].settings(steps=100),
+                        torch.Generator().manual_seed(1), num_samples=1000).x[0]
         dist[m] = sliced_wasserstein(x, exact, generator=torch.Generator().manual_seed(2))
     assert dist["tds"] < 0.5 and dist["pigdm"] > 2.0, dist
 
@@ -235,8 +239,8 @@ def test_tds_particles_interact_only_within_their_measurement():
     op, noise, K = MatrixOperator(pb.A), GaussianNoise(pb.sigma_y), 40
     gens = lambda n: [torch.Generator().manual_seed(50 + k) for k in range(n)]  # noqa: E731
     two = torch.stack([pb.y, pb.y + 3.0])
-    both = reconstruct("tds", pb.prior, op, two, noise, DPSConfig(), gens(2 * K), num_samples=K, steps=30).x
-    alone = reconstruct("tds", pb.prior, op, pb.y[None], noise, DPSConfig(), gens(K), num_samples=K, steps=30).x
+    both = reconstruct("tds", pb.prior, op, two, noise, TDSSettings(steps=30), gens(2 * K), num_samples=K).x
+    alone = reconstruct("tds", pb.prior, op, pb.y[None], noise, TDSSettings(steps=30), gens(K), num_samples=K).x
     torch.testing.assert_close(both[0], alone[0], rtol=0, atol=1e-12)
     assert len(torch.unique(alone[0], dim=0)) < K  # it did resample
 
@@ -246,5 +250,7 @@ def test_tds_rejects_a_bad_ess_threshold(gaussian_problem):
 
     prior, op, y, sigma, _ = gaussian_problem
     with pytest.raises(DPSError, match="ess_threshold"):
+        TDSSettings(steps=5, ess_threshold=1.5)
+    with pytest.raises(DPSError, match="takes TDSSettings"):  # another method's settings are refused
         reconstruct("tds", prior, op, y[None], GaussianNoise(sigma), DPSConfig(), torch.Generator().manual_seed(0),
-                    num_samples=2, steps=5, ess_threshold=1.5)
+                    num_samples=2)

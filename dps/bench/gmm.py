@@ -1,4 +1,4 @@
-"""The Gaussian-mixture posterior benchmark (``shared/GMM_BENCHMARK.md``; MCGdiff, Cardoso et al. 2024).
+"""The Gaussian-mixture posterior benchmark (MCGdiff's, Cardoso et al. 2024).
 
 A 25-component mixture prior in dimension d, a random linear operator (d_y x d) with Gaussian noise,
 and the exact posterior. A sampler is scored by the sliced Wasserstein distance between its samples and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -27,7 +28,8 @@ GMM_REFERENCE_STEPS = 100
 GMM_DEFAULT_RULE = "variance"
 
 __all__ = ["GMM_DEFAULT_ZETA", "GMM_REFERENCE_STEPS", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem",
-           "sliced_wasserstein", "run_cell", "CellResult", "gmm_methods", "gmm_method_config"]
+           "sliced_wasserstein", "run_cell", "CellResult", "gmm_methods", "gmm_method_config", "run_gmm_bench",
+           "gmm_markdown", "gmm_row", "gmm_header", "gmm_columns"]
 
 
 @dataclass
@@ -108,8 +110,8 @@ class CellResult:
         return out
 
 
-def gmm_method_config(method: str, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    """The benchmark's protocol for a comparison method: its config and settings at the cell's budget.
+def gmm_method_config(method: str, config: DPSConfig):
+    """The benchmark's protocol for a comparison method: its settings at the cell's budget.
 
     Every method spends config.steps network evaluations per sample (its ``Method.at_budget``: DDRM,
     Pi-GDM and DiffPIR that many steps, DAPS levels x ODE steps, PnP-ADMM iterations). MCG takes DPS's
@@ -117,12 +119,15 @@ def gmm_method_config(method: str, config: DPSConfig) -> tuple[DPSConfig, dict]:
     default. DAPS's likelihood is the exact one (tau = sigma_y, its ``tau=None``), as the target is the
     exact posterior.
     """
+    from dataclasses import replace
+
     from ..solvers.methods import METHODS
 
     if method == "mcg" and config.rule.name != "paper":
         config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
-    config, settings = METHODS[method].at_budget(config.steps, config)
-    return config, ({**settings, "tau": None} if method == "daps" else settings)
+    m = METHODS[method]
+    settings = m.at_budget(config.steps, m.default_settings(config))
+    return replace(settings, tau=None) if method == "daps" else settings
 
 
 def gmm_methods() -> list[str]:
@@ -150,7 +155,7 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         prior_samples = pb.prior.sample(n_samples, g)
         op = MatrixOperator(pb.A)
         noise = GaussianNoise(min(pb.sigma_y, 1.0))
-        samples = reconstruct("dps", pb.prior, op, pb.y[None], noise, config, g, num_samples=n_samples).x[0]
+        samples = reconstruct("dps", pb.prior, op, pb.y[None], noise, config, g, n_samples).x[0]
 
         def distance(a: torch.Tensor) -> float:
             return sliced_wasserstein(a, exact, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -159,8 +164,63 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         out.prior.append(distance(prior_samples))
         out.floor.append(distance(exact2))
         for m in methods:
-            cfg, settings = gmm_method_config(m, config)
             gm = torch.Generator().manual_seed(30_000 + seed)
-            xm = reconstruct(m, pb.prior, op, pb.y[None], noise, cfg, gm, num_samples=n_samples, **settings).x[0]
+            xm = reconstruct(m, pb.prior, op, pb.y[None], noise, gmm_method_config(m, config), gm, n_samples).x[0]
             out.others[m].append(distance(xm))
     return out
+
+
+def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, zeta: Optional[float],
+                  step_rule: str, methods: tuple[str, ...] = (), on_cell: Optional[Callable[[dict], None]] = None
+                  ) -> dict:
+    """Every (d, d_y, steps) cell: DPS at ``zeta`` (None: the rule's GMM default) and the comparison
+    ``methods``; ``on_cell(cell)`` is called as each cell finishes. Returns the report (JSON values)."""
+    from ..errors import DPSError
+
+    unknown = set(methods) - set(gmm_methods())
+    if unknown:
+        raise DPSError(f"method(s) {', '.join(sorted(unknown))} do not apply to this benchmark or do not exist; "
+                       f"available: {', '.join(gmm_methods())}")
+    if any(d % 2 for d in dims):
+        raise DPSError("the benchmark's dimension (--dim) must be even")
+    if any(d_y > d for d in dims for d_y in obs_dims):
+        raise DPSError(f"--obs-dim {max(obs_dims)} exceeds --dim {min(dims)}: the observation dimension must be "
+                       "at most the dimension")
+    zeta = GMM_DEFAULT_ZETA[step_rule] if zeta is None else zeta
+    cells = []
+    for d in dims:
+        for d_y in obs_dims:
+            for n in steps_list:
+                cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
+                res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods).summary()
+                cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
+                if on_cell is not None:
+                    on_cell(cells[-1])
+    return {"problems": seeds, "samples": n_samples, "step_rule": step_rule, "zeta": zeta,
+            "methods": ["dps", *methods], "cells": cells}
+
+
+def gmm_columns(report: dict) -> tuple[str, ...]:
+    return (*report["methods"], "prior", "floor")
+
+
+def gmm_header(columns: tuple[str, ...]) -> str:
+    from ..solvers.methods import METHODS
+
+    return "| d | d_y | steps | " + " | ".join(METHODS[c].title if c in METHODS else c for c in columns) + " |"
+
+
+def gmm_row(c: dict, columns: tuple[str, ...]) -> str:
+    """One cell as a markdown table row: d, d_y, steps, then mean +- 95% interval per column."""
+    cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}")
+                      for k in columns)
+    return f"| {c['dim']} | {c['obs_dim']} | {c['steps']} | {cell} |"
+
+
+def gmm_markdown(report: dict) -> str:
+    columns = gmm_columns(report)
+    lines = [f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {report['problems']} "
+             f"(+-95% interval), {report['samples']} samples, step rule {report['step_rule']!r}, "
+             f"zeta'={report['zeta']}", gmm_header(columns), "|---|---|---|" + "---|" * len(columns)]
+    lines += [gmm_row(c, columns) for c in report["cells"]]
+    return "\n".join(lines) + "\n"

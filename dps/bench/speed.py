@@ -19,13 +19,14 @@ between rows that differ only in K, the time per sample relative to K = 1.
 from __future__ import annotations
 
 import itertools
-import sys
-from contextlib import contextmanager
+import json
 import os
-import platform
 import statistics
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -33,11 +34,12 @@ import torch
 from ..diffusion.denoiser import NetworkPrior
 from ..errors import DPSError
 from ..noise import GaussianNoise
+from ..execution import Execution, device_name
 from ..solvers.dps import DPSConfig, dps_sample, frozen_parameters
 from ..solvers.unconditional import sample_prior
 from ..tasks import build_operator
 
-__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "device_name", "QUANTITIES"]
+__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "QUANTITIES", "run_speed_command"]
 
 
 @dataclass
@@ -81,20 +83,6 @@ def random_prior(preset: str, image_size: Optional[int] = None, seed: int = 0) -
             if not conv.weight.any():
                 conv.weight.normal_(0.0, 1e-3)
     return _prior_from_unet(net, make_schedule("linear", 1000))
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or "CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -174,23 +162,25 @@ def _quantities(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
     op = build_operator({"name": "super_resolution", "factor": 4}, shape, 0).to(device)
     noise = GaussianNoise(0.025)
     y = noise(op(torch.rand((settings.batch, *shape), generator=gen, device=device)), gen)
-    config = DPSConfig(steps=settings.steps, zeta=settings.zeta, clip_x0=(-1.0, 1.0), precision=row["precision"],
-                       checkpointing=row["checkpointing"], compile=row["compile"])
+    config = DPSConfig(steps=settings.steps, zeta=settings.zeta, clip_x0=(-1.0, 1.0))
+    execution = Execution(device=str(device), precision=row["precision"], checkpointing=row["checkpointing"],
+                          compile=row["compile"])
 
     def forward():
-        with torch.no_grad(), config.running(prior):
+        with torch.no_grad(), execution.running(prior):
             prior(x, t)
 
     def floor():
-        with frozen_parameters(prior), config.running(prior), torch.enable_grad():
+        with frozen_parameters(prior), execution.running(prior), torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             torch.autograd.grad(prior(xg, t).x0, xg, v)
 
     def dps():
-        dps_sample(prior, op, y, noise, config, num_samples=row["samples"], generator=gen)
+        with execution.running(prior):
+            dps_sample(prior, op, y, noise, config, num_samples=row["samples"], generator=gen)
 
     def uncond():
-        with config.running(prior):
+        with execution.running(prior):
             sample_prior(prior, n, steps=settings.steps, generator=gen, device=device)
 
     return {"forward": forward, "floor": floor, "dps_step": dps, "uncond_step": uncond}
@@ -306,3 +296,30 @@ def speed_markdown(report: dict) -> str:
             _x(r["dps_over_floor"], 3), _mib(r["floor_mem_bytes"]), _mib(r["dps_mem_bytes"]),
             _x(r["dps_mem_over_floor"]), _x(r["per_sample_vs_k1"])]) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def run_speed_command(settings: SpeedSettings, device: torch.device, model: str = "default",
+                      model_config: Optional[str] = None, arch: Optional[str] = None, image_size: Optional[int] = None,
+                      json_out: Optional[Path] = None, log: Optional[Callable[[str], None]] = None) -> str:
+    """``dps bench speed``: measure ``model`` (or the architecture ``arch`` with random weights at ``image_size``)
+    on ``device``; the JSON report is rewritten after every row (an interrupted run keeps what it measured).
+    Returns the Markdown table."""
+    from ..models.loading import load_model
+    from ..utils import atomic_write
+
+    if image_size is not None and arch is None:
+        raise DPSError("--image-size applies to --arch only (a model has its own size)")
+    if not settings.measure or set(settings.measure) - set(QUANTITIES):
+        raise DPSError(f"--measure: choose from {', '.join(QUANTITIES)}")
+    prior = random_prior(arch, image_size) if arch else load_model(model, model_config, device=device)
+    name = f"{arch} (random weights)" if arch else model
+
+    def progress(report: dict) -> None:
+        rows = report["rows"]
+        mem = sum(r["floor_mem_bytes"] is not None or r["dps_mem_bytes"] is not None for r in rows)
+        if log is not None:
+            log(f"timed {len(rows)} of {len(settings.grid())} row(s), memory of {mem}")
+        if json_out is not None:
+            atomic_write(json_out, lambda p: p.write_text(json.dumps(report, indent=1)))
+
+    return speed_markdown(run_speed(prior, settings, device, name, progress=progress))

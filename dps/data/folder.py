@@ -37,14 +37,14 @@ def _resize_channels(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(planes)).clamp(0, 1)
 
 
-def _fit(x: torch.Tensor, size: int, resize: str, path: Path) -> torch.Tensor:
+def _fit(x: torch.Tensor, size: int, resize: str, path: Path, advice: str = "") -> torch.Tensor:
     """(C, h, w) -> (C, size, size): an error, a bicubic resize, or a centred square crop then resize."""
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
     if resize == "error":
         raise DPSError(f"{path} is {w} x {h}, the model needs {size} x {size}; "
-                       "resize it or pass --resize center-crop|resize")
+                       + (f"{advice}; " if advice else "") + "or resize the image (--resize center-crop|resize)")
     if resize == "center-crop":
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
@@ -56,20 +56,21 @@ RESIZE_MODES = ("error", "resize", "center-crop")
 
 
 def load_images(files: Sequence[Union[str, Path]], size: Optional[int], channels: int,
-                resize: str = "error", convert_channels: bool = True) -> torch.Tensor:
+                resize: str = "error", convert_channels: bool = True, advice: str = "") -> torch.Tensor:
     """Load image files as (N, channels, size, size) float32 in [0, 1], at full precision
     (:func:`dps.io.read_image`; 16-bit files keep 16 bits).
 
     :param resize: ``"error"`` (a wrong size is an error), ``"resize"`` (bicubic to size x size) or
         ``"center-crop"`` (the largest centred square, then bicubic).
     :param convert_channels: convert grey <-> RGB to ``channels``; if False a mismatch is an error.
+    :param advice: what an error for an image that does not fit adds about the model.
     """
     if resize not in RESIZE_MODES:
         raise DPSError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     out = []
     for f in map(Path, files):
-        x = read_image(f, channels, convert_channels)
-        out.append(_fit(x, size, resize, f) if size is not None else x)
+        x = read_image(f, channels, convert_channels, advice)
+        out.append(_fit(x, size, resize, f, advice) if size is not None else x)
     return torch.stack(out)
 
 

@@ -59,23 +59,25 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
-def train_classifier(epochs: int = 20, seed: int = 0, batch_size: int = 64) -> tuple[DigitClassifier, dict]:
-    """Train on the digits training split only; returns the model and {train_acc, held_out_acc}."""
+def train_classifier(epochs: int = 20, seed: int = 0, batch_size: int = 64, device="cpu") -> tuple[DigitClassifier, dict]:
+    """Train on the digits training split only (on ``device``; every random draw on the CPU); returns the model
+    (on the CPU) and {train_acc, held_out_acc}."""
     from ..data.digits import digits_split
 
     x, y = digits_split("train")
     xh, yh = digits_split("held_out")
+    x, y, xh, yh = (t.to(device) for t in (x, y, xh, yh))
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = DigitClassifier()
+    model = DigitClassifier().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(_augment(x[idx], g)), y[idx])
+            idx = perm[i:i + batch_size].to(device)
+            loss = F.cross_entropy(model(_augment(x[idx].cpu(), g).to(device)), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -85,7 +87,7 @@ def train_classifier(epochs: int = 20, seed: int = 0, batch_size: int = 64) -> t
         stats = {"train_acc": float((model(x).argmax(1) == y).float().mean()),
                  "held_out_acc": float((model(xh).argmax(1) == yh).float().mean()),
                  "epochs": epochs, "seed": seed}
-    return model, stats
+    return model.cpu(), stats
 
 
 def save_classifier(model: DigitClassifier, stats: dict, path: Union[str, Path] = CLASSIFIER_FILE) -> None:

@@ -31,6 +31,7 @@ from .unet import UNetConfig, UNetModel
 __all__ = [
     "GUIDED_DIFFUSION_PRESETS", "CheckpointMismatchError", "load_model", "load_guided_diffusion",
     "infer_unet_config", "check_state_dict", "save_unet_safetensors", "load_unet_safetensors", "EMBEDDED_MODELS",
+    "model_advice",
 ]
 
 _BASE = dict(class_cond=False, use_checkpoint=False, num_heads_upsample=-1, use_fp16=False,
@@ -46,6 +47,16 @@ GUIDED_DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: Models embedded in the package (name -> file under ``dps/assets``).
 EMBEDDED_MODELS = {"digits": "digits_unet.safetensors", "default": "digits_unet.safetensors"}
+
+
+def model_advice(name: str, event_shape) -> str:
+    """What an error about images that do not fit the model ``name`` (of samples ``event_shape``) tells the
+    user: which model it is and, for the embedded one, what to pass for photographs."""
+    dims = " x ".join(map(str, event_shape))
+    if str(name) in EMBEDDED_MODELS:
+        return (f"the default model is the embedded {dims} digits model; for photographs pass a checkpoint with "
+                "--model (see the Models page of the documentation)")
+    return f"the model {name} takes {dims} images"
 
 
 class CheckpointMismatchError(ValueError):

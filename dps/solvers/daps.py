@@ -34,6 +34,7 @@ target is the exact posterior). tau is at least 1e-3.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -41,11 +42,11 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import edm_timesteps, subschedule, ve_sigmas
 from ..diffusion.steps import ddim_step, randn
-from ..errors import DPSError
+from ..errors import check_float, check_int
 from ..noise import NoiseModel
 from .dps import DivergenceGuard, frozen_parameters
 
-__all__ = ["daps", "DAPS_PRESETS", "daps_budget", "langevin_x0", "operator_norm_sq", "pf_ode_x0"]
+__all__ = ["daps", "DAPSSettings", "DAPS_PRESETS", "daps_budget", "langevin_x0", "operator_norm_sq", "pf_ode_x0"]
 
 #: The paper's configurations: name -> (annealing levels, ODE steps per level); budget = their product.
 DAPS_PRESETS: dict[str, tuple[int, int]] = {"daps-100": (50, 2), "daps-1k": (200, 5), "daps-4k": (500, 8)}
@@ -124,15 +125,46 @@ def pf_ode_x0(prior: Prior, x: torch.Tensor, t_index: int, ode_steps: int, clip:
     return x0
 
 
-def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, config=None, callback=None, *,
-         levels: int = 1000, ode_steps: int = 1, langevin_steps: int = 100, lr: float = 0.5,
-         lr_min_ratio: float = 0.01, tau: Optional[float] = 0.01, sigma_max: float = 100.0,
-         sigma_min: float = 0.1) -> torch.Tensor:
+@dataclass(frozen=True)
+class DAPSSettings:
+    """DAPS's settings (module docstring).
+
+    :param levels: annealing levels; :param ode_steps: probability-flow ODE steps per level (network forwards);
+    :param langevin_steps: Langevin steps per level; :param lr: Langevin step size relative to the curvature
+    bound, decaying linearly to ``lr_min_ratio`` of itself; :param tau: the likelihood's standard deviation
+    (data units; None: the noise model's sigma); :param sigma_max, sigma_min: the annealing range (VE units).
+    """
+
+    levels: int = 1000
+    ode_steps: int = 1
+    langevin_steps: int = 100
+    lr: float = 0.5
+    lr_min_ratio: float = 0.01
+    tau: Optional[float] = 0.01
+    sigma_max: float = 100.0
+    sigma_min: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", check_int(self.levels, "daps levels", 1))
+        object.__setattr__(self, "ode_steps", check_int(self.ode_steps, "daps ode_steps", 1))
+        object.__setattr__(self, "langevin_steps", check_int(self.langevin_steps, "daps langevin_steps", 0))
+        object.__setattr__(self, "lr", check_float(self.lr, "daps lr", 0.0, lo_open=True))
+        object.__setattr__(self, "lr_min_ratio", check_float(self.lr_min_ratio, "daps lr_min_ratio", 0.0, 1.0,
+                                                             lo_open=True))
+        if self.tau is not None:
+            object.__setattr__(self, "tau", check_float(self.tau, "daps tau", 0.0, lo_open=True))
+        object.__setattr__(self, "sigma_min", check_float(self.sigma_min, "daps sigma_min", 0.0, lo_open=True))
+        object.__setattr__(self, "sigma_max", check_float(self.sigma_max, "daps sigma_max", self.sigma_min,
+                                                          lo_open=True))
+
+
+def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, settings: DAPSSettings = DAPSSettings(),
+         callback=None) -> torch.Tensor:
     """DAPS with ``levels`` annealing levels of ``ode_steps`` network forwards each; returns x (B,
     *event_shape) in data space. Works for any differentiable operator (Gaussian noise)."""
-    if levels < 1 or ode_steps < 1 or langevin_steps < 0 or not 0 < lr_min_ratio <= 1 or lr <= 0:
-        raise DPSError(f"DAPS needs levels, ode_steps >= 1, langevin_steps >= 0, lr > 0 and 0 < lr_min_ratio "
-                       f"<= 1; got {levels}, {ode_steps}, {langevin_steps}, {lr}, {lr_min_ratio}")
+    levels, ode_steps, langevin_steps = settings.levels, settings.ode_steps, settings.langevin_steps
+    lr, lr_min_ratio, tau = settings.lr, settings.lr_min_ratio, settings.tau
+    sigma_max, sigma_min = settings.sigma_max, settings.sigma_min
     B = y.shape[0]
     a = prior.data_scale
     tau2 = max(tau if tau is not None else noise.typical_sigma, 1e-3) ** 2

@@ -20,22 +20,45 @@ y_model = (y - A b) / a with noise sigma_y / a.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import torch
 
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import randn
+from ..errors import check_float, check_int
 from ..noise import NoiseModel
 from ..operators import LinearOperator
 
-__all__ = ["ddrm"]
+__all__ = ["ddrm", "DDRMSettings"]
+
+
+@dataclass(frozen=True)
+class DDRMSettings:
+    """DDRM's settings; the defaults are those of the DPS paper's comparison (Kawar et al.'s eta, eta_b).
+
+    :param steps: reverse steps (network forwards), the training schedule respaced to them.
+    :param eta: eta of Eq. 7-8 (the weight of fresh noise against the DDIM direction).
+    :param eta_b: eta_b, the weight of the measurement where it is more certain than the iterate.
+    """
+
+    steps: int = 20
+    eta: float = 0.85
+    eta_b: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "ddrm steps", 1, 100_000))
+        object.__setattr__(self, "eta", check_float(self.eta, "ddrm eta", 0.0, 1.0))
+        object.__setattr__(self, "eta_b", check_float(self.eta_b, "ddrm eta_b", 0.0, 1.0))
 
 
 @torch.no_grad()
-def ddrm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config=None,
-         callback=None, *, steps: int = 20, eta: float = 0.85, eta_b: float = 1.0) -> torch.Tensor:
-    """DDRM sampling with its own ``steps`` (20, as in the paper's comparison); returns x (B, *event_shape)
-    in data space. Needs ``op.spectral()`` and Gaussian noise (checked by the method table)."""
+def ddrm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+         settings: DDRMSettings = DDRMSettings(), callback=None) -> torch.Tensor:
+    """DDRM sampling; returns x (B, *event_shape) in data space. Needs ``op.spectral()`` and Gaussian noise
+    (checked by the method table). ``callback`` gets {i, t, x, x0} (model space) after every step."""
+    steps, eta, eta_b = settings.steps, settings.eta, settings.eta_b
     svd = op.spectral()
     B = y.shape[0]
     shape = (B, *prior.event_shape)
@@ -70,4 +93,7 @@ def ddrm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, g
         high = (1 - eta_b) * x0_bar + eta_b * y_bar + (s_prev ** 2 - (torch.where(obs, sy, torch.zeros_like(sy))
                                                                        * eta_b) ** 2).clamp_min(0).sqrt() * z
         x_bar = torch.where(~obs, unobserved, torch.where(s_prev < sy, low, high))
+        if callback is not None:
+            callback({"i": i, "t": int(t[0]), "x": math.sqrt(float(schedule.alphas_cumprod_prev[i])) * svd.V(x_bar),
+                      "x0": x0.clone()})
     return prior.clip_data(prior.to_data(svd.V(x_bar)))

@@ -21,23 +21,48 @@ FFT for circular blur, conjugate gradients otherwise (super-resolution, motion b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import randn
+from ..errors import check_float, check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 
-__all__ = ["diffpir"]
+__all__ = ["diffpir", "DiffPIRSettings"]
+
+
+@dataclass(frozen=True)
+class DiffPIRSettings:
+    """DiffPIR's settings.
+
+    :param steps: reverse steps (network forwards).
+    :param lam: lambda of rho_t = lambda sigma_n^2 / sigma_bar_t^2 (the data step's weight).
+    :param zeta: DiffPIR's zeta (Eq. 15): the share of fresh noise in the re-noising (not DPS's zeta').
+    :param cg_iters: conjugate-gradient iterations of the data step where it has no closed form.
+    """
+
+    steps: int = 100
+    lam: float = 1.0
+    zeta: float = 1.0
+    cg_iters: int = 30
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "diffpir steps", 1, 100_000))
+        object.__setattr__(self, "lam", check_float(self.lam, "diffpir lam", 0.0, lo_open=True))
+        object.__setattr__(self, "zeta", check_float(self.zeta, "diffpir zeta", 0.0, 1.0))
+        object.__setattr__(self, "cg_iters", check_int(self.cg_iters, "diffpir cg_iters", 1))
 
 
 @torch.no_grad()
-def diffpir(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config=None,
-            callback=None, *, steps: int = 100, lam: float = 1.0, zeta: float = 1.0, cg_iters: int = 30) -> torch.Tensor:
-    """DiffPIR with ``steps`` network forwards; returns x (B, *event_shape) in data space."""
+def diffpir(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+            settings: DiffPIRSettings = DiffPIRSettings(), callback=None) -> torch.Tensor:
+    """DiffPIR with ``settings.steps`` network forwards; returns x (B, *event_shape) in data space."""
+    steps, lam, zeta, cg_iters = settings.steps, settings.lam, settings.zeta, settings.cg_iters
     schedule = respace(prior.schedule, steps)
     sigma_n2 = floored_variance(noise)
     aty = op.A_adjoint(y)

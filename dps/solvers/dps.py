@@ -55,14 +55,14 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from ..diffusion.denoiser import PRECISIONS, Prior
+from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
 from ..errors import Diverged, DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
 
 __all__ = ["DPSConfig", "DPSResult", "dps_sample", "StepRule", "PaperRule", "BetaRule", "VarianceRule", "STEP_RULES",
-           "step_size", "guidance", "frozen_parameters", "check_measurement", "DivergenceGuard"]
+           "step_size", "guidance", "frozen_parameters", "check_measurement", "DivergenceGuard", "at_steps"]
 
 class StepRule:
     """A step-size rule: zeta_i (B,) that multiplies grad_{x_i} ||y - A(x0_hat)||^2 at step i.
@@ -145,11 +145,10 @@ class DPSConfig:
     :param spacing: how steps are respaced: ``"even"`` (guided-diffusion) or ``"ddim"``.
     :param clip_x0: clamp x0_hat to this range (model space) before it is used, as the authors' code does
         with (-1, 1) (clip_denoised); ``None`` (the paper's Algorithm 1) leaves it unclipped.
-    :param precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the network's forward and its VJP
-        under autocast in that dtype; schedule, data fit, step size and iterate stay in float32/float64
-        (:meth:`~dps.diffusion.denoiser.NetworkPrior.running`). Network priors only.
-    :param checkpointing: recompute the network's blocks in the backward pass (less memory, more time).
-    :param compile: run the network through ``torch.compile`` (needs a C++ compiler on the CPU).
+
+    How the network runs (precision, checkpointing, compile) is not DPS's setting but the run's
+    :class:`~dps.execution.Execution`: wrap the call in ``prior.running(...)`` or pass ``execution=`` to
+    :func:`~dps.solvers.methods.reconstruct`.
     """
 
     steps: int = 1000
@@ -161,13 +160,6 @@ class DPSConfig:
     spacing: str = "even"
     clip_x0: Optional[tuple[float, float]] = None
     reference_steps: Optional[int] = None
-    precision: str = "fp32"
-    checkpointing: bool = False
-    compile: bool = False
-
-    #: how the network runs; recorded in run files only when not at these defaults, so records made
-    #: before these settings existed keep their meaning (and their runs resume)
-    EXECUTION_DEFAULTS = {"precision": "fp32", "checkpointing": False, "compile": False}
 
     def __post_init__(self) -> None:
         if not isinstance(self.step_rule, StepRule) and self.step_rule not in STEP_RULES:
@@ -178,8 +170,6 @@ class DPSConfig:
             raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
         if self.variance not in (None, "fixed_small", "fixed_large", "learned_range"):
             raise DPSError(f"unknown variance {self.variance!r}; use fixed_small, fixed_large or learned_range")
-        if self.precision not in PRECISIONS:
-            raise DPSError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
         object.__setattr__(self, "zeta", check_float(self.zeta, "zeta (the step size)", 0.0))
         if self.reference_steps is not None:
@@ -208,19 +198,21 @@ class DPSConfig:
         return self.zeta * math.sqrt(self.reference_steps / self.steps)
 
     def at_steps(self, steps: int) -> "DPSConfig":
-        """This config at ``steps`` steps with zeta' keeping its meaning: the current step count (or an
-        earlier ``reference_steps``) becomes ``reference_steps``. The one rule for overriding a step count."""
-        reference = self.reference_steps or self.steps
-        return replace(self, steps=steps, reference_steps=None if reference == steps else reference)
-
-    def running(self, prior: Prior):
-        """The context in which ``prior`` runs its network as these settings say."""
-        return prior.running(self.precision, self.checkpointing, self.compile)
+        """This config at ``steps`` steps with zeta' keeping its meaning (:func:`at_steps`)."""
+        return at_steps(self, steps)
 
     def to_dict(self) -> dict:
-        """Plain values (the rule by name) for run records; execution settings only when not default."""
-        d = {k: v for k, v in self.__dict__.items() if self.EXECUTION_DEFAULTS.get(k, object()) != v}
-        return {**d, "step_rule": self.rule.name, "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
+        """Plain values (the rule by name) for run records."""
+        return {**self.__dict__, "step_rule": self.rule.name,
+                "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
+
+
+def at_steps(settings, steps: int):
+    """``settings`` (any frozen dataclass with ``steps`` and ``reference_steps``: DPS's, MCG's) at ``steps``
+    steps with zeta' keeping its meaning: the current step count (or an earlier ``reference_steps``) becomes
+    ``reference_steps``. The one rule for overriding a step count."""
+    reference = settings.reference_steps or settings.steps
+    return replace(settings, steps=steps, reference_steps=None if reference == steps else reference)
 
 
 @dataclass
@@ -359,7 +351,7 @@ def dps_sample(
     advice = (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
               "lower it (--step-size)")
 
-    with frozen_parameters(prior), config.running(prior), torch.enable_grad():
+    with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):
             t = torch.full((B * K,), int(schedule.timesteps[i]), dtype=torch.long, device=y.device)
             x = x.detach().requires_grad_(True)

@@ -2,38 +2,39 @@
 
 A method's function has one signature,
 
-    fn(prior, op, y, noise, generators, config, callback=None, **settings) -> x (B, *event_shape)
+    fn(prior, op, y, noise, generators, settings[, callback]) -> x (B, *event_shape)
 
-with y (B, *measurement_shape) in data space, one generator per row of y, ``config`` the task's
-:class:`~dps.solvers.dps.DPSConfig` (methods that follow the task's steps and step size read it) and x in
-data space, clipped to the prior's data bounds. :func:`reconstruct` draws K samples per measurement and
-returns a :class:`Reconstruction` whose ``residual`` is in one stated norm for every method:
-||y - A(x)||_2 of the returned x, in data units.
+with y (B, *measurement_shape) in data space, one generator per row of y, ``settings`` an instance of the
+method's own frozen settings dataclass (:attr:`Method.settings`: :class:`~dps.solvers.dps.DPSConfig` for
+DPS, :class:`~dps.solvers.ddrm.DDRMSettings` for DDRM, ...) and x in data space, clipped to the prior's
+data bounds. Methods that report progress (:attr:`Method.progress`) take a ``callback`` that they call
+after every step with one record, {i, t, x, x0} (i counts down to 0; x and x0 in model space).
+:func:`reconstruct` draws K samples per measurement and returns a :class:`Reconstruction` whose
+``residual`` is in one stated norm for every method: ||y - A(x)||_2 of the returned x, in data units.
 
 Each entry declares when it applies to an (operator, noise) pair through :class:`Requirement` objects
 that read the operators' and noise models' declared capabilities; :meth:`Method.why_not` says why not.
-``dps solve --method``, ``dps bench images --methods``, ``dps bench gmm --methods``, ``dps demo``, the
-CLI's choices and the README's method table read :data:`METHODS`; adding a method is one module and one
-entry here.
+The commands, the CLI's choices, the documentation's method table and the generic tests read
+:data:`METHODS`; adding a method is one module and one entry here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Optional, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..errors import CapabilityMissing, DPSError, NotApplicable
-from .admm import admm_tv, pnp_admm
-from .daps import DAPS_PRESETS, daps, daps_budget
-from .ddrm import ddrm
-from .diffpir import diffpir
-from .dps import DPSConfig, check_measurement, dps_sample
-from .phase import er, hio, oss
-from .pigdm import pigdm
-from .projection import mcg, score_sde
-from .tds import tds
+from .admm import ADMMTVSettings, PnPADMMSettings, admm_tv, pnp_admm
+from .daps import DAPS_PRESETS, DAPSSettings, daps, daps_budget
+from .ddrm import DDRMSettings, ddrm
+from .diffpir import DiffPIRSettings, diffpir
+from .dps import DPSConfig, at_steps, check_measurement, dps_sample
+from .phase import ERSettings, HIOSettings, er, hio, oss
+from .pigdm import PiGDMSettings, pigdm
+from .projection import MCGSettings, ScoreSDESettings, mcg, score_sde
+from .tds import TDSSettings, tds
 
 __all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown",
            "count_evaluations"]
@@ -81,47 +82,64 @@ FOURIER = Requirement("Fourier magnitude", _fourier)
 IMAGES = Requirement("image operator", _images)
 
 
-def _dps(prior, op, y, noise, generators, config: DPSConfig, callback=None) -> torch.Tensor:
-    return dps_sample(prior, op, y, noise, config, generator=generators, callback=callback).x[:, 0]
+def _dps(prior, op, y, noise, generators, settings: DPSConfig, callback=None) -> torch.Tensor:
+    return dps_sample(prior, op, y, noise, settings, generator=generators, callback=callback).x[:, 0]
 
 
-# Budgets: how a method spends N network evaluations per sample -> (config, settings). ``dps bench images
-# --nfe N`` and the quality-per-compute benchmark use them; the NFE column is counted, not computed.
-Budget = Callable[[int, DPSConfig], tuple[DPSConfig, dict]]
+# Budgets: how a method spends N network evaluations per sample: (N, settings) -> settings. ``--nfe N`` and
+# the quality-per-compute study use them; the NFE column of the tables is counted, not computed.
+Budget = Callable[[int, Any], Any]
 
 
-def _task_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    """Methods that follow the task's step count: N steps of one evaluation each. The task's zeta' keeps its
-    meaning (its total guidance) at the new step count: it is taken as given for the task's own steps unless
-    the config names another ``reference_steps``."""
-    return config.at_steps(nfe), {}
+def _own_steps(nfe: int, settings):
+    """Methods with a ``steps`` setting of one evaluation per step; those with a ``reference_steps`` (DPS,
+    MCG) keep their zeta' meaning at the new count (:func:`~dps.solvers.dps.at_steps`)."""
+    return at_steps(settings, nfe) if hasattr(settings, "reference_steps") else replace(settings, steps=nfe)
 
 
-def _own_steps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    """Methods with their own ``steps`` setting (one evaluation per step)."""
-    return config, {"steps": nfe}
+def _daps(nfe: int, settings: DAPSSettings) -> DAPSSettings:
+    return replace(settings, **daps_budget(nfe))
 
 
-def _daps(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    return config, daps_budget(nfe)
+def _iterations(nfe: int, settings):
+    return replace(settings, iters=nfe)
 
 
-def _iterations(nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
-    return config, {"iters": nfe}
+def _steps(settings) -> int:
+    return settings.steps
+
+
+def _dps_from_task(config: DPSConfig) -> DPSConfig:
+    return config
+
+
+def _mcg_from_task(c: DPSConfig) -> MCGSettings:
+    return MCGSettings(steps=c.steps, zeta=c.zeta, reference_steps=c.reference_steps, spacing=c.spacing)
+
+
+def _score_sde_from_task(c: DPSConfig) -> ScoreSDESettings:
+    return ScoreSDESettings(steps=c.steps, spacing=c.spacing)
 
 
 @dataclass(frozen=True)
 class Method:
     """One reconstruction method: its function, where it comes from, what it needs and its settings.
 
+    :param fn: ``fn(prior, op, y, noise, generators, settings[, callback][, num_samples]) -> x``.
+    :param settings: the frozen dataclass of its settings; its defaults are the method's defaults, and an
+        instance of it is what :func:`reconstruct` passes.
+    :param note: what the method table's settings column says beside the defaults.
+    :param from_task: for methods that follow a task's ``dps`` block (DPS, MCG, Score-SDE): the settings that a
+        task's :class:`~dps.solvers.dps.DPSConfig` gives; None: the method keeps its own defaults.
+    :param step_size: True when ``from_task`` reads DPS's step size zeta' (a task without one is then an error).
+    :param progress: the number of callback calls a run with the given settings makes (one per step, each with
+        {i, t, x, x0}, i counting down to 0); None for methods that report no progress (they take no callback).
     :param sampler: True when it draws posterior samples, False for point estimates (K > 1 then repeats the
         estimate, or for the phase-retrieval algorithms its random restarts).
     :param budget: how it spends a given number of network evaluations (``at_budget``); None for methods
         without a network or without such a knob.
     :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
-    :param step_size: True when the method uses the task's DPS step size zeta' (a task without one is then an
-        error; the other methods run without it).
-    :param presets: named settings from the method's paper (``dps solve --method-preset NAME``), e.g. DAPS-1K.
+    :param presets: named settings from the method's paper (``--method-preset NAME``), e.g. DAPS-1K.
     :param particles: True when the K samples of one measurement are one interacting particle system
         (sequential Monte Carlo): :func:`reconstruct` then passes ``num_samples`` = K to the function, and a
         sample depends on the other samples of its measurement (never on other measurements).
@@ -131,31 +149,41 @@ class Method:
     fn: Callable[..., torch.Tensor]
     title: str
     source: str
-    settings: str
+    settings: type
+    note: str = ""
     requires: tuple[Requirement, ...] = ()
-    sampler: bool = True
-    budget: Optional["Budget"] = None
-    vjp: bool = False
+    from_task: Optional[Callable[[DPSConfig], Any]] = None
     step_size: bool = False
+    progress: Optional[Callable[[Any], int]] = None
+    sampler: bool = True
+    budget: Optional[Budget] = None
+    vjp: bool = False
     presets: dict = field(default_factory=dict, hash=False)
     particles: bool = False
 
-    def at_budget(self, nfe: int, config: DPSConfig) -> tuple[DPSConfig, dict]:
-        """(config, settings) that spend about ``nfe`` network evaluations per sample, or a DPSError for
+    def default_settings(self, task_config: Optional[DPSConfig] = None):
+        """The settings of a run on a task whose ``dps`` block is ``task_config`` (methods that follow the task),
+        else the method's defaults."""
+        if self.from_task is not None and task_config is not None:
+            return self.from_task(task_config)
+        return self.settings()
+
+    def at_budget(self, nfe: int, settings):
+        """``settings`` changed to spend about ``nfe`` network evaluations per sample, or a DPSError for
         methods that use no network or have no budget knob."""
         if self.budget is None:
-            raise DPSError(f"{self.name} has no network-evaluation budget to set")
-        return self.budget(nfe, config)
+            raise DPSError(f"method {self.name} runs no network, so it has no --nfe budget; leave out --nfe")
+        return self.budget(nfe, self.check_settings(settings))
 
-    def run_settings(self, config: DPSConfig, nfe: Optional[int] = None, preset: Optional[str] = None
-                     ) -> tuple[DPSConfig, dict]:
-        """(config, settings) of a run at a budget of ``nfe`` evaluations or with the named ``preset`` (not both;
-        neither: the config as given and the method's defaults)."""
+    def run_settings(self, settings, nfe: Optional[int] = None, preset: Optional[str] = None):
+        """``settings`` at a budget of ``nfe`` evaluations or with the named ``preset`` (not both; neither:
+        ``settings`` as given)."""
+        settings = self.check_settings(settings)
         if preset is not None:
             if nfe is not None:
                 raise DPSError("a method preset sets the method's budget; leave out --nfe")
-            return config, self.preset(preset)
-        return (config, {}) if nfe is None else self.at_budget(nfe, config)
+            return replace(settings, **self.preset(preset))
+        return settings if nfe is None else self.at_budget(nfe, settings)
 
     def preset(self, name: str) -> dict:
         """The settings of the preset called ``name``, or a DPSError naming the method's presets."""
@@ -163,6 +191,18 @@ class Method:
             known = f"its presets: {', '.join(self.presets)}" if self.presets else "it has none"
             raise DPSError(f"method {self.name} has no preset {name!r}; {known}")
         return dict(self.presets[name])
+
+    def check_settings(self, settings):
+        """``settings`` if it is this method's settings type, else a DPSError that names the type to pass."""
+        if not isinstance(settings, self.settings):
+            raise DPSError(f"method {self.name} takes {self.settings.__name__}, got {type(settings).__name__}")
+        return settings
+
+    def settings_text(self) -> str:
+        """The settings column of the method table: the note, and the defaults of methods with their own."""
+        own = "" if self.from_task is not None else ", ".join(
+            f"{f.name} {getattr(self.settings(), f.name)}" for f in fields(self.settings))
+        return "; ".join(p for p in (own, self.note) if p)
 
     def why_not(self, op, noise) -> Optional[str]:
         """None when the method applies to (op, noise), else the reason (one sentence)."""
@@ -181,48 +221,53 @@ class Method:
 
 #: name -> method; the one table (order = the order of the paper's tables).
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)",
-           "the task's steps, zeta' and step rule", (), budget=_task_steps, vjp=True, step_size=True),
-    Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022",
-           "20 steps, eta 0.85, eta_b 1", (LINEAR, SPECTRAL, GAUSSIAN), budget=_own_steps),
-    Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022",
+    Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)", DPSConfig,
+           "the task's steps, zeta' and step rule", (), from_task=_dps_from_task, step_size=True, progress=_steps,
+           budget=_own_steps, vjp=True),
+    Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022", DDRMSettings, "",
+           (LINEAR, SPECTRAL, GAUSSIAN), progress=_steps, budget=_own_steps),
+    Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022", MCGSettings,
            "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,),
-           budget=_task_steps, vjp=True, step_size=True),
+           from_task=_mcg_from_task, step_size=True, progress=_steps, budget=_own_steps, vjp=True),
     Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
-           "the task's steps, projection after each unconditional DDPM step", (LINEAR,), budget=_task_steps),
-    Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023",
-           "100 DDIM steps, eta 1, r_t^2 = 1 - abar_t", (LINEAR, GAUSSIAN), budget=_own_steps, vjp=True),
-    Method("tds", tds, "TDS", "Wu et al., NeurIPS 2023 (twisting: Pi-GDM's Gaussian likelihood)",
-           "100 DDIM steps, eta 1, r_t^2 of the prior's variance, the K samples resampled at ESS < K / 2",
-           (LINEAR, GAUSSIAN), budget=_own_steps, vjp=True, particles=True),
-    Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023",
-           "100 steps, lambda 1, zeta 1", (LINEAR, GAUSSIAN), budget=_own_steps),
-    Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)",
-           "1000 levels x 1 ODE step (the paper's DAPS-1K is 200 x 5), 100 Langevin steps, lr 0.5, tau 0.01", (GAUSSIAN,),
+           ScoreSDESettings, "the task's steps, projection after each unconditional DDPM step", (LINEAR,),
+           from_task=_score_sde_from_task, progress=_steps, budget=_own_steps),
+    Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023", PiGDMSettings, "DDIM, r_t^2 = 1 - abar_t",
+           (LINEAR, GAUSSIAN), progress=_steps, budget=_own_steps, vjp=True),
+    Method("tds", tds, "TDS", "Wu et al., NeurIPS 2023 (twisting: Pi-GDM's Gaussian likelihood)", TDSSettings,
+           "DDIM eta 1, r_t^2 of the prior's variance, a measurement's K samples resampled at ESS < ess_threshold K",
+           (LINEAR, GAUSSIAN), progress=lambda s: s.steps - 1, budget=_own_steps, vjp=True, particles=True),
+    Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023", DiffPIRSettings, "", (LINEAR, GAUSSIAN),
+           progress=_steps, budget=_own_steps),
+    Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)", DAPSSettings,
+           "the paper's DAPS-1K is 200 levels x 5 ODE steps", (GAUSSIAN,), progress=lambda s: s.levels,
            budget=_daps, presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
-           "40 iterations, rho 1, denoiser sigma 0.1", (LINEAR,), sampler=False, budget=_iterations),
-    Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM",
-           "100 iterations, lambda 0.01, rho 0.1", (LINEAR, IMAGES), sampler=False),
-    Method("hio", hio, "HIO", "Fienup, 1982", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
-           (FOURIER,), sampler=False),
-    Method("er", er, "ER", "Fienup, 1982", "1000 iterations, best of 4 restarts", (FOURIER,),
+           PnPADMMSettings, "", (LINEAR,), sampler=False, budget=_iterations),
+    Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM", ADMMTVSettings, "", (LINEAR, IMAGES),
            sampler=False),
-    Method("oss", oss, "OSS", "Rodriguez et al., 2013", "beta 0.9, 1000 + 50 ER iterations, best of 4 restarts",
+    Method("hio", hio, "HIO", "Fienup, 1982", HIOSettings, "HIO then final_er ER steps; the best restart by residual",
            (FOURIER,), sampler=False),
+    Method("er", er, "ER", "Fienup, 1982", ERSettings, "the best restart by residual", (FOURIER,), sampler=False),
+    Method("oss", oss, "OSS", "Rodriguez et al., 2013", HIOSettings,
+           "smoothed HIO, then final_er ER steps; the best restart by residual", (FOURIER,), sampler=False),
 )}
 
 
 def methods_markdown() -> str:
-    """The method table as Markdown (``dps methods``; the README's table is this text, checked by a test)."""
-    rows = ["| name | method | source | settings | applies to | samples |", "|---|---|---|---|---|---|"]
+    """The method table as Markdown (``dps methods``; the documentation's table is this text, checked by a
+    test)."""
+    rows = ["| name | method | source | settings | applies to | samples | progress |",
+            "|---|---|---|---|---|---|---|"]
     for m in METHODS.values():
         needs = ", ".join(r.name for r in m.requires) or "any operator and noise"
         kind = ("posterior samples (the K of a measurement interact)" if m.particles else "posterior samples") \
             if m.sampler else "point estimate"
         presets = "; presets: " + ", ".join(f"`{k}` ({', '.join(f'{n} {v}' for n, v in p.items())})"
                                             for k, p in m.presets.items()) if m.presets else ""
-        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings}{presets} | {needs} | {kind} |")
+        steps = "every step" if m.progress is not None else "none"
+        rows.append(f"| `{m.name}` | {m.title} | {m.source} | {m.settings_text()}{presets} | {needs} | {kind} | "
+                    f"{steps} |")
     return "\n".join(rows) + "\n"
 
 
@@ -247,31 +292,41 @@ class Reconstruction:
     extras: dict = field(default_factory=dict)
 
 
-def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, config: DPSConfig,
-                generators: Sequence[torch.Generator] | torch.Generator, num_samples: int = 1,
-                callback: Optional[Callable[[dict], None]] = None, **settings) -> Reconstruction:
+def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, settings=None,
+                generators: Sequence[torch.Generator] | torch.Generator | None = None, num_samples: int = 1,
+                callback: Optional[Callable[[dict], None]] = None, execution=None) -> Reconstruction:
     """K = ``num_samples`` reconstructions of each of the B measurements y with ``method``.
 
+    :param settings: an instance of the method's settings dataclass (None: its defaults).
     :param generators: B * K generators; sample k of measurement b draws from generators[b * K + k], so
         no sample depends on the rest of its batch (for a ``particles`` method such as TDS: on the other
         samples of its measurement only). One generator is accepted too (one stream for the whole batch, as
         the GMM benchmark uses; then samples depend on the batch).
+    :param callback: called after every step (methods with :attr:`Method.progress`; the others refuse one).
+    :param execution: an :class:`~dps.execution.Execution` whose precision, checkpointing and compile the
+        network runs with (its device is where y, op and prior must already be).
     """
     m = method if isinstance(method, Method) else get_method(method)
     m.check(op, noise)
+    settings = m.settings() if settings is None else m.check_settings(settings)
+    if callback is not None and m.progress is None:
+        raise DPSError(f"method {m.name} reports no progress (it is not a stepwise sampler); record progress "
+                       "with one that does (`dps methods`)")
     B, K = y.shape[0], num_samples
     if tuple(y.shape[1:]) != tuple(op.out_shape):
         raise DPSError(f"the measurement has shape {tuple(y.shape[1:])}, but {op.name} produces "
                        f"{tuple(op.out_shape)}; use the operator that made it")
     check_measurement(y)
-    if not isinstance(generators, torch.Generator):
+    if generators is not None and not isinstance(generators, torch.Generator):
         generators = list(generators)
         if len(generators) != B * K:
             raise ValueError(f"expected {B * K} generators (B * K), got {len(generators)}")
     y_rep = y.repeat_interleave(K, dim=0)
-    with count_evaluations(prior) as rows, (config.running(prior) if prior is not None else nullcontext()):
-        x = m.fn(prior, op, y_rep, noise, generators, config, callback,
-                 **({"num_samples": K} if m.particles else {}), **settings)
+    running = execution.running(prior) if execution is not None and prior is not None else nullcontext()
+    extra = {**({"callback": callback} if m.progress is not None else {}),
+             **({"num_samples": K} if m.particles else {})}
+    with count_evaluations(prior) as rows, running:
+        x = m.fn(prior, op, y_rep, noise, generators, settings, **extra)
     with torch.no_grad():
         residual = (y_rep - op(x)).flatten(1).norm(dim=1)
     return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K),

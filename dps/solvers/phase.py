@@ -6,14 +6,45 @@ support; non-negativity is imposed too. Several random restarts; the best by mea
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..diffusion.denoiser import bcast
+from ..errors import check_float, check_int
 from ..operators import Operator, fft2c, ifft2c
 
-__all__ = ["hio", "er", "oss"]
+__all__ = ["hio", "er", "oss", "HIOSettings", "ERSettings"]
+
+
+@dataclass(frozen=True)
+class HIOSettings:
+    """HIO's and OSS's settings: ``iters`` iterations with feedback ``beta``, then ``final_er`` error-reduction
+    steps; the best of ``restarts`` random starts by measurement residual."""
+
+    restarts: int = 4
+    iters: int = 1000
+    beta: float = 0.9
+    final_er: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restarts", check_int(self.restarts, "restarts", 1))
+        object.__setattr__(self, "iters", check_int(self.iters, "iters", 1))
+        object.__setattr__(self, "beta", check_float(self.beta, "beta", 0.0, 2.0))
+        object.__setattr__(self, "final_er", check_int(self.final_er, "final_er", 0))
+
+
+@dataclass(frozen=True)
+class ERSettings:
+    """ER's settings: ``iters`` error-reduction iterations; the best of ``restarts`` random starts."""
+
+    restarts: int = 4
+    iters: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restarts", check_int(self.restarts, "restarts", 1))
+        object.__setattr__(self, "iters", check_int(self.iters, "iters", 1))
 
 
 def _fourier_projection(g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -57,7 +88,7 @@ def _phase_retrieval(kind: str, op: Operator, y: torch.Tensor, generators, resta
     best_x, best_r = None, None
     gens = generators if isinstance(generators, Sequence) else [generators] * B
     for _r in range(restarts):
-        g0 = torch.stack([torch.rand(tuple(y.shape[1:]), generator=gens[b], dtype=y.dtype) for b in range(B)])
+        g0 = torch.stack([torch.rand(tuple(y.shape[1:]), generator=gens[b], dtype=y.dtype, device=y.device) for b in range(B)])
         x = _iterate(kind, op, y, g0, iters, beta, final_er).clamp(0, 1)
         res = _residual(op, y, x)
         if best_x is None:
@@ -69,20 +100,19 @@ def _phase_retrieval(kind: str, op: Operator, y: torch.Tensor, generators, resta
     return best_x
 
 
-def hio(prior, op, y, noise, generators, config=None, callback=None, *, restarts: int = 4, iters: int = 1000,
-        beta: float = 0.9, final_er: int = 50) -> torch.Tensor:
+def hio(prior, op, y, noise, generators, settings: HIOSettings = HIOSettings()) -> torch.Tensor:
     """Fienup's hybrid input-output (beta 0.9), then ``final_er`` error-reduction steps; best of restarts."""
-    return _phase_retrieval("hio", op, y, generators, restarts, iters, beta, final_er)
+    return _phase_retrieval("hio", op, y, generators, settings.restarts, settings.iters, settings.beta,
+                            settings.final_er)
 
 
-def er(prior, op, y, noise, generators, config=None, callback=None, *, restarts: int = 4,
-       iters: int = 1000) -> torch.Tensor:
+def er(prior, op, y, noise, generators, settings: ERSettings = ERSettings()) -> torch.Tensor:
     """Error reduction (Gerchberg-Saxton with support and non-negativity); best of restarts."""
-    return _phase_retrieval("er", op, y, generators, restarts, iters, 0.0, 0)
+    return _phase_retrieval("er", op, y, generators, settings.restarts, settings.iters, 0.0, 0)
 
 
-def oss(prior, op, y, noise, generators, config=None, callback=None, *, restarts: int = 4, iters: int = 1000,
-        beta: float = 0.9, final_er: int = 50) -> torch.Tensor:
+def oss(prior, op, y, noise, generators, settings: HIOSettings = HIOSettings()) -> torch.Tensor:
     """Oversampling smoothness: HIO whose out-of-support region is smoothed by a Gaussian filter whose
     width shrinks over the iterations (Rodriguez et al. 2013); best of restarts."""
-    return _phase_retrieval("oss", op, y, generators, restarts, iters, beta, final_er)
+    return _phase_retrieval("oss", op, y, generators, settings.restarts, settings.iters, settings.beta,
+                            settings.final_er)

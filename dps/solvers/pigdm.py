@@ -23,17 +23,31 @@ and sigma_y are in data units, so r_t^2 is scaled by data_scale^2.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddim_step, randn
+from ..errors import check_float, check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 
-__all__ = ["pigdm", "pigdm_score", "pigdm_likelihood"]
+__all__ = ["pigdm", "pigdm_score", "pigdm_likelihood", "PiGDMSettings"]
+
+
+@dataclass(frozen=True)
+class PiGDMSettings:
+    """Pi-GDM's settings: ``steps`` DDIM steps (one forward and one VJP each) with DDIM's ``eta``."""
+
+    steps: int = 100
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "pigdm steps", 1, 100_000))
+        object.__setattr__(self, "eta", check_float(self.eta, "pigdm eta", 0.0, 1.0))
 
 
 def pigdm_score(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor, t: torch.Tensor, abar: float,
@@ -60,11 +74,12 @@ def pigdm_likelihood(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch
     return x0.detach(), g, -0.5 * (r * v).flatten(1).sum(1)
 
 
-def pigdm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config=None,
-          callback=None, *, steps: int = 100, eta: float = 1.0) -> torch.Tensor:
+def pigdm(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+          settings: PiGDMSettings = PiGDMSettings(), callback=None) -> torch.Tensor:
     """Pi-GDM sampling with ``steps`` DDIM steps (one forward and one VJP each); returns x (B, *event_shape)
     in data space. sigma_y is the noise model's typical sigma (at least 1e-3, so that the Gram matrix of a
     noiseless problem stays invertible)."""
+    steps, eta = settings.steps, settings.eta
     schedule = respace(prior.schedule, steps)
     sigma_y2 = floored_variance(noise)
     B = y.shape[0]

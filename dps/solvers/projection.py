@@ -9,6 +9,7 @@ unconditional DDPM step (replacement for inpainting, the low-frequency refinemen
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -16,11 +17,46 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddpm_step, randn
+from ..errors import DPSError, check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, DPSConfig, dps_sample
 
-__all__ = ["mcg", "score_sde", "noised_measurement_projection"]
+__all__ = ["mcg", "score_sde", "noised_measurement_projection", "MCGSettings", "ScoreSDESettings"]
+
+
+@dataclass(frozen=True)
+class MCGSettings:
+    """MCG's settings: those of its DPS steps (rule "paper"); a task's ``dps`` block gives them.
+
+    :param steps: reverse steps N; :param zeta: zeta' of rule "paper"; :param reference_steps: the step count
+        zeta' is given for (:attr:`DPSConfig.zeta_per_step`); :param spacing: "even" or "ddim".
+    """
+
+    steps: int = 1000
+    zeta: float = 1.0
+    reference_steps: Optional[int] = None
+    spacing: str = "even"
+
+    def __post_init__(self) -> None:
+        self.dps_config()  # validates every field as DPS does
+
+    def dps_config(self) -> DPSConfig:
+        """The DPS steps MCG runs (rule "paper"; no clipping of x0_hat)."""
+        return DPSConfig(steps=self.steps, zeta=self.zeta, spacing=self.spacing, reference_steps=self.reference_steps)
+
+
+@dataclass(frozen=True)
+class ScoreSDESettings:
+    """Score-SDE / ILVR's settings: the unconditional DDPM steps, as a task's ``dps`` block gives them."""
+
+    steps: int = 1000
+    spacing: str = "even"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
+        if self.spacing not in ("even", "ddim"):
+            raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
 
 
 def noised_measurement_projection(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor,
@@ -41,26 +77,27 @@ def noised_measurement_projection(prior: Prior, op: LinearOperator, y: torch.Ten
     return x - op.damped_pinv(r, delta) / scale
 
 
-def mcg(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config: DPSConfig,
-        callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
+def mcg(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+        settings: MCGSettings = MCGSettings(), callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
     """MCG: every DPS step (rule "paper", the task's zeta' and steps) is followed by the projection onto the
     noised measurement, through DPS's ``post_step`` hook. Returns x (B, *event_shape) in data space."""
-    schedule = respace(prior.schedule, config.steps, config.spacing)
+    cfg = settings.dps_config()
+    schedule = respace(prior.schedule, cfg.steps, cfg.spacing)
     delta = floored_variance(noise, 1e-2)  # the damping of A^+: sigma_y^2, at least 1e-4
 
     def project(x: torch.Tensor, i: int) -> torch.Tensor:  # on x_{i-1}, after the DPS update
         eps = randn(x.shape, generators, x.device, x.dtype)
         return noised_measurement_projection(prior, op, y, x, float(schedule.alphas_cumprod_prev[i]), eps, delta)
 
-    cfg = DPSConfig(steps=config.steps, zeta=config.zeta, spacing=config.spacing, reference_steps=config.reference_steps)
     return dps_sample(prior, op, y, noise, cfg, generator=generators, callback=callback, post_step=project).x[:, 0]
 
 
 @torch.no_grad()
-def score_sde(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config: DPSConfig,
-              callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
+def score_sde(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+              settings: ScoreSDESettings = ScoreSDESettings(), callback: Optional[Callable[[dict], None]] = None
+              ) -> torch.Tensor:
     """Unconditional DDPM sampling (the task's steps) with the noised-measurement projection after every step."""
-    schedule = respace(prior.schedule, config.steps, config.spacing)
+    schedule = respace(prior.schedule, settings.steps, settings.spacing)
     guard = DivergenceGuard(prior)
     delta = floored_variance(noise, 1e-2)  # the damping of A^+: sigma_y^2, at least 1e-4
     B = y.shape[0]

@@ -38,19 +38,33 @@ measurement's resampling draws from a generator seeded by its first sample's gen
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddim_noise_std, ddim_step, randn
-from ..errors import DPSError
+from ..errors import DPSError, check_float, check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, frozen_parameters
 from .pigdm import pigdm_likelihood
 
-__all__ = ["tds", "systematic_resample", "effective_sample_size"]
+__all__ = ["tds", "TDSSettings", "systematic_resample", "effective_sample_size"]
+
+
+@dataclass(frozen=True)
+class TDSSettings:
+    """TDS's settings: ``steps`` guided DDIM steps (eta 1); a measurement's K particles are resampled when
+    their effective sample size falls below ``ess_threshold`` K."""
+
+    steps: int = 100
+    ess_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int(self.steps, "tds steps", 2, 100_000))
+        object.__setattr__(self, "ess_threshold", check_float(self.ess_threshold, "TDS's ess_threshold", 0.0, 1.0))
 
 
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
@@ -79,13 +93,12 @@ def _group_generators(generators, B: int, K: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators, config=None,
-        callback=None, *, steps: int = 100, num_samples: int = 1, ess_threshold: float = 0.5) -> torch.Tensor:
-    """TDS with ``steps`` steps (one forward and one VJP each) for the B * K particles of y (B * K, ...): K =
-    ``num_samples`` consecutive rows share a measurement and form one particle system. Returns x (B * K,
-    *event_shape) in data space, resampled by the final weights."""
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise DPSError(f"TDS's ess_threshold must lie in [0, 1]; got {ess_threshold}")
+def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, generators,
+        settings: TDSSettings = TDSSettings(), callback=None, *, num_samples: int = 1) -> torch.Tensor:
+    """TDS with ``settings.steps`` steps (one forward and one VJP each) for the B * K particles of y (B * K, ...):
+    K = ``num_samples`` consecutive rows share a measurement and form one particle system. Returns x (B * K,
+    *event_shape) in data space, resampled by the final weights. ``callback`` is called after steps N-2 .. 0."""
+    steps, ess_threshold = settings.steps, settings.ess_threshold
     n, K = y.shape[0], num_samples
     if K < 1 or n % K:
         raise DPSError(f"TDS needs the batch ({n}) to be a multiple of num_samples ({K})")

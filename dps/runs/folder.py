@@ -1,11 +1,7 @@
-"""The one reconstruction pipeline that ``dps solve``, ``dps bench images`` and ``dps demo`` run:
-
-    load and validate inputs -> measure (or load a measurement and its operator, checked) ->
-    reconstruct (the method table) -> write atomically -> record
-
-and the run folder they write into (:class:`RunFolder`): the settings are recorded before any work, a
-rerun with other settings is refused, a second process is refused while the first holds the folder's lock,
-stale temporary files of an interrupted run are removed, and finished items are skipped on a rerun.
+"""The run folder every command writes into (:class:`RunFolder`): the settings are recorded before any
+work, a rerun with other settings is refused, a second process is refused while the first holds the
+folder's lock, and stale temporary files of an interrupted run are removed. Which items are finished is
+the business of the batch loop (:mod:`dps.runs.loop`) and the folder's layout (:mod:`dps.runs.layout`).
 """
 from __future__ import annotations
 
@@ -15,19 +11,27 @@ import socket
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
+from ..errors import DPSError, RunFolderBusy
+from ..utils import atomic_write
 
-from .errors import DPSError, RunFolderBusy
-from .seeds import noise_seed
-from .utils import atomic_write
-
-__all__ = ["RunFolder", "measure", "load_measurement", "write_json"]
+__all__ = ["RunFolder", "write_json", "read_json"]
 
 LOCK = ".lock"
 
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2)))
+
+
+def read_json(path: Path, what: str = "record") -> dict:
+    """A JSON object from ``path``, or a DPSError that names the damaged file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DPSError(f"the {what} {path} is damaged ({exc.__class__.__name__}); delete it to recompute") from None
+    if not isinstance(data, dict):
+        raise DPSError(f"the {what} {path} is not a JSON object; delete it to recompute")
+    return data
 
 
 def _pid_alive(pid: int) -> bool:
@@ -144,35 +148,3 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self._release()
-
-
-def measure(op, noise, x: torch.Tensor, seed: int, indices: Sequence[int]) -> torch.Tensor:
-    """y_b = noise(A(x_b)) for images x (B, *in_shape), image indices[b]'s noise from its own seed."""
-    with torch.no_grad():
-        return torch.cat([noise(op(x[b:b + 1]), torch.Generator().manual_seed(noise_seed(seed, i)))
-                          for b, i in enumerate(indices)])
-
-
-def load_measurement(path: Path, op) -> torch.Tensor:
-    """A measurement file (.pt) holding one y of the operator's output shape, (1, ...) or (...), as (*out_shape)."""
-    from .io import load_torch_file
-
-    y = load_torch_file(path, "measurement file")
-    if not isinstance(y, torch.Tensor):
-        raise DPSError(f"measurement file {path} holds a {type(y).__name__}, not a tensor")
-    if not y.is_floating_point():
-        y = y.to(torch.get_default_dtype())
-    shape = tuple(op.out_shape)
-    if tuple(y.shape) == (1, *shape):
-        y = y[0]
-    elif tuple(y.shape[1:]) == shape and y.shape[0] > 1:
-        raise DPSError(f"measurement file {path} holds {y.shape[0]} measurements; save one per file "
-                       f"(shape {shape}) and pass each with --measurement")
-    if tuple(y.shape) != shape:
-        raise DPSError(f"measurement file {path} has shape {tuple(y.shape)}, but {op.name} produces {shape}; "
-                       "use the operator that made it (--operator)")
-    bad = ~torch.isfinite(y)
-    if bool(bad.any()):
-        raise DPSError(f"measurement file {path} holds {int(bad.sum())} NaN or infinite value(s); it is a bad "
-                       "measurement")
-    return y.to(torch.get_default_dtype())

@@ -1,1 +1,0 @@
-"""Evaluation: the methods x tasks runner behind the paper's tables."""

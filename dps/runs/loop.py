@@ -1,0 +1,256 @@
+"""The one batch loop under ``dps solve``, ``dps bench images``, ``dps demo`` and ``dps example``:
+
+    this process's share of the items (torchrun) -> skip the finished ones (the sink says which) ->
+    per batch: measure (or take the given y) -> reconstruct K samples (the method table) -> hand each
+    image's result to the sink, which writes it atomically and records it
+
+A :class:`Job` is one (method, task) on one prior, every tensor on the run's device; an :class:`Item` is one
+image (its ground truth, or its given measurement) with its index in the run, which fixes its seeds
+(:mod:`dps.seeds`), so a result never depends on the batch, the shard or the process it ran in. Each command
+has its own :class:`Sink` (what to write where: :mod:`dps.runs.layout`), and the loop is the same for all.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import torch
+
+from ..diffusion.denoiser import Prior
+from ..distributed import Context, set_threads, shard
+from ..errors import DPSError
+from ..noise import NoiseModel
+from ..operators import Operator
+from ..seeds import noise_generator, operator_seed, sample_generators
+from ..solvers.methods import Method, reconstruct
+from ..tasks import build_operator
+from .spec import RunSpec
+
+__all__ = ["Job", "Item", "ItemResult", "Sink", "Progress", "run_items", "pending", "measure", "load_measurement",
+           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once"]
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def operator_digest(op: Operator) -> str:
+    """A digest of the operator's kind, settings and random parameters (not a network's weights)."""
+    h = hashlib.sha256(repr((op.name, op.config)).encode())
+    for k, v in sorted(op.state_dict().items()):
+        if not k.startswith("model."):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_operator_once(op: Operator, path: Path) -> None:
+    """Write the operator to ``path`` unless the file holds this operator already (a rerun leaves it alone)."""
+    from ..operators import load_operator, save_operator
+
+    if path.exists():
+        try:
+            if operator_digest(load_operator(path)) == operator_digest(op):
+                return
+        except DPSError:
+            pass
+    save_operator(op, path)
+
+
+def digest_tensor(t: torch.Tensor) -> str:
+    """A digest of a tensor's values (the input of a result: a rerun recomputes the result when it changes)."""
+    return digest_bytes(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+@dataclass
+class Item:
+    """One image of a run.
+
+    :param name: names its output files; :param index: its position in the run (its seeds);
+    :param x: the ground truth (C, H, W) in [0, 1], or None when only a measurement was given;
+    :param y: a given measurement (*out_shape), or None (then y is measured from x);
+    :param digest: a digest of the input (file bytes or values), recorded with the result.
+    """
+
+    name: str
+    index: int
+    x: Optional[torch.Tensor] = None
+    y: Optional[torch.Tensor] = None
+    digest: str = ""
+
+
+@dataclass
+class ItemResult:
+    """One image's reconstruction: y (*out_shape), samples (K, C, H, W) and residuals (K,) on the CPU; the
+    sample the task selects; seconds and counted network evaluations per sample; progress frames or None."""
+
+    y: torch.Tensor
+    samples: torch.Tensor
+    residual: torch.Tensor
+    chosen: int
+    seconds: float
+    nfe: float
+    device: str
+    frames: Optional[torch.Tensor] = None
+
+
+class Sink(Protocol):
+    """Where a command's results go: which items are finished, and how one result is written and recorded."""
+
+    def done(self, item: Item) -> bool: ...
+
+    def write(self, item: Item, result: ItemResult) -> None: ...
+
+
+@dataclass
+class Job:
+    """One (method, task) on one prior, resolved, every tensor on the run's device."""
+
+    spec: RunSpec
+    prior: Prior
+    op: Operator
+    noise: NoiseModel
+    method: Method
+    settings: Any
+
+    @classmethod
+    def build(cls, spec: RunSpec, prior: Prior, op: Optional[Operator] = None) -> "Job":
+        """The job of ``spec`` on ``prior``: the task's operator (drawn on the CPU from the seed, so it is the same
+        on every device; or ``op``, e.g. loaded from a run), prior and operator moved to the run's device, the
+        method's settings resolved. The method's applicability is the caller's to check (:meth:`why_not`)."""
+        device = spec.execution.torch_device
+        shape = tuple(prior.event_shape)
+        op = op if op is not None else build_operator(spec.task.operator, shape, operator_seed(spec.seed))
+        if tuple(op.in_shape) != shape:
+            raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
+        return cls(spec, prior.to(device), op.to(device), spec.task.noise_model(), spec.method_entry,
+                   spec.method_settings())
+
+    @property
+    def device(self) -> torch.device:
+        return self.spec.execution.torch_device
+
+    def why_not(self) -> Optional[str]:
+        """None when the method applies to the task's operator and noise, else the reason."""
+        return self.method.why_not(self.op, self.noise)
+
+    @property
+    def steps(self) -> int:
+        """Progress units per image: the method's reported steps, or 1 for a method that reports none."""
+        return self.method.progress(self.settings) if self.method.progress is not None else 1
+
+
+def measure(op: Operator, noise: NoiseModel, x: torch.Tensor, seed: int, indices: Sequence[int]) -> torch.Tensor:
+    """y_b = noise(A(x_b)) for images x (B, *in_shape) on the operator's device, image indices[b]'s noise from
+    its own generator (:func:`~dps.seeds.noise_generator`) on that device."""
+    with torch.no_grad():
+        return torch.cat([noise(op(x[b:b + 1]), noise_generator(seed, i, x.device)) for b, i in enumerate(indices)])
+
+
+def load_measurement(path: Path, op: Operator) -> torch.Tensor:
+    """A measurement file (.pt) holding one y of the operator's output shape, (1, ...) or (...), as (*out_shape)."""
+    from ..io import load_torch_file
+
+    y = load_torch_file(path, "measurement file")
+    if not isinstance(y, torch.Tensor):
+        raise DPSError(f"measurement file {path} holds a {type(y).__name__}, not a tensor")
+    if not y.is_floating_point():
+        y = y.to(torch.get_default_dtype())
+    shape = tuple(op.out_shape)
+    if tuple(y.shape) == (1, *shape):
+        y = y[0]
+    elif tuple(y.shape[1:]) == shape and y.shape[0] > 1:
+        raise DPSError(f"measurement file {path} holds {y.shape[0]} measurements; save one per file "
+                       f"(shape {shape}) and pass each with --measurement")
+    if tuple(y.shape) != shape:
+        raise DPSError(f"measurement file {path} has shape {tuple(y.shape)}, but {op.name} produces {shape}; "
+                       "use the operator that made it (--operator)")
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        raise DPSError(f"measurement file {path} holds {int(bad.sum())} NaN or infinite value(s); it is a bad "
+                       "measurement")
+    return y.to(torch.get_default_dtype())
+
+
+def frame_steps(steps: int, frames: int) -> set[int]:
+    """Step indices i (steps-1 .. 0) at which x0_hat is recorded: ``frames`` evenly spaced, the last included."""
+    if frames <= 0:
+        return set()
+    frames = min(frames, steps)
+    return {round((steps - 1) * (1 - f / max(frames - 1, 1))) for f in range(frames)}
+
+
+class Progress:
+    """One progress bar for a whole command, in steps of work (a method's reported steps per image, or one
+    per image for methods that report none), so that its remaining time holds from the start."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled or total == 0, smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def pending(job: Job, items: Sequence[Item], sink: Sink, ctx: Optional[Context] = None) -> list[Item]:
+    """This process's share of ``items`` (every world-th under torchrun, split before skipping, so the split
+    never depends on timing) that the sink has not finished."""
+    share = shard(list(items), ctx) if ctx is not None else list(items)
+    return [item for item in share if not sink.done(item)]
+
+
+def run_items(job: Job, items: Sequence[Item], sink: Sink, *, batch_size: int = 8, frames: int = 0,
+              progress: Optional[Progress] = None, on_error: Optional[Callable[[Exception], bool]] = None) -> None:
+    """Reconstruct every item of ``items`` (the pending ones: :func:`pending`) in batches and hand each result to
+    the sink. ``frames`` > 0 records x0_hat of sample 0 at that many steps (methods that report progress;
+    others refuse it). ``on_error(exc)`` may claim an exception of a batch (return True: stop quietly)."""
+    if job.spec.execution.threads is not None:
+        set_threads(job.spec.execution.threads)
+    if frames and job.method.progress is None:
+        raise DPSError(f"method {job.method.name} reports no progress, so --progress-frames has nothing to record; "
+                       "leave it out")
+    spec, K = job.spec, job.spec.samples
+    keep = frame_steps(job.steps, frames)
+    shape = tuple(job.prior.event_shape)
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        idx = [it.index for it in batch]
+        recorded: list[torch.Tensor] = []
+
+        def callback(state: dict, n=len(batch)) -> None:
+            if progress is not None:
+                progress.update(n)
+            if state["i"] in keep:  # x0_hat of sample 0 of every image, in data space
+                x0 = job.prior.to_data(state["x0"]).clamp(0, 1).reshape(n, K, *shape)[:, 0]
+                recorded.append(x0.cpu())
+
+        t0 = time.time()
+        try:
+            if batch[0].y is not None:
+                y = torch.stack([it.y for it in batch]).to(job.device)
+            else:
+                y = measure(job.op, job.noise, torch.stack([it.x for it in batch]).to(job.device), spec.seed, idx)
+            res = reconstruct(job.method, job.prior, job.op, y, job.noise, job.settings,
+                              sample_generators(spec.seed, idx, K, job.device), K,
+                              callback=callback if job.method.progress is not None else None,
+                              execution=spec.execution)
+        except Exception as exc:
+            if on_error is not None and on_error(exc):
+                return
+            raise
+        seconds = (time.time() - t0) / len(batch)
+        if job.method.progress is None and progress is not None:
+            progress.update(len(batch))
+        chosen = res.residual.argmin(1) if spec.task.select == "best-residual" else torch.zeros(len(batch), dtype=torch.long)
+        x, residual, y = res.x.cpu(), res.residual.cpu(), y.cpu()
+        for b, item in enumerate(batch):
+            sink.write(item, ItemResult(y=y[b], samples=x[b], residual=residual[b], chosen=int(chosen[b]),
+                                        seconds=seconds, nfe=res.extras["nfe"], device=str(job.device),
+                                        frames=torch.stack([f[b] for f in recorded]) if recorded else None))
