@@ -1,8 +1,14 @@
-"""Shared fixtures: a tiny random 1 x 32 x 32 UNet saved as a dps safetensors file (pipeline tests only)."""
+"""Shared fixtures: a tiny random 1 x 32 x 32 UNet saved as a dps safetensors file (pipeline tests only), and the
+reference checkpoints of ``tests/reference`` written back as raw ``.pt`` state dicts (the real files' format)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
+
+#: the reference data (tests/reference/README.md)
+REFERENCE = Path(__file__).resolve().parent / "reference"
 
 #: create_model keywords of the tiny test network (no attention, two levels).
 TINY = dict(image_size=32, in_channels=1, num_channels=32, channel_mult="1,2", num_res_blocks=1,
@@ -21,3 +27,21 @@ def tiny_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     save_unet_safetensors(path, net)
     return path
+
+
+def reference_tensors(name: str) -> dict:
+    """A reference file's tensors (``name`` without suffix, e.g. "small_adm_io")."""
+    from safetensors.torch import load_file
+
+    return load_file(REFERENCE / f"{name}.safetensors")
+
+
+@pytest.fixture(scope="session")
+def reference_pt(tmp_path_factory):
+    """name -> path of a reference state dict saved as a raw ``.pt`` file, as the published checkpoints are."""
+    folder = tmp_path_factory.mktemp("reference")
+    paths = {}
+    for name in ("small_adm", "small_kernel_wizard"):
+        paths[name] = folder / f"{name}.pt"
+        torch.save(reference_tensors(name), paths[name])
+    return paths

@@ -9,8 +9,7 @@ import torch
 
 from dps.operators.kernel_wizard import KernelWizard, load_kernel_wizard
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-pytestmark = pytest.mark.skipif(not REF.exists(), reason="shared/reference is not beside the repository")
+from conftest import REFERENCE as REF, reference_tensors
 
 
 def test_key_and_shape_parity_with_gopro_manifest() -> None:
@@ -22,10 +21,10 @@ def test_key_and_shape_parity_with_gopro_manifest() -> None:
     assert sum(v.numel() for v in model.state_dict().values()) == manifest["num_parameters"]
 
 
-def test_numerical_parity_with_original_code() -> None:
+def test_numerical_parity_with_original_code(reference_pt) -> None:
     options = json.loads((REF / "small_kernel_wizard_options.json").read_text())
-    model = load_kernel_wizard(REF / "small_kernel_wizard.pt", options)
-    io = torch.load(REF / "small_kernel_wizard_io.pt", weights_only=True)
+    model = load_kernel_wizard(reference_pt["small_kernel_wizard"], options)
+    io = reference_tensors("small_kernel_wizard_io")
     with torch.no_grad():
         out = model.adapt_kernel(io["x"], io["kernel"])
     assert model.latent_shape(128, 128) == tuple(io["kernel"].shape[1:])
@@ -34,7 +33,7 @@ def test_numerical_parity_with_original_code() -> None:
 
 def test_mismatched_state_dict_is_an_error(tmp_path: Path) -> None:
     options = json.loads((REF / "small_kernel_wizard_options.json").read_text())
-    state = torch.load(REF / "small_kernel_wizard.pt", weights_only=True)
+    state = reference_tensors("small_kernel_wizard")
     state.pop("recon_trunk.0.conv1.weight")
     state["extra.weight"] = torch.zeros(1)
     state["adapter.model.up.1.bias"] = torch.zeros(5)

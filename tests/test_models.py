@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ from dps.models import GUIDED_DIFFUSION_PRESETS, CheckpointMismatchError, UNetMo
 from dps.models.loading import save_unet_safetensors
 from dps.models.unet import _qkv_attention
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_ref = pytest.mark.skipif(not (REF / "small_adm.pt").exists(), reason="shared/reference not present")
+from conftest import REFERENCE as REF, reference_tensors
 
 
 def _meta_shapes(config: dict) -> dict:
@@ -22,7 +20,6 @@ def _meta_shapes(config: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ reference parity
-@needs_ref
 @pytest.mark.parametrize("name,preset", [("ffhq_10m", "ffhq256"), ("imagenet256", "imagenet256")])
 def test_manifest_key_and_shape_parity(name, preset):
     manifest = json.loads((REF / f"{name}_manifest.json").read_text())
@@ -35,16 +32,15 @@ def test_manifest_key_and_shape_parity(name, preset):
     assert infer_unet_config(sd) == manifest["config"]
 
 
-@needs_ref
-def test_small_adm_numerical_parity():
-    io = torch.load(REF / "small_adm_io.pt", weights_only=True)
-    prior = load_model(REF / "small_adm.pt", config=REF / "small_adm_config.json")
+def test_small_adm_numerical_parity(reference_pt):
+    io = reference_tensors("small_adm_io")
+    prior = load_model(reference_pt["small_adm"], config=REF / "small_adm_config.json")
     with torch.no_grad():
         out = prior.network(io["x"], io["t"])
     assert out.shape == io["output"].shape == (2, 6, 32, 32)
     assert (out - io["output"]).abs().max().item() <= 1e-5
     # the same through the inferred config (heads given, image size given)
-    prior2 = load_model(REF / "small_adm.pt", config={"image_size": 32, "num_head_channels": 16})
+    prior2 = load_model(reference_pt["small_adm"], config={"image_size": 32, "num_head_channels": 16})
     with torch.no_grad():
         assert torch.equal(prior2.network(io["x"], io["t"]), out)
     # the prior splits eps and the learned-range values
@@ -54,21 +50,19 @@ def test_small_adm_numerical_parity():
     assert prior.event_shape == (3, 32, 32)
 
 
-@needs_ref
-def test_wrong_heads_change_the_output():
+def test_wrong_heads_change_the_output(reference_pt):
     """The head count is not in the weights; a wrong one must give a different network (so we ask)."""
-    io = torch.load(REF / "small_adm_io.pt", weights_only=True)
-    ok = load_model(REF / "small_adm.pt", config={"image_size": 32, "num_head_channels": 16})
-    bad = load_model(REF / "small_adm.pt", config={"image_size": 32, "num_heads": 1})
+    io = reference_tensors("small_adm_io")
+    ok = load_model(reference_pt["small_adm"], config={"image_size": 32, "num_head_channels": 16})
+    bad = load_model(reference_pt["small_adm"], config={"image_size": 32, "num_heads": 1})
     with torch.no_grad():
         assert (ok.network(io["x"], io["t"]) - bad.network(io["x"], io["t"])).abs().max() > 1e-3
     with pytest.raises(ValueError, match="heads cannot be inferred"):
-        load_model(REF / "small_adm.pt", config={"image_size": 32})
+        load_model(reference_pt["small_adm"], config={"image_size": 32})
 
 
-@needs_ref
-def test_mismatched_state_dict_lists_every_problem(tmp_path):
-    sd = torch.load(REF / "small_adm.pt", weights_only=True)
+def test_mismatched_state_dict_lists_every_problem(tmp_path, reference_pt):
+    sd = reference_tensors("small_adm")
     sd.pop("out.2.bias")
     sd["extra.weight"] = torch.zeros(3)
     sd["time_embed.0.weight"] = torch.zeros(128, 16)
@@ -81,7 +75,7 @@ def test_mismatched_state_dict_lists_every_problem(tmp_path):
     assert "time_embed.0.weight checkpoint [128, 16] vs model [128, 32]" in msg
     # a preset that does not fit is refused too, never randomly initialised
     with pytest.raises(CheckpointMismatchError):
-        load_model(REF / "small_adm.pt", config="ffhq256")
+        load_model(reference_pt["small_adm"], config="ffhq256")
 
 
 def test_not_a_unet_state_dict(tmp_path):
