@@ -49,6 +49,14 @@ def test_presets_load_and_build_for_any_size():
     assert load_task("phase_retrieval").select == "best-residual"
 
 
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_shipped_task_solves(tmp_path, model, images, name):
+    """Every task of the catalogue (a YAML file in dps/task_presets is a task) runs end to end."""
+    _solve("--task", name, "--input", images, "--model", model, "--steps", 2, "--out", tmp_path)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["settings"]["task"]["name"] == name and len(record["images"]) == 3
+
+
 def test_solve_folder_is_complete_and_reproducible(tmp_path, model, images):
     common = ["--task", "inpainting_random", "--input", images, "--model", model, "--steps", 3, "--samples", 2]
     _solve(*common, "--out", tmp_path / "a", "--batch-size", 3)

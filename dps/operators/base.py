@@ -151,6 +151,7 @@ class MatrixOperator(LinearOperator):
         self.config = {"in_shape": [A.shape[1]]}
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         return x @ self.matrix.to(x).T
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
