@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,52 +202,6 @@ def test_solve_with_a_comparison_method(tmp_path, model, images):
     r = CliRunner().invoke(main, ["solve", "--task", "phase_retrieval", "--method", "admm_tv", "--input", str(images),
                                   "--model", model, "--out", str(tmp_path / "b")])
     assert r.exit_code != 0 and "linear operator" in r.output
-
-
-PAPER_SETTINGS = Path(__file__).resolve().parents[2] / "shared" / "PAPER_SETTINGS.md"
-COLUMNS = {"SR x4": ["super_resolution"], "inpainting (box, random)": ["inpainting_box", "inpainting_random"],
-           "Gaussian deblur": ["gaussian_blur"], "motion deblur": ["motion_blur"],
-           "phase retrieval": ["phase_retrieval"], "non-uniform deblur": ["nonlinear_blur"]}
-
-
-@pytest.mark.skipif(not PAPER_SETTINGS.exists(), reason="shared/ is not beside the repository")
-def test_step_size_presets_are_the_papers_and_the_authors():
-    """The shipped presets, read back through apply_preset, equal Appendix D.1's table and the authors' config
-    scales as shared/PAPER_SETTINGS.md states them (phase retrieval in the authors' convention: scale / 2)."""
-    import re
-
-    from dps.tasks import STEP_SIZES, apply_preset
-
-    text = PAPER_SETTINGS.read_text()
-    lines = text.split("## Step size zeta'")[1].split("\n\n")[1].splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    expected = {}
-    for row in lines[2:]:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        noise, data = cells[0].lower(), cells[1].lower()
-        for col, value in zip(head[2:], cells[2:]):
-            for task in COLUMNS[col]:
-                expected[(f"paper-{data}", noise, task)] = None if value == "-" else float(value)
-    scales = dict(re.findall(r"(SR|inpainting|Gaussian deblur|motion deblur|phase retrieval|nonlinear deblur) "
-                             r"([0-9]+\.[0-9]+)", text.split("set `scale`")[1].split("\n\n")[0]))
-    names = {"SR": ["super_resolution"], "inpainting": ["inpainting_box", "inpainting_random"],
-             "Gaussian deblur": ["gaussian_blur"], "motion deblur": ["motion_blur"],
-             "phase retrieval": ["phase_retrieval"], "nonlinear deblur": ["nonlinear_blur"]}
-    for key, value in scales.items():
-        for task in names[key]:
-            for noise in ("gaussian", "poisson"):
-                expected[("authors", noise, task)] = float(value) / (2 if task == "phase_retrieval" else 1)
-    assert len(expected) == 3 * 7 + 2 * 7  # 3 table rows of 7 tasks and the authors' 7 tasks, both noises
-    for (preset, noise, task), value in expected.items():
-        base = load_task(task, raw=True)
-        base = type(base)(base.name, base.operator, "gaussian:0.025" if noise == "gaussian" else "poisson:1.0",
-                          base.dps, base.select)
-        if value is None:
-            with pytest.raises(ValueError, match="no step size"):
-                apply_preset(base, preset)
-        else:
-            assert apply_preset(base, preset).dps_config().zeta == value, (preset, noise, task)
-    assert set(STEP_SIZES) == {"paper-ffhq", "paper-imagenet", "authors"}
 
 
 def test_presets_on_the_command_line(tmp_path, model, images):

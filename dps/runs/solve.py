@@ -153,6 +153,8 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DPSError(f"input names must be unique (file stems name the outputs); repeated: {', '.join(dup)}")
     items, failed = _read_inputs(files, images is not None, job, resize, convert_channels)
+    if not items:  # nothing to solve: say why before any folder is made
+        raise DPSError(f"none of the {len(files)} input(s) can be used: " + " | ".join(failed))
 
     key = {**spec.key(), "image_shape": list(prior.event_shape), "operator": operator_digest(job.op)}
     initial = {"method_settings": settings_record(job.settings), "noise": repr(job.noise),
