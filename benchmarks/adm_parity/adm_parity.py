@@ -1,7 +1,7 @@
-"""Max abs difference of our UNet's forward(x, t) from the original code's output on shared/reference/small_adm
-(float32, and float64 against the float32 reference), and the manifest key/shape parity counts.
+"""Max abs difference of our UNet's forward(x, t) from the original code's output on a small ADM network
+(small_adm; float32, and float64 against the float32 reference), and the manifest key/shape parity counts.
 
-    python benchmarks/adm_parity.py [path/to/shared/reference]
+    python benchmarks/adm_parity/adm_parity.py [REFERENCE_DIR]
 """
 from __future__ import annotations
 

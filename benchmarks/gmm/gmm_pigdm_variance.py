@@ -23,8 +23,8 @@ import dps.solvers.pigdm as pigdm_module
 from dps.bench.gmm import gmm_problem, sliced_wasserstein
 from dps.noise import GaussianNoise
 from dps.operators import MatrixOperator
-from dps.solvers.dps import DPSConfig
 from dps.solvers.methods import reconstruct
+from dps.solvers.pigdm import PiGDMSettings
 
 SHIPPED = pigdm_module.pigdm_score
 
@@ -79,9 +79,8 @@ def main() -> None:
                 pigdm_module.pigdm_score = score_for(mode, s2)
                 exact = pb.posterior().sample(2000, torch.Generator().manual_seed(10_000 + seed))
                 op, noise = MatrixOperator(pb.A), GaussianNoise(min(pb.sigma_y, 1.0))
-                x = reconstruct("pigdm", pb.prior, op, pb.y[None], noise, DPSConfig(steps=args.steps),
-                                torch.Generator().manual_seed(30_000 + seed), num_samples=2000, steps=args.steps,
-                                eta=args.eta).x[0]
+                x = reconstruct("pigdm", pb.prior, op, pb.y[None], noise, PiGDMSettings(steps=args.steps, eta=args.eta),
+                                torch.Generator().manual_seed(30_000 + seed), num_samples=2000).x[0]
                 dist.append(sliced_wasserstein(x, exact, generator=torch.Generator().manual_seed(20_000 + seed)))
             cells.append(sum(dist) / len(dist))
         pigdm_module.pigdm_score = SHIPPED

@@ -1,7 +1,7 @@
 """The lean VJP of our UNet against autograd's own layers: floor time (forward + VJP to x), peak tensor memory
-and the largest gradient difference, with and without block checkpointing (issue 13).
+and the largest gradient difference, with and without block checkpointing.
 
-    python benchmarks/lean_vjp.py [--model default | --arch ffhq256] [--size 64,128] [--repeats 5] [--threads 2]
+    python benchmarks/lean_vjp/lean_vjp.py [--model default | --arch ffhq256] [--size 64,128] [--repeats 5] [--threads 2]
         [--device cuda]
 
 Times are medians of interleaved repeats (lean, plain, lean, plain, ...): run it on idle cores. Memory is
@@ -17,6 +17,7 @@ import time
 import torch
 
 from dps.bench.speed import PeakMemory, random_prior
+from dps.execution import device_name
 from dps.models.loading import load_model
 
 
@@ -77,8 +78,6 @@ def main() -> None:
     else:
         for size in (int(s) for s in args.size.split(",")):
             cases.append((f"{args.arch} at {size} px", random_prior(args.arch, size).network, (3, size, size)))
-    from dps.bench.speed import device_name
-
     print(f"{device_name(torch.device(args.device))}; torch {torch.__version__}; floor = forward + VJP to x, batch 1\n")
     print("| network | ckpt | plain ms | lean ms | lean / plain | plain MiB | lean MiB | memory plain / lean | "
           "max grad difference (relative) |")

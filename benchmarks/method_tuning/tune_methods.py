@@ -1,16 +1,20 @@
 """Choose a method's settings on TRAINING digits (never the held-out ones the benchmarks report on).
 
-    python scripts/tune_methods.py --method diffpir --nfe 100 --grid "lam=1,7;zeta=0.3,1" [--n 8] [--tasks ...]
+    python benchmarks/method_tuning/tune_methods.py --method diffpir --nfe 100 --grid "lam=1,7;zeta=0.3,1" \
+        [--n 8] [--tasks ...]
 
 For every combination of the grid (``name=v1,v2;name2=...``), prints per demo task the mean PSNR of one
 sample over n training digits at the method's budget of ``--nfe`` network evaluations (its
 ``Method.at_budget``; the grid's settings override the budget's), and the best combination per task and
-overall (by mean PSNR over the tasks the method applies to). A name that is a keyword of the method's
-function sets that setting (DiffPIR's ``zeta``, DAPS's ``tau``); other names that are DPSConfig fields
-(``zeta``, ``step_rule``, ``sampler``, ``eta``, ...) set the config; ``cfg.NAME`` always sets the config.
-Values that are not numbers stay strings, e.g. ``--method dps --grid "step_rule=paper,variance;sampler=ddpm,ddim"``.
-``zeta_scale`` = m runs DPS with m times the task's zeta' at every step, with no step-count scaling, e.g.
-``--method dps --nfe 50 --grid "zeta_scale=1,2.24,5,10"`` (benchmarks/step_scaling.md).
+overall (by mean PSNR over the tasks the method applies to). Every name is a field of the method's own
+settings dataclass (``METHODS[name].settings``: ``DPSConfig`` for DPS with ``zeta``, ``step_rule``,
+``sampler``, ``eta``, ...; DiffPIR's ``lam`` and ``zeta``; DAPS's ``tau``, ``levels``, ``ode_steps``; ...), set
+with ``dataclasses.replace``. Values that are not numbers stay strings, e.g. ``--method dps --grid
+"step_rule=paper,variance;sampler=ddpm,ddim"``. ``zeta_scale`` = m runs DPS (or MCG) with m times the task's
+zeta' at every step, with no step-count scaling, e.g. ``--method dps --nfe 50 --grid
+"zeta_scale=1,2.24,5,10"`` (benchmarks/step_scaling/README.md). Methods that follow the task (DPS, MCG,
+Score-SDE) start from the task's ``dps`` block, the others from their defaults; methods without a network
+ignore ``--nfe``.
 ``--bench-tasks`` tunes on the shipped tasks that ``dps bench images`` runs (their own noise, steps and
 preset zeta') instead of the demo's, e.g. ``--bench-tasks --tasks inpainting_random``.
 """
@@ -18,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import itertools
 
 import torch
 
 from dps.data.digits import digits_split
 from dps.runs.demo import demo_tasks
-from dps.errors import Diverged
+from dps.errors import Diverged, DPSError
 from dps.metrics import psnr
 from dps.models.loading import load_model
-from dps.solvers.dps import DPSConfig
 from dps.solvers.methods import get_method, reconstruct
 from dps.tasks import build_operator, load_task
 
@@ -49,21 +51,19 @@ def _grid(text: str) -> list[dict]:
     return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
 
 
-def _split(combo: dict, method) -> tuple[dict, dict]:
-    """(DPSConfig fields, the method's own settings) of one grid combination: a keyword of the method's
-    function is its setting even where DPSConfig has a field of that name (DiffPIR's zeta is its noise
-    mix, DPSConfig's zeta DPS's step size); ``cfg.NAME`` forces the config."""
-    own_names = set(inspect.signature(method.fn).parameters)
-    fields = {f.name for f in dataclasses.fields(DPSConfig)}
-    cfg, own = {}, {}
-    for k, v in combo.items():
-        if k.startswith("cfg."):
-            cfg[k[4:]] = v
-        elif k in own_names or k not in fields:
-            own[k] = v
-        else:
-            cfg[k] = v
-    return cfg, own
+def _apply(settings, combo: dict):
+    """``settings`` with one grid combination applied (``zeta_scale``: m times zeta' per step, unscaled)."""
+    combo = dict(combo)
+    if "zeta_scale" in combo:
+        scale = combo.pop("zeta_scale")
+        if not hasattr(settings, "reference_steps"):
+            raise DPSError(f"zeta_scale needs a method with DPS's step size (dps, mcg), not {type(settings).__name__}")
+        settings = dataclasses.replace(settings, zeta=settings.zeta * scale, reference_steps=None)
+    names = {f.name for f in dataclasses.fields(settings)}
+    unknown = sorted(set(combo) - names)
+    if unknown:
+        raise DPSError(f"{', '.join(unknown)}: not a setting of {type(settings).__name__} ({', '.join(sorted(names))})")
+    return dataclasses.replace(settings, **combo)
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
     x, _ = digits_split("train")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     table: dict[str, dict[str, float]] = {}
-    # the demo's tasks at the 250 steps their zeta' were chosen at; a budget of N keeps that meaning (DPSConfig.at_steps)
+    # the demo's tasks at the 250 steps their zeta' were chosen at; a budget of N keeps that meaning (at_steps)
     names = args.tasks.split(",") if args.tasks else None
     if args.bench_tasks:
         if not names:
@@ -96,16 +96,13 @@ def main() -> None:
         if method.why_not(op, noise):
             continue
         y = noise(op(x), torch.Generator().manual_seed(0))
+        base = method.default_settings(task.dps_config(method.step_size) if method.from_task else None)
+        base = method.run_settings(base, args.nfe if method.budget is not None else None)
         for combo in _grid(args.grid):
-            cfg, settings = method.at_budget(args.nfe, task.dps_config())
-            cfg_part, own = _split(combo, method)
-            cfg = dataclasses.replace(cfg, **cfg_part)
-            if "zeta_scale" in own:
-                cfg = dataclasses.replace(cfg, zeta=cfg.zeta * own.pop("zeta_scale"), reference_steps=None)
-            settings = {**settings, **own}
+            settings = _apply(base, combo)
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
             try:
-                score = float(psnr(reconstruct(method, prior, op, y, noise, cfg, gens, **settings).x[:, 0], x).mean())
+                score = float(psnr(reconstruct(method, prior, op, y, noise, settings, gens).x[:, 0], x).mean())
             except Diverged:
                 score = float("nan")
             key = ",".join(f"{k}={v}" for k, v in combo.items()) or "defaults"
@@ -117,4 +114,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DPSError as exc:  # a bad grid name or value: one line, as the CLI says it
+        raise SystemExit(f"error: {exc}") from None

@@ -1,13 +1,14 @@
 """PSNR of DPS with the network in reduced precision against float32, on the demo's tasks.
 
-    python benchmarks/precision.py --out out/precision [--precisions fp32,bf16] [--n 8] [--steps 250]
+    python benchmarks/precision/precision.py --out out/precision [--precisions fp32,bf16] [--n 8] [--steps 250]
         [--tasks super_resolution,...] [--device cuda]
 
-Every task of the demo (`dps.demo.DEMO_VARIANTS`) on the first n held-out digits, one sample each with the
-same seeds in every precision (so the difference is paired), `DPSConfig.precision` set as given. The column
-``fp32-reseed`` is the control: float32 with other seeds, i.e. how far two draws of the same posterior lie
-apart; on multimodal tasks (box inpainting) any perturbation, a reduced precision included, can move a
-sample to another mode, and only a difference beyond this control is one that precision causes. Writes
+Every task of the demo (`dps.runs.demo.DEMO_VARIANTS`) on the first n held-out digits, one sample each with
+the same seeds in every precision (so the difference is paired), the network run in the given precision
+(`execution=dps.execution.Execution(precision=...)`). The column ``fp32-reseed`` is the control: float32
+with other seeds, i.e. how far two draws of the same posterior lie apart; on multimodal tasks (box
+inpainting) any perturbation, a reduced precision included, can move a sample to another mode, and only a
+difference beyond this control is one that precision causes. Writes
 OUT/precision.md and OUT/precision.json (rewritten after every run; a rerun computes only missing runs):
 mean PSNR per task and column, the difference to the first column and the mean absolute per-image
 difference, and the seconds per task.
@@ -15,7 +16,6 @@ difference, and the seconds per task.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dps.data.digits import digits_split
+from dps.execution import Execution
 from dps.runs.demo import demo_tasks
 from dps.metrics import psnr
 from dps.models.loading import load_model
@@ -54,11 +55,11 @@ def main() -> None:
         for p in precisions:
             if p in results.get(variant.name, {}) and len(results[variant.name][p]["psnr"]) == len(x):
                 continue
-            cfg = dataclasses.replace(task.dps_config(), precision=p.removesuffix("-reseed"))
+            execution = Execution(device=str(device), precision=p.removesuffix("-reseed"))
             offset = 1000 if p.endswith("-reseed") else 0
             gens = [torch.Generator(device=device).manual_seed(100 + offset + k) for k in range(len(x))]
             start = time.perf_counter()
-            rec = reconstruct("dps", prior, op, y, noise, cfg, gens)
+            rec = reconstruct("dps", prior, op, y, noise, task.dps_config(), gens, execution=execution)
             seconds = time.perf_counter() - start
             scores = psnr(rec.x[:, 0], x).cpu()
             results.setdefault(variant.name, {})[p] = {"psnr": scores.tolist(), "seconds": seconds}

@@ -1,13 +1,14 @@
 """Quality per compute: every method at about 50, 100, 250 and 1000 network evaluations per sample.
 
-    python benchmarks/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
+    python benchmarks/quality_per_compute/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
         [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."] [--with-rows OLD/rows.json]
 
 For each budget it runs ``dps bench images --nfe N`` (resumable; one folder per budget, phase retrieval in
 its own folder with the paper's best of 4 samples by residual, the other tasks one sample) on the held-out
 digits, then writes ``OUT/quality_per_compute.md`` (mean PSNR / digit accuracy per method, task and budget,
 with the counted evaluations and seconds per image, and per task the smallest budget at which some method
-reaches 1000-evaluation DPS's PSNR) and ``OUT/quality_per_compute.png`` (PSNR against evaluations).
+reaches 1000-evaluation DPS's PSNR), ``OUT/quality_per_compute.png`` (PSNR against evaluations) and
+``OUT/rows.json`` (every row of the report).
 """
 from __future__ import annotations
 
@@ -18,19 +19,31 @@ from pathlib import Path
 LINEAR_TASKS = "super_resolution,inpainting_box,inpainting_random,gaussian_blur,motion_blur"
 
 
+def _settings(methods: list[str], tasks: list[str], n: int, seed: int, nfe: int, samples: int):
+    from dps.runs.bench import BenchSettings
+    from dps.runs.spec import Overrides
+
+    return BenchSettings(methods=methods, tasks=tasks, n=n,
+                         overrides=Overrides(nfe=nfe, seed=seed, samples=samples, model="default"))
+
+
+def _groups(tasks: list[str]) -> list[tuple[list[str], int, str]]:
+    """(tasks, samples K, folder suffix): phase retrieval with the paper's best of 4 by residual in its own
+    folder, the other tasks one sample."""
+    return [([t for t in tasks if t != "phase_retrieval"], 1, ""), ([t for t in tasks if t == "phase_retrieval"], 4, "_pr")]
+
+
 def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int, note: str) -> list[dict]:
     """Every budget in turn; the report is rewritten after each, so an interrupted run leaves one."""
-    from dps.evaluation.runner import BenchSettings, run_bench
+    from dps.runs.bench import run_bench
 
     rows = []
-    groups = [([t for t in tasks if t != "phase_retrieval"], 1), ([t for t in tasks if t == "phase_retrieval"], 4)]
     for nfe in budgets:
-        for group, samples in groups:
+        for group, samples, suffix in _groups(tasks):
             if not group:
                 continue
-            folder = out / (f"nfe{nfe}" + ("_pr" if samples > 1 else ""))
-            settings = BenchSettings(methods=methods, tasks=group, n=n, seed=seed, nfe=nfe, samples=samples)
-            table = run_bench(settings, folder, progress=False)
+            folder = out / f"nfe{nfe}{suffix}"
+            table = run_bench(_settings(methods, group, n, seed, nfe, samples), folder, progress=False)
             rows += [{**r, "budget": nfe} for r in table["rows"] if r.get("psnr") is not None]
             print(f"done nfe={nfe} tasks={','.join(group)}", flush=True)
         write(out, rows, budgets, note)
@@ -40,24 +53,25 @@ def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: 
 def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int) -> list[dict]:
     """Rows of the (method, task) pairs that an earlier, interrupted run finished (every image written), without
     computing anything: how a long run's finished part is reported before it completes."""
-    from dps.evaluation.runner import BenchSettings, _load_data, aggregate
+    from dps.execution import Execution
     from dps.models.loading import load_model
+    from dps.runs.bench import _load_data, bench_specs
+    from dps.runs.layout import BenchLayout
+    from dps.runs.tables import aggregate
 
     shape = tuple(load_model("default").event_shape)
+    execution = Execution()  # nothing runs: the tables only read the folders
     rows = []
     for nfe in budgets:
-        for suffix in ("", "_pr"):
-            folder = out / f"nfe{nfe}{suffix}"
-            group = [t for t in tasks if (t == "phase_retrieval") == (suffix == "_pr")]
-            settings = BenchSettings(methods=methods, tasks=group, n=n, seed=seed, nfe=nfe)
-            x_all, names, labels, _ = _load_data(settings, shape)
+        for group, samples, suffix in _groups(tasks):
+            layout = BenchLayout(out / f"nfe{nfe}{suffix}")
+            items, labels, _ = _load_data(_settings(methods, group, n, seed, nfe, samples), shape)
             for m in methods:
                 for t in group:
-                    pair = folder / "results" / m / t
-                    if pair.is_dir() and all((pair / f"{name}.json").exists() for name in names):
-                        one = BenchSettings(methods=[m], tasks=[t], n=n, seed=seed, nfe=nfe)
-                        rows += [{**r, "budget": nfe} for r in aggregate(folder, one, [t], x_all, names, labels)["rows"]
-                                 if r.get("psnr") is not None]
+                    if all(layout.result(m, t, it.name, ".json").exists() for it in items):
+                        one = _settings([m], [t], n, seed, nfe, samples)
+                        table = aggregate(layout, bench_specs(one, execution), items, labels, one)
+                        rows += [{**r, "budget": nfe} for r in table["rows"] if r.get("psnr") is not None]
     return rows
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU speed check (issue 13), ready to run on any CUDA machine with this repository installed:
+# The GPU speed check, ready to run on any CUDA machine with this repository installed:
 #
-#     bash benchmarks/speed_gpu.sh OUT
+#     bash benchmarks/speed_gpu/speed_gpu.sh OUT
 #
 # For the ffhq256 and imagenet256 guided-diffusion architectures (random weights: their speed and memory
 # without the checkpoint files), batch 1 and K = 4 samples, fp32 and bf16, torch.compile off and then on, it
@@ -13,7 +13,7 @@
 #
 # Overrides (e.g. a smoke test on a CPU): ARCHS="ffhq256" SIZE=64 DEVICE=cpu COMPILE=off PRECISION=fp32.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/speed_gpu.sh OUT}
+out=${1:?usage: bash benchmarks/speed_gpu/speed_gpu.sh OUT}
 mkdir -p "$out"
 archs=${ARCHS:-"ffhq256 imagenet256"}
 device=${DEVICE:-cuda}
