@@ -1,7 +1,7 @@
 """The spread of `dps demo`'s figures over seeds: the README's demo table.
 
     dps demo --out out/demo --seed 0; dps demo --out out/demo_seed1 --seed 1; dps demo --out out/demo_seed2 --seed 2
-    python scripts/demo_spread.py out/demo out/demo_seed1 out/demo_seed2
+    python benchmarks/demo_spread/demo_spread.py out/demo out/demo_seed1 out/demo_seed2
 
 A seed changes the operator's random draws, the noise and the samples (dps.seeds); the digits are the
 same. Floating-point sums also differ with the number of threads, so one run's figure is one draw from

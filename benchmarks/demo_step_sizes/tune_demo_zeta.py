@@ -1,6 +1,6 @@
 """Choose the demo's zeta' per task on TRAINING digits (never the held-out ones the demo reports on).
 
-    python scripts/tune_demo_zeta.py [--model default] [--steps 250] [--n 8] [--grid 0.3,1,3] [--rule paper]
+    python benchmarks/demo_step_sizes/tune_demo_zeta.py [--model default] [--steps 250] [--n 8] [--grid 0.3,1,3] [--rule paper]
 
 Prints, per task and zeta', the mean PSNR of one DPS sample over n training digits, and the best zeta'.
 """

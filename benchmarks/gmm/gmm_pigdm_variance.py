@@ -1,7 +1,7 @@
 """Pi-GDM on the GMM benchmark with other choices of r_t^2 (the variance of its Gaussian p(x_0 | x_t)): the
-"Pi-GDM variants tried (not adopted)" rows of benchmarks/gmm.md (canonical problems, seeds 0-4, 2,000 samples).
+"Pi-GDM variants tried (not adopted)" rows of benchmarks/gmm/README.md (canonical problems, seeds 0-4, 2,000 samples).
 
-    python benchmarks/gmm_pigdm_variance.py --r2 paper,data,jacobian --steps 100 --dim 8
+    python benchmarks/gmm/gmm_pigdm_variance.py --r2 paper,data,jacobian --steps 100 --dim 8
 
 - ``paper``: r_t^2 = 1 - abar_t, exact for unit-variance data and for one mixture component (what ships);
 - ``data``: r_t^2 = s^2 (1 - abar_t) / (abar_t s^2 + 1 - abar_t), exact for Gaussian data of the mixture's

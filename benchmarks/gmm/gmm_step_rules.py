@@ -1,8 +1,8 @@
-"""Reproduce the "rules tried (not adopted)" rows of benchmarks/gmm.md (canonical problems, seeds 0-4).
+"""Reproduce the "rules tried (not adopted)" rows of benchmarks/gmm/README.md (canonical problems, seeds 0-4).
 
-    python benchmarks/gmm_step_rules.py --rule beta-abs --steps 100 --zeta 1,2,4
-    python benchmarks/gmm_step_rules.py --rule likelihood-sde --steps 100 --zeta 0.3,1
-    python benchmarks/gmm_step_rules.py --rule likelihood-sde-damped --steps 100 --zeta 1,3
+    python benchmarks/gmm/gmm_step_rules.py --rule beta-abs --steps 100 --zeta 1,2,4
+    python benchmarks/gmm/gmm_step_rules.py --rule likelihood-sde --steps 100 --zeta 0.3,1
+    python benchmarks/gmm/gmm_step_rules.py --rule likelihood-sde-damped --steps 100 --zeta 1,3
 
 Each rule is a :class:`dps.solvers.dps.StepRule` passed in ``DPSConfig(step_rule=...)`` (an experiment, not a
 shipped option).

@@ -1,6 +1,6 @@
 """How far the authors' phase-retrieval measurement is from ours (README, "Measurement models").
 
-    python benchmarks/phase_retrieval_conventions.py
+    python benchmarks/phase_retrieval_conventions/phase_retrieval_conventions.py
 
 For the same padding size (the authors' int(2.0 / 8 * H)), it prints the relative L2 difference between
 the authors' measurement in [0, 1] units, auth(2x - 1) / 2 = |F pad_0(x - 1/2)|, and ours, |F pad_0(x)|:

@@ -1,7 +1,7 @@
 """Paired comparison of two `dps bench images` folders on the images both finished: mean PSNR of each, the
 mean per-image difference and its 95% interval (1.96 standard errors of the differences).
 
-    python benchmarks/paired_psnr.py A_FOLDER B_FOLDER --task inpainting_random [--method dps] [--method-b dps]
+    python benchmarks/quality_per_compute/paired_psnr.py A_FOLDER B_FOLDER --task inpainting_random [--method dps] [--method-b dps]
 
 Each folder is a `dps bench images` output (results/<method>/<task>/<image>.json); the same image under the
 same seed has the same measurement in both, so the difference removes the spread between images, which on

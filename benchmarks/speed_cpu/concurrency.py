@@ -1,6 +1,6 @@
 """Two processes on one machine: does each keep its single-process speed? (`dps bench speed` in each.)
 
-    python benchmarks/concurrency.py --out out/concurrency [--procs 2] [-- extra `dps bench speed` options]
+    python benchmarks/speed_cpu/concurrency.py --out out/concurrency [--procs 2] [-- extra `dps bench speed` options]
 
 Runs `dps bench speed` (the embedded model by default) three ways and writes OUT/concurrency.md:
 
