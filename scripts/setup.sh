@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# Install the CPU wheel of torch first (it lies on these machines' disk); a bare `torch` requirement
-# with no torch installed would pull a multi-GB CUDA build.
+# Install the pinned torch first (the CPU wheel where pip is configured to find one); a bare `torch`
+# requirement with no torch installed would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test,diffusers]"
