@@ -18,8 +18,8 @@ def default_threads() -> int | None:
     """Intra-op threads this process should use: the CPU cores divided by the processes on this machine
     (``LOCAL_WORLD_SIZE``, set by torchrun) when there is more than one, else None (torch's default).
 
-    Two processes that each keep torch's default pool (all cores) on a 2-core machine ran 5x slower than
-    with one thread each (measured), so processes that share a machine must split its cores."""
+    Processes that each keep torch's default pool (all cores) slow each other down several times over
+    (``benchmarks/speed_cpu/``, concurrency), so processes that share a machine split its cores."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if local_world <= 1:
         return None

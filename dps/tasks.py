@@ -158,7 +158,7 @@ class Task:
 #: the step-size presets (``dps/task_presets/step_sizes.yaml``): name -> {noise kind or "any": {task: zeta'},
 #: "operator": {task: operator overrides}, "noise": {task: noise}}.
 STEP_SIZES: dict[str, dict] = load_mapping_file(PRESET_DIR / "step_sizes.yaml", "step-size presets")
-#: the preset a task without dps.zeta takes (the paper's FFHQ values; README "Step-size presets" says why).
+#: the preset a task without dps.zeta takes (the paper's FFHQ values; the documentation's Tasks page says why).
 DEFAULT_PRESET = "paper-ffhq"
 
 

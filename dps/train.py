@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
     writer = csv.writer(log)
     if log_path.stat().st_size == 0:
         writer.writerow(["step", "loss", "ema_loss", "wall_s"])
-    t0 = time.time() - wall0  # wall time is cumulative over resumed sessions
+    t0 = time.time() - wall0  # wall time is cumulative over resumed runs
     net.train()
     try:
         while step < cfg.steps:

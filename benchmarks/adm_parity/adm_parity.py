@@ -1,21 +1,28 @@
 """Max abs difference of our UNet's forward(x, t) from the original code's output on a small ADM network
 (small_adm; float32, and float64 against the float32 reference), and the manifest key/shape parity counts.
 
-    python benchmarks/adm_parity/adm_parity.py [REFERENCE_DIR]
+    python benchmarks/adm_parity/adm_parity.py [REFERENCE_DIR]    # default: tests/reference
+
+The reference state dict is loaded as the published checkpoints are: written as a raw ``.pt`` file and
+passed to ``load_model``.
 """
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from dps.models import UNetModel, load_model
 
-ref = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "reference"
-io = torch.load(ref / "small_adm_io.pt", weights_only=True)
-prior = load_model(ref / "small_adm.pt", config=ref / "small_adm_config.json")
+ref = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "tests" / "reference"
+io = load_file(ref / "small_adm_io.safetensors")
+with tempfile.TemporaryDirectory() as tmp:
+    torch.save(load_file(ref / "small_adm.safetensors"), Path(tmp) / "small_adm.pt")
+    prior = load_model(Path(tmp) / "small_adm.pt", config=ref / "small_adm_config.json")
 with torch.no_grad():
     d32 = (prior.network(io["x"], io["t"]) - io["output"]).abs().max().item()
     net64 = prior.network.double()

@@ -18,7 +18,7 @@ from ..priors.analytic import GaussianMixturePrior
 from ..solvers.dps import DPSConfig
 
 #: The documented zeta' of each step rule on this benchmark (one value for every cell and step count;
-#: benchmarks/gmm.md has the studies behind them), given for GMM_REFERENCE_STEPS steps (rules "paper" and
+#: benchmarks/gmm/ has the studies behind them), given for GMM_REFERENCE_STEPS steps (rules "paper" and
 #: "beta" scale it by sqrt(GMM_REFERENCE_STEPS / N) at N steps, DPSConfig.at_steps; "variance" scales through
 #: beta_i).
 GMM_DEFAULT_ZETA = {"paper": 0.2, "beta": 0.2, "variance": 4.0}

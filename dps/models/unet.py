@@ -3,7 +3,7 @@
 It reproduces the module tree, the state-dict keys and the numerics of openai/guided-diffusion's
 ``UNetModel`` (the network the DPS checkpoints ``ffhq_10m.pt`` and ``imagenet256.pt`` were trained
 with), so that those raw state dicts load with ``strict=True`` and ``forward(x, timesteps)`` returns what
-the original returns. Facts this must match (checked against ``shared/reference/small_adm*``):
+the original returns. Facts this must match (checked against the original's outputs in ``tests/reference``):
 
 * timestep embedding: sinusoidal on the integer step index, ``[cos(t f), sin(t f)]`` with
   ``f_k = 10000^(-k / (d/2))``, then Linear -> SiLU -> Linear to ``4 * model_channels``;
@@ -384,10 +384,8 @@ class UNetModel(nn.Module):
     input, middle and output block keeps only its inputs and is recomputed in the backward pass
     (``torch.utils.checkpoint``, non-reentrant), for about one more forward pass of time; outputs and
     gradients are unchanged. ``lean`` (below) lowers what each block keeps and what its recomputation
-    allocates. Peak tensor memory of a DPS step at 256 px (ffhq256, K = 1, ``benchmarks/speed_cpu/memory256*``):
-    1722 MiB with autograd's own layers, 820 MiB lean, 642 MiB checkpointed, 546 MiB lean and checkpointed
-    (3.15x less than the first). What remains is every block's input (the skip connections need them anyway), their
-    gradients and one block's recomputation.
+    allocates (the peak memory of each combination: ``benchmarks/speed_cpu/``). What remains is every block's
+    input (the skip connections need them anyway), their gradients and one block's recomputation.
     """
 
     def __init__(self, config: UNetConfig | dict) -> None:
@@ -454,11 +452,9 @@ class UNetModel(nn.Module):
         """The lean VJP: when the weights are frozen and a graph to x is recorded (a DPS step), convolutions
         keep no input and each norm -> SiLU keeps only the norm's input (recomputing the rest in the backward
         pass), and a skip connection's gradient does not hold the concatenated one; the gradient is the same
-        (tested to 1e-6 relative). At 256 px (ffhq256) it halves the VJP's memory (1722 -> 820 MiB per
-        sample) at no measured time cost. ``None`` (default): on for inputs of at least
-        :data:`LEAN_MIN_PIXELS` pixels (128 x 128), where its per-layer Python overhead is not measurable (floor
-        time lean / plain on 2 CPU threads: 1.17 on the 32-px digits, 1.04 at 64 px, 1.00 at 128 px;
-        ``benchmarks/lean_vjp.py``); True / False: always / never."""
+        (tested to 1e-6 relative), in about half the memory. ``None`` (default): on for inputs of at least
+        :data:`LEAN_MIN_PIXELS` pixels (128 x 128), where its per-layer Python overhead no longer shows
+        (``benchmarks/lean_vjp/``); True / False: always / never."""
         return self._lean
 
     @lean.setter

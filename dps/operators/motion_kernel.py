@@ -1,5 +1,6 @@
-"""Random-trajectory motion-blur kernels, as in the ``motionblur`` code that DPS's experiments used
-(algorithm described in ``shared/MOTION_BLUR.md``; this is our own implementation).
+"""Random-trajectory motion-blur kernels, as in the public ``motionblur`` code (Levi Borodenko) that DPS's
+experiments used; this is our own implementation of its algorithm: a random path of Beta-distributed steps
+and jittered angles, drawn on a double-size canvas, blurred, resized (Lanczos) and normalised.
 
 All randomness comes from one ``numpy.random.Generator``, so a seed fixes the kernel.
 """

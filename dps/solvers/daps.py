@@ -14,9 +14,7 @@ Levels and ODE steps follow the EDM polynomial spacing (rho = 7) in sigma, round
 timesteps (:func:`~dps.diffusion.schedule.edm_timesteps`). The budget is about ``levels x ode_steps``
 network forwards (ODE steps that round to one timestep are made once): the paper's configurations are
 :data:`DAPS_PRESETS` (DAPS-1K = 200 x 5, the paper's default). Our default is 1000 levels x 1 ODE step, the
-budget rule :func:`daps_budget` at 1000: on the held-out digits it gave 32.5 dB on phase retrieval, 27.8 on
-box and 25.4 on random inpainting against 30.6 / 23.5 / 22.1 for DAPS-1K, level on SR and the Gaussian blur
-and 0.8 dB behind on motion blur (``benchmarks/quality_per_compute.md``).
+budget rule :func:`daps_budget` at 1000, which beat DAPS-1K on the digits (``benchmarks/method_tuning/``).
 
 Langevin step size (ours; the paper's lr is in the units of its [-1, 1] images and its tau): at level j
     eta_j = lr * (1 + j / (levels - 1) (lr_min_ratio - 1)) / L_j,   L_j = a^2 ||A||^2 / tau^2 + 1 / r_j^2,
@@ -25,9 +23,8 @@ by power iteration: once, exactly, for a linear A; for a nonlinear A at every le
 iterations times a safety factor 1.5, as its Jacobian changes with x: 0.3 at a grey image and 20-26 at
 digits for the nonlinear blur), decaying linearly to
 ``lr_min_ratio`` of itself as in the paper. tau, the likelihood's standard deviation, is 0.01 (data units)
-by default, below the noise level as in the paper (0.01 on its [-1, 1] measurements): on 4 TRAINING digits
-at 1000 evaluations it gives 26.8 dB on phase retrieval and 26.3 dB on SR against 20.1 / 24.3 dB with tau =
-sigma_y = 0.05 (`python scripts/tune_methods.py --method daps --nfe 1000 --grid "tau=0.05,0.01"`).
+by default, below the noise level as in the paper (0.01 on its [-1, 1] measurements), which was better than
+tau = sigma_y on training digits (``benchmarks/method_tuning/``).
 ``tau=None`` uses the noise model's sigma, the exact likelihood (the GMM benchmark's protocol, where the
 target is the exact posterior). tau is at least 1e-3.
 """
@@ -55,11 +52,8 @@ DAPS_PRESETS: dict[str, tuple[int, int]] = {"daps-100": (50, 2), "daps-1k": (200
 def daps_budget(nfe: int) -> dict:
     """(levels, ode_steps) for ``nfe`` network forwards: one ODE step per level (x0_hat is Tweedie's
     estimate), so the budget buys annealing levels. Not the paper's proportions (DAPS-1K = 200 x 5, in
-    :data:`DAPS_PRESETS`): on 8 training digits at 250 forwards (one sample each, ``python
-    scripts/tune_methods.py --method daps --nfe 250 --grid "levels=L;ode_steps=S"``) the mean PSNR over the
-    demo tasks was 23.97 (50 x 5), 26.07 (125 x 2), 26.18 (250 x 1); phase retrieval 20.67 / 27.80 / 32.64,
-    random inpainting 13.99 / 18.92 / 17.91. 125 x 2 was ahead of 250 x 1 on five of the seven tasks, by
-    0.1-1.7 dB; 250 x 1 on phase retrieval by 4.8 dB."""
+    :data:`DAPS_PRESETS`): one step per level was best at 250 forwards on training digits
+    (``benchmarks/method_tuning/``)."""
     return {"levels": max(1, nfe), "ode_steps": 1}
 
 

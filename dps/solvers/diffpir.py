@@ -10,11 +10,7 @@ Half-quadratic splitting inside the reverse diffusion, network forwards only (no
 
 with sigma_bar_t = sqrt((1 - abar_t) / abar_t) the noise level of x_t / sqrt(abar_t) and sigma_n the
 measurement noise, both in data units (sigma_n at least 1e-3 so that a noiseless problem keeps rho_t > 0).
-Defaults lambda = 1, zeta = 1, checked on 8 TRAINING digits at 100 steps (`python scripts/tune_methods.py
---method diffpir --nfe 100 --grid "lam=0.3,1,7;zeta=0.1,0.3,1"`): zeta = 1 is best at every lambda on every
-task (mean PSNR over the five tasks 26.97 / 26.88 / 23.97 for lambda 0.3 / 1 / 7 at zeta 1, 23.86 / 24.27 /
-21.90 at zeta 0.3); lambda 0.3 and 1 are within 0.1 dB, so the default stays. (The first tuning run passed
-zeta to DPSConfig instead of DiffPIR, so its zeta axis did nothing; the script now routes it.)
+Defaults lambda = 1, zeta = 1, checked on TRAINING digits at 100 steps (``benchmarks/method_tuning/``).
 The data step is the operator's :meth:`~dps.operators.LinearOperator.solve_normal`: closed form for masks,
 FFT for circular blur, conjugate gradients otherwise (super-resolution, motion blur, matrices).
 """

@@ -12,7 +12,7 @@ Step-size rules (``step_rule``), zeta' = ``zeta``:
   scale * grad ||y - A x0||_2 on [-1, 1] images, which is 2 zeta' grad ||.|| on [0, 1] images.
 - ``"beta"``: zeta_i = zeta' beta_i / (beta_max ||y - A(x0_hat)||): the paper's normalised step scaled by
   the schedule's beta_i / max beta, so the guidance weakens as the noise level falls, like the
-  likelihood term of the reverse SDE (whose drift is beta_t times the score). See README.
+  likelihood term of the reverse SDE (whose drift is beta_t times the score).
 - ``"variance"``: zeta_i = zeta' beta_i / (2 sqrt(alpha_i) v_i), the DDPM weight of the score of the
   Gaussian likelihood N(y; A(x0_hat), v_i) (the DDPM mean adds beta_i / sqrt(alpha_i) times a score), with
       v_i = sigma_y^2 + (1 - abar_i) / sqrt(abar_i) * kappa_i,
@@ -22,9 +22,9 @@ Step-size rules (``step_rule``), zeta' = ``zeta``:
   predictive variance of y along r. g0 and J^T g0 both come out of the one backward pass that DPS makes
   anyway (gradients to x0_hat and to x_i together), so the cost per step is unchanged. sigma_y^2 is the
   noise model's :meth:`variance` (Poisson: mean(y) / peak in the units of its weighted norm); v_i is
-  floored at the dtype's eps. zeta' = 1 would be the moment-matched Gaussian; on the GMM benchmark
-  zeta' = 4 is best at 100 and 1000 steps alike (the step scales with beta_i, so the total guidance does
-  not grow with N), see benchmarks/gmm.md. Ours; not in the paper or the authors' code.
+  floored at the dtype's eps. zeta' = 1 would be the moment-matched Gaussian; on the GMM benchmark one
+  zeta' serves 100 and 1000 steps alike (the step scales with beta_i, so the total guidance does not grow
+  with N; ``benchmarks/gmm/``). Ours; not in the paper or the authors' code.
 
 Step count (``reference_steps``): under rules "paper" and "beta" the guidance of every step has the same
 size whatever N is, so their total grows with N and a zeta' chosen for R steps over-guides at N > R and
@@ -32,12 +32,9 @@ under-guides at N < R. With ``reference_steps`` = R set, zeta' is the step size 
 steps use zeta' * sqrt(R / N) per step (:attr:`DPSConfig.zeta_per_step`): the total guidance grows as
 sqrt(N) instead of N. Every step-count override goes through :meth:`DPSConfig.at_steps`
 (``dps solve --steps``, ``dps bench images --steps/--nfe``, ``dps demo --steps``, the GMM benchmark), which
-takes the task's own step count as R (1000 for the paper's presets, 250 for the demo's zeta'). Measured on
-8 TRAINING digits over the demo's 8 tasks (zeta' chosen at 250 steps; benchmarks/step_scaling.md), mean
-PSNR at N = 50: factor 1 (no scaling) 25.48 dB, sqrt(250/50) = 2.24: 27.78, 250/50 = 5 (total guidance
-kept, R/N): 25.20, 10: 20.39; at N = 100: 26.33 / 27.22 (sqrt) / 27.08 (R/N) / 24.75. The linear factor
-loses motion blur and phase retrieval badly (17.2 and 14.0 dB against 30.2 and 18.4 at N = 50) and at a
-handful of steps (factor 100-500) makes the iterate diverge; sqrt is never far from the best per task.
+takes the task's own step count as R (1000 for the paper's presets, 100 for the demo's zeta'). On training
+digits sqrt(R / N) beats both no scaling and the factor R / N (keeping the total guidance), which loses
+motion blur and phase retrieval badly and diverges at a handful of steps (``benchmarks/step_scaling/``).
 Not in the paper, whose Algorithm 1 applies zeta' per step at N = 1000 (``reference_steps=None``, the
 default of a bare DPSConfig, does that). Rule "variance" needs no factor: its zeta_i carries beta_i, which
 respacing to N steps already scales by about 1000 / N.

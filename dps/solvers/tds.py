@@ -10,9 +10,8 @@ p(x_0 | x_t) ~ N(x0_hat, r_t^2 I) as in Pi-GDM, the twisting function is
 with r_t^2 = s^2 (1 - abar_t) / (abar_t s^2 + 1 - abar_t) (:meth:`~dps.diffusion.denoiser.Prior.x0_variance`),
 the variance of x_0 given x_t were the prior Gaussian with its per-coordinate variance s^2
 (``Prior.data_variance``: computed by the analytic priors, 1 for a network prior, which gives Pi-GDM's
-1 - abar_t). On the GMM benchmark (d = 8, 100 steps) s^2 is what makes TDS work: with Pi-GDM's 1 - abar_t it
-read 3.95 / 0.71 / 0.087 (d_y = 1 / 2 / 4), with the mixture's s^2 (129 on problem 0) 0.118 / 0.116 / 0.063, at the
-metric's floor on d_y = 1 (0.109); the early, flatter twisting keeps particles in every mode y allows.
+1 - abar_t). On the GMM benchmark s^2 is what makes TDS work (with Pi-GDM's 1 - abar_t it stays far from the
+posterior; ``benchmarks/gmm/``): the early, flatter twisting keeps particles in every mode y allows.
 
 each particle moves by Pi-GDM's guided DDIM step (eta 1), the proposal q(x_{t-1} | x_t, y), and its weight is
 
@@ -26,10 +25,10 @@ Cost per particle: one network forward and one VJP per step, as DPS and Pi-GDM.
 Where we differ from the paper: its twisting function is N(y; A x0_hat, sigma_y^2 I) (with a variance
 inflation for inpainting); ours adds the x_0 variance above, which makes it exact for a Gaussian prior
 (then every weight is 1 up to the proposal's discretisation; tested).
-In high dimensions with few particles the weights degenerate: on a 32 x 32 digit (`dps solve --task
-super_resolution --method tds --nfe 20 --samples 4` on held-out digit 0) all four samples came out as copies
-of one particle. TDS is for problems where many particles are
-affordable (the GMM benchmark: 2,000); on images with small K its samples are copies of a few Pi-GDM chains.
+In high dimensions with few particles the weights degenerate (``dps solve --task super_resolution --method
+tds --nfe 20 --samples 4`` on a held-out digit gives copies of one particle). TDS is for problems where many
+particles are affordable (the GMM benchmark: 2,000); on images with small K its samples are copies of a few
+Pi-GDM chains.
 
 The particles of one measurement interact (they are resampled together), so, unlike the other samplers,
 a sample depends on the other K - 1 samples of its measurement (never on other measurements); each
