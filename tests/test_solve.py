@@ -279,3 +279,30 @@ def test_method_preset_sets_the_papers_configuration(tmp_path, model, images):
                            (["--method", "daps", "--method-preset", "daps-1k", "--nfe", "5"], "leave out --nfe")):
         r = CliRunner().invoke(main, ["solve", *args, *extra, "--out", str(tmp_path / "x")])
         assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_torchrun_two_processes_solve_a_folder_like_one(tmp_path, model, images):
+    """`torchrun --nproc_per_node 2 -m dps solve ...` (gloo on the CPU): each process takes every other image, rank 0
+    writes run.json, and every image comes out as the single process makes it."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["solve", "--task", "inpainting_random", "--input", str(images), "--model", model, "--steps", "3",
+            "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "dps", *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                          "dps", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "[rank 1]" in two.stderr  # the second process solved its share
+    a = json.loads((tmp_path / "one" / "run.json").read_text())["images"]
+    b = json.loads((tmp_path / "two" / "run.json").read_text())["images"]
+    assert set(a) == set(b) == {"digit0", "digit1", "digit2"}
+    for name in a:
+        assert a[name]["residual"] == b[name]["residual"] and a[name]["psnr"] == b[name]["psnr"], name
+        assert _png(tmp_path / "one" / "recon" / f"{name}.png").tobytes() == \
+            _png(tmp_path / "two" / "recon" / f"{name}.png").tobytes()

@@ -173,7 +173,8 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
                 save_operator(job.op, layout.operator)
         sink = SolveSink(layout, job)
         todo = pending(job, items, sink, ctx)
-        bar = Progress(len(todo) * job.steps, f"dps solve {spec.task.name}", progress)
+        rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
+        bar = Progress(len(todo) * job.steps, f"dps solve {spec.task.name}{rank}", progress)
         run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
         bar.close()
         barrier(ctx)  # every shard written
