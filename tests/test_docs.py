@@ -340,3 +340,17 @@ def test_the_documentation_site_builds(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")], cwd=ROOT,
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_every_shipped_task_and_method_is_documented():
+    """A task added to the catalogue (dps/task_presets) or a method added to the table is named in the pages
+    users read first."""
+    from dps.solvers.methods import METHODS
+    from dps.tasks import TASK_NAMES
+
+    tasks = (ROOT / "docs" / "tasks.md").read_text()
+    for name in TASK_NAMES:
+        assert f"| `{name}` |" in tasks, f"docs/tasks.md does not list the task {name}"
+    methods = (ROOT / "docs" / "methods.md").read_text()
+    for m in METHODS.values():
+        assert f"**{m.title}**" in methods, f"docs/methods.md has no note on {m.title}"
