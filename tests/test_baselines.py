@@ -219,11 +219,3 @@ def test_every_method_declares_why_it_does_not_apply():
     assert "not separable" in METHODS["ddrm"].why_not(*cases["motion"])
 
 
-def test_readme_method_table_is_the_method_table():
-    """The docs read the one table: README's method table is `dps methods`' output, entry for entry."""
-    from pathlib import Path
-
-    from dps.solvers.methods import methods_markdown
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert methods_markdown() in readme
