@@ -217,5 +217,3 @@ def test_every_method_declares_why_it_does_not_apply():
         assert refused == expected[name], name
     assert "Gaussian noise" in METHODS["ddrm"].why_not(*cases["poisson"])
     assert "not separable" in METHODS["ddrm"].why_not(*cases["motion"])
-
-

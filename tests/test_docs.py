@@ -227,10 +227,16 @@ def test_shown_sessions_print_what_the_page_says(where, command, expected, tmp_p
 
 
 def test_quick_commands_run(tmp_path, monkeypatch):
-    """The commands of the pages that take a second run, and print what they promise."""
+    """The commands of the pages that take seconds run as written, and write what the pages say."""
     monkeypatch.chdir(tmp_path)
     methods = CliRunner().invoke(main, ["methods"])
     assert methods.exit_code == 0 and methods.output.startswith("| name | method |")
+    shown = [line for _, code, _ in all_blocks("bash") for line in command_lines(code) if line.startswith("dps example")]
+    assert shown
+    for line in shown:  # the one-minute check
+        result = CliRunner().invoke(main, shlex.split(line)[1:])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "out" / "example" / "figure.png").exists()
 
 
 # --------------------------------------------------------------------------------------- tables and files

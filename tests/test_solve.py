@@ -306,3 +306,20 @@ def test_torchrun_two_processes_solve_a_folder_like_one(tmp_path, model, images)
         assert a[name]["residual"] == b[name]["residual"] and a[name]["psnr"] == b[name]["psnr"], name
         assert _png(tmp_path / "one" / "recon" / f"{name}.png").tobytes() == \
             _png(tmp_path / "two" / "recon" / f"{name}.png").tobytes()
+
+
+def test_progress_frames_from_every_method_that_reports_progress(tmp_path, model, images):
+    """Methods that report progress record x0_hat frames (DDRM now too) and dps figure titles them by the
+    method; a method that reports none refuses --progress-frames before any folder is made."""
+    from dps.solvers.methods import METHODS
+
+    _solve("--task", "super_resolution", "--method", "ddrm", "--nfe", 4, "--progress-frames", 2, "--input", images,
+           "--model", model, "--out", tmp_path / "ddrm")
+    assert torch.load(tmp_path / "ddrm" / "progress" / "digit0.pt", weights_only=True).shape == (2, 1, 32, 32)
+    assert METHODS["ddrm"].progress is not None and METHODS["hio"].progress is None
+    r = CliRunner().invoke(main, ["solve", "--task", "super_resolution", "--method", "pnp_admm", "--progress-frames",
+                                  "2", "--input", str(images), "--model", model, "--out", str(tmp_path / "admm")])
+    assert r.exit_code == 1 and "reports no progress" in r.output and not (tmp_path / "admm").exists()
+    from dps.runs.figures import method_title
+
+    assert method_title("ddrm") == "DDRM" and method_title("dps") == "DPS"
