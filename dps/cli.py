@@ -269,7 +269,7 @@ def solve(task_name, inputs, measurements, operator_file, out, method, method_pr
     Examples:
       dps solve --task inpainting_box --input digits/ --out runs/box
       dps solve --task super_resolution --model models/ffhq_10m.pt --input ffhq/ --out runs/sr --device cuda
-      dps solve --task runs/sr/run.json --input more/ --out runs/sr2      (the same settings again)
+      dps solve --task runs/sr/run.json --input more/ --out runs/sr2      # the same settings again
     """
     from .runs.solve import run_solve
     from .runs.spec import Overrides, resolve

@@ -200,6 +200,20 @@ def test_every_command_line_names_real_options():
     assert checked >= 40
 
 
+def test_the_examples_in_the_help_texts_name_real_options():
+    """`dps COMMAND --help` shows worked examples; they are command lines like the pages'."""
+    commands = [(name, c) for name, c in main.commands.items()]
+    commands += [(f"bench {n}", c) for n, c in main.commands["bench"].commands.items()]
+    shown = 0
+    for name, cmd in [("", main), *commands]:
+        for line in command_lines(cmd.help or ""):
+            line = line.removeprefix("Example: ")
+            if line.startswith("dps "):
+                check_options(dps_arguments(line), f"dps {name} --help")
+                shown += 1
+    assert shown >= 6
+
+
 def _prompts() -> list[tuple[str, str, str]]:
     """($ command, expected output) pairs of the `text` blocks: a shown session is a claim to check."""
     out = []
