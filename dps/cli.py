@@ -140,7 +140,8 @@ def example(out: Path, steps: int, samples: int, seed: int, device) -> None:
     """DPS on every measurement model of the paper with an exact (pattern-mixture) prior: no network, a minute."""
     from .runs.example import run_example
 
-    run_example(out, steps=steps, samples=samples, seed=seed, execution=_execution(device))
+    if run_example(out, steps=steps, samples=samples, seed=seed, execution=_execution(device)) is None:
+        return  # a torchrun worker other than rank 0
     click.echo((out / "metrics.md").read_text())
     click.echo(f"wrote {out / 'figure.png'}, {out / 'metrics.json'} ({steps} steps per task)")
 
@@ -320,8 +321,9 @@ def figure(run_dir, out, max_images) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), metavar="DIR",
               help="run folder: figure.png, metrics.json, metrics.md and per-image results (a rerun resumes)")
 @click.option("--model", default="default", metavar="MODEL", help="a 1 x 32 x 32 digits prior (default: the embedded model)")
-@click.option("--n", type=click.IntRange(1, 359), default=None, metavar="N", help="held-out images per task  [default: "
-              "the demo's]")
+@click.option("--n", "--num-images", "n", type=click.IntRange(1, 359), default=None, metavar="N",
+              help="held-out images per task (spell it --num-images under torchrun, whose parser claims --n)  "
+                   "[default: the demo's]")
 @click.option("--samples", type=click.IntRange(1, 16), default=None, metavar="K",
               help="DPS samples per image  [default: the demo's]")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, metavar="N",

@@ -78,3 +78,21 @@ def test_train_cli_and_resume(tmp_path):
     assert load_model(tmp_path / "run" / "model.safetensors").metadata["train_steps"] == "4"
     r = CliRunner().invoke(main, base + ["--steps", "4", "--lr", "1e-3"])
     assert r.exit_code != 0 and "different config" in r.output
+
+
+def test_demo_and_example_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 -m dps demo|example` (gloo on the CPU): the processes share the images and rank 0
+    writes the figure and the metrics."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dps"]
+    for args, folder in ((["demo", "--tasks", "super_resolution", "--num-images", "4", "--steps", "2"], "demo"),
+                         (["example", "--steps", "3", "--samples", "2"], "example")):
+        r = subprocess.run([*run, *args, "--out", str(tmp_path / folder)], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (tmp_path / folder / "figure.png").exists() and (tmp_path / folder / "metrics.json").exists()
+    assert len(list((tmp_path / "demo" / "tasks" / "super_resolution" / "images").glob("*.pt"))) == 4
