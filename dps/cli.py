@@ -28,6 +28,23 @@ def _debug() -> bool:
 class _Group(click.Group):
     """The top-level group: turns exceptions into one-line errors (see the module docstring)."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's entry point, with its usage errors and an interruption each in one line."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = f"`{exc.ctx.command_path} --help`" if exc.ctx is not None else "`dps --help`"
+            click.echo(f"Error: {exc.format_message()} (see {where})", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\nError: interrupted; rerun the same command to resume (finished results are kept)", err=True)
+            sys.exit(130)
+
     def invoke(self, ctx: click.Context):
         from .errors import user_message
 
@@ -109,6 +126,7 @@ _MODEL_HELP = ("prior: an embedded name (default, digits), a diffusers folder, a
 
 # ------------------------------------------------------------------------------------------------ commands
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="dps", message="dps %(version)s")
 @click.option("--debug", is_flag=True, help="show tracebacks instead of one-line errors (or set DPS_DEBUG=1)")
 @click.option("--threads", type=click.IntRange(1), default=None, metavar="N",
               help="intra-op CPU threads of this process (default: torch's, or the cores divided by the "
@@ -117,7 +135,7 @@ def main(debug: bool, threads: int | None) -> None:
     """Diffusion Posterior Sampling (Chung et al., ICLR 2023) for noisy inverse problems.
 
     \b
-    A first check (a minute, no network):   dps example
+    A first check (seconds, no network):    dps example
     The embedded model on every task:      dps demo
     Your own images:                        dps solve --task super_resolution --input photos/ --out runs/sr \\
                                                 --model models/ffhq_10m.pt
@@ -134,7 +152,7 @@ def main(debug: bool, threads: int | None) -> None:
               help="run folder: figure.png, metrics.json, metrics.md (a rerun resumes)")
 @click.option("--steps", type=click.IntRange(1, 1000), default=200, metavar="N", help="DPS steps per task")
 @click.option("--samples", type=click.IntRange(1, 16), default=3, metavar="K", help="posterior samples per task")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @device_option
 def example(out: Path, steps: int, samples: int, seed: int, device) -> None:
     """DPS on every measurement model of the paper with an exact (pattern-mixture) prior: no network, a minute."""
@@ -156,7 +174,7 @@ def example(out: Path, steps: int, samples: int, seed: int, device) -> None:
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, metavar="LR")
 @click.option("--ema-decay", type=click.FloatRange(0, 1), default=0.999, metavar="D")
 @click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=1.0, metavar="C")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=250, metavar="N")
 @click.option("--unet", "unet_json", default=None, metavar="JSON|FILE",
               help="UNet create_model keywords as JSON or a JSON/YAML file (default: the digits architecture)")
@@ -186,7 +204,7 @@ def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoi
 @click.option("--steps", type=click.IntRange(1, 1000), default=250, metavar="N", help="reverse steps (respaced)")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm")
 @click.option("--eta", type=click.FloatRange(0, 1), default=0.0, metavar="ETA", help="DDIM eta")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--batch-size", type=click.IntRange(1), default=64, metavar="B", help="samples per network call")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/samples.png"),
               metavar="PNG", help="grid image (PNG); the samples also go to OUT with suffix .pt")
@@ -205,7 +223,7 @@ def sample(model, config, n, steps, sampler, eta, seed, batch_size, out, device)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="safetensors file (default: the embedded dps/assets/digits_classifier.safetensors)")
 @click.option("--epochs", type=click.IntRange(1), default=20, metavar="N")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @device_option
 def train_classifier_cmd(out, epochs, seed, device) -> None:
     """Train the digit classifier that scores the embedded prior (training split only)."""
@@ -242,7 +260,7 @@ def train_classifier_cmd(out, epochs, seed, device) -> None:
               help="run the method at this many network evaluations per sample (its budget rule, `dps methods`)")
 @click.option("--samples", type=click.IntRange(1, 64), default=None, metavar="K",
               help="posterior samples K per image  [default: 1, or a run.json's]")
-@click.option("--seed", type=int, default=None, metavar="S", help="[default: 0, or a run.json's]")
+@click.option("--seed", type=click.IntRange(0), default=None, metavar="S", help="[default: 0, or a run.json's]")
 @click.option("--noise", default=None, metavar="MODEL", help="override the task's noise: gaussian:SIGMA or poisson:RATE")
 @click.option("--preset", type=click.Choice(list(STEP_SIZES)), default=None,
               help=f"step sizes (and for 'authors' their operators) of a preset  [default: the task's zeta', else "
@@ -328,7 +346,7 @@ def figure(run_dir, out, max_images) -> None:
               help="DPS samples per image  [default: the demo's]")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, metavar="N",
               help="DPS steps (respaced; zeta' scales with them)  [default: the demo's]")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--tasks", default=None, metavar="NAMES", help="comma-separated subset of the demo's tasks")
 @network_options
 @device_option
@@ -355,7 +373,7 @@ def bench() -> None:
 @click.option("--model", default="default", metavar="MODEL", help="a 32 x 32 grey digits prior (default: the embedded model)")
 @click.option("--n", type=click.IntRange(16), default=359, metavar="N", help="unconditional samples")
 @click.option("--steps", type=click.IntRange(1, 1000), default=250, metavar="N")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PNG",
               help="also write the first 64 samples as a grid PNG")
 @click.option("--json", "as_json", is_flag=True)
@@ -383,7 +401,7 @@ def bench_prior(model, n, steps, seed, grid, as_json, device) -> None:
 @click.option("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
 @click.option("--config", "model_config", default=None, metavar="PRESET|FILE",
               help="guided-diffusion config of a .pt checkpoint")
-@click.option("--seed", type=int, default=0, metavar="S")
+@click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--batch-size", type=click.IntRange(1), default=8, metavar="B")
 @click.option("--preset", type=click.Choice(list(STEP_SIZES)), default=None,
               help=f"step-size preset for every task  [default: the tasks' zeta', else {DEFAULT_PRESET}]")

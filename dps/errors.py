@@ -77,15 +77,25 @@ def user_message(exc: Exception) -> tuple[str, int]:
                  "torchvision": "pip install 'dps[metrics]'"}.get((name or "").split(".")[0], f"pip install {name}")
         return f"the optional package {name!r} is needed for this and is not installed: {extra}", 1
     if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename or exc}; choose a folder you can write to", 1
+        return f"permission denied: {_where(exc.filename) or exc}; choose a folder you can write to", 1
     if isinstance(exc, OSError) and exc.errno is not None:
         import errno
 
         if exc.errno == errno.ENOSPC:
-            return (f"no space left on the device ({exc.filename or 'while writing'}); free some space and rerun the "
-                    "same command: finished results are kept and the run resumes"), 1
+            return (f"no space left on the device (writing in {_where(exc.filename) or 'the output folder'}); free some "
+                    "space and rerun the same command: finished results are kept and the run resumes"), 1
         return f"{exc.strerror}: {exc.filename or ''}".rstrip(": "), 1
     if isinstance(exc, (ValueError, FileNotFoundError)):  # older checks: their message is meant for users
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         return (" ".join(lines) if lines else describe_exception(exc)), 1
     return f"internal error ({describe_exception(exc)}); rerun with `dps --debug ...` and report the traceback", 3
+
+
+def _where(filename) -> str:
+    """The file an OS error names, or for one of our temporary files (``.NAME.xxxx.tmp``) the folder it was in."""
+    if not filename:
+        return ""
+    import os
+
+    name = os.path.basename(str(filename))
+    return os.path.dirname(str(filename)) or "." if name.startswith(".") and name.endswith(".tmp") else str(filename)

@@ -123,8 +123,12 @@ class Task:
         """The task's DPS settings; ``step_size=False`` (a method that does not use zeta') accepts a task without
         zeta' (the config's zeta' then is DPSConfig's default and means nothing)."""
         if step_size and "zeta" not in self.dps:
-            raise DPSError(f"task {self.name} sets no step size zeta': add dps.zeta to the task file, or pass "
-                           f"--step-size or a --preset ({', '.join(STEP_SIZES)})")
+            kind = parse_noise(self.noise).kind
+            presets = presets_with_step_size(self.name, kind)
+            fix = ("pass --step-size" if self.name in TASK_NAMES else "add dps.zeta to the task file or pass --step-size") \
+                + (f", or --preset {' or '.join(presets)}" if presets else "")
+            none = "" if presets else " (no step-size preset has one)"
+            raise DPSError(f"task {self.name} with {kind} noise sets no step size zeta'{none}: {fix}")
         return self._config(self.dps)
 
     def _config(self, d: dict) -> DPSConfig:
@@ -162,6 +166,12 @@ STEP_SIZES: dict[str, dict] = load_mapping_file(PRESET_DIR / "step_sizes.yaml", 
 DEFAULT_PRESET = "paper-ffhq"
 
 
+def presets_with_step_size(task_name: str, kind: str) -> list[str]:
+    """The step-size presets that hold a zeta' for ``task_name`` with ``kind`` noise."""
+    return [name for name, table in STEP_SIZES.items()
+            if task_name in {**(table.get("any") or {}), **(table.get(kind) or {})}]
+
+
 def apply_preset(task: Task, preset: str) -> Task:
     """``task`` with the zeta' (and, for ``authors``, the operator and noise) of a step-size preset.
 
@@ -175,8 +185,10 @@ def apply_preset(task: Task, preset: str) -> Task:
     kind = parse_noise(noise).kind
     values = {**(table.get("any") or {}), **(table.get(kind) or {})}
     if task.name not in values:
-        raise DPSError(f"preset {preset} has no step size for task {task.name} with {kind} noise; pass --step-size "
-                       f"(it has: {', '.join(sorted(values))})")
+        others = [p for p in presets_with_step_size(task.name, kind) if p != preset]
+        has = f"it has values for {', '.join(sorted(values))}" if values else f"it has none for {kind} noise"
+        raise DPSError(f"preset {preset} has no step size for task {task.name} with {kind} noise ({has}); pass "
+                       "--step-size" + (f" or --preset {' or '.join(others)}" if others else ""))
     operator = {**task.operator, **(table.get("operator") or {}).get(task.name, {})}
     return Task(task.name, operator, noise, {**task.dps, "zeta": float(values[task.name])}, task.select)
 

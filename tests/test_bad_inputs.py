@@ -162,6 +162,8 @@ CASES = [
     Case("operator-of-another-task", "solve --task super_resolution --model {model} --steps 2 --measurement "
          "{d}/run/measurement/good0.pt --operator {d}/run/operator.pt --out {d}/out2", 1, "task's operator is",
          _solve_run),
+    Case("measurement-of-a-random-operator-without-it", SOLVE + " --measurement {d}/run/measurement/good0.pt "
+         "--out {d}/out2", 1, "pass --operator RUN/operator.pt", _solve_run, untouched=()),
     Case("pickled-object-as-operator", SOLVE + " --input {d}/in --operator {d}/op.pt --out {d}/out", 1,
          "refuses it", lambda d, ctx: (_one_image(d, ctx), _pickled_object("op.pt")(d, ctx))),
     # model files
@@ -221,7 +223,7 @@ CASES = [
     Case("steps-0", SOLVE.replace("--steps 2", "--steps 0") + " --input {d}/in --out {d}/out", 2, "--steps",
          _one_image),
     # run folders
-    Case("rerun-other-seed", SOLVE + " --input {d}/in --out {d}/run --seed 5", 1, "other settings (operator, seed differ)",
+    Case("rerun-other-seed", SOLVE + " --input {d}/in --out {d}/run --seed 5", 1, "other settings (changed: operator, seed)",
          _solve_run, untouched=("run/run.json", "run/operator.pt", "run/recon/good0.png")),
     Case("rerun-other-task", "solve --task super_resolution --model {model} --steps 2 --input {d}/in --out {d}/run", 1,
          "other settings", _solve_run, untouched=("run/run.json", "run/operator.pt")),
@@ -232,10 +234,10 @@ CASES = [
     Case("folder-held-by-a-live-process", SOLVE + " --input {d}/in --out {d}/run", 1, "in use by another dps process",
          _live_lock, untouched=("run/.lock",)),
     Case("bench-rerun-other-steps", "bench images --methods dps --tasks super_resolution --n 1 --steps 3 "
-         "--model {model} --out {d}/bench", 1, "other settings (steps, tasks differ)", _bench_run,
+         "--model {model} --out {d}/bench", 1, "other settings (changed: steps, tasks; tasks: super_resolution changed", _bench_run,
          untouched=("bench/table.md", "bench/bench.json", "bench/results/dps/super_resolution/heldout000.json")),
     Case("bench-rerun-other-seed", "bench images --methods dps --tasks super_resolution --n 1 --steps 2 --seed 3 "
-         "--model {model} --out {d}/bench", 1, "other settings (seed differ)", _bench_run,
+         "--model {model} --out {d}/bench", 1, "other settings (changed: seed)", _bench_run,
          untouched=("bench/table.md", "bench/bench.json")),
     Case("bench-data-with-a-broken-file", "bench images --methods dps --tasks super_resolution --n 3 --steps 2 "
          "--model {model} --data {d}/in --out {d}/bench", 1, "1 image(s) could not be read", _truncated_png,
@@ -477,3 +479,25 @@ def test_two_runs_with_other_inputs_keep_every_record(tmp_path, tiny_model_path,
                                       "--model", str(tiny_model_path), "--steps", "2", "--out", str(tmp_path / "o")])
         assert r.exit_code == 0, r.output
     assert sorted(json.loads((tmp_path / "o" / "run.json").read_text())["images"]) == ["d0", "d1"]
+
+
+def test_a_full_disk_is_a_one_line_error_not_a_bug(tmp_path, monkeypatch, tiny_model_path, digits):
+    """A writer that reports a full disk in its own words (torch.save: "unexpected pos ...") is turned into the
+    user's error (no space left), not an internal one; the run resumes once there is space."""
+    import shutil
+
+    from dps import utils
+
+    save_image(digits[0], tmp_path / "d0.png")
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7552 vs 7440")))
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6, 0))
+    args = ["solve", "--task", "super_resolution", "--model", str(tiny_model_path), "--steps", "2", "--input",
+            str(tmp_path / "d0.png"), "--out", str(tmp_path / "run")]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "no space left on the device" in r.output and "internal" not in r.output, r.output
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.undo()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and (tmp_path / "run" / "recon" / "d0.png").exists(), r.output

@@ -72,7 +72,7 @@ def test_bench_grows_to_more_images(tmp_path, prior):
     assert grown["rows"][0]["n"] == 3 and grown["rows"][0]["psnr"] == pytest.approx(fresh["rows"][0]["psnr"], abs=1e-9)
     from dps.errors import DPSError
 
-    with pytest.raises(DPSError, match="images differ; images: the folder holds 3, this run names 2"):
+    with pytest.raises(DPSError, match="changed: images; images: the folder holds 3, this run names 2"):
         run_bench(small, tmp_path / "grown", prior=prior, progress=False)
 
 
@@ -88,7 +88,7 @@ def test_bench_method_preset(tmp_path, prior):
     levels, ode_steps = DAPS_PRESETS["daps-100"]
     assert 0.9 * levels * ode_steps <= table["rows"][0]["nfe"] <= levels * ode_steps
     assert "method presets daps daps-100" in (tmp_path / "a" / "table.md").read_text()
-    with pytest.raises(DPSError, match="method_presets differ"):
+    with pytest.raises(DPSError, match="changed: method_presets"):
         run_bench(bench(methods=["daps"], tasks=["inpainting_random"], n=1, steps=None), tmp_path / "a",
                   prior=prior, progress=False)
     for bad, message in (({"ddrm": "daps-1k"}, "not in --methods"), ({"daps": "daps-9k"}, "no preset 'daps-9k'")):
@@ -99,6 +99,24 @@ def test_bench_method_preset(tmp_path, prior):
         run_bench(bench(methods=["daps"], tasks=["inpainting_random"], n=1, nfe=10,
                                 method_presets={"daps": "daps-100"}), tmp_path / "c", prior=prior, progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any folder is made
+
+
+def test_a_rerun_may_add_tasks_and_methods_but_not_change_a_task(tmp_path, prior):
+    """bench.json's tasks grow with a rerun that adds a task (the finished pairs are kept); a rerun that changes
+    a recorded task's definition is refused."""
+    from dps.errors import DPSError
+
+    run_bench(bench(["dps"], ["super_resolution"], 1, steps=2), tmp_path, prior=prior, progress=False)
+    first = tmp_path / "results" / "dps" / "super_resolution" / "heldout000.json"
+    stamp = first.stat().st_mtime_ns
+    table = run_bench(bench(["dps", "ddrm"], ["inpainting_box", "super_resolution"], 1, steps=2), tmp_path, prior=prior,
+                      progress=False)
+    assert first.stat().st_mtime_ns == stamp and len(table["rows"]) == 4
+    assert set(json.loads((tmp_path / "bench.json").read_text())["settings"]["tasks"]) == {"super_resolution",
+                                                                                          "inpainting_box"}
+    with pytest.raises(DPSError, match="tasks: super_resolution changed"):
+        run_bench(bench(["dps"], ["super_resolution"], 1, steps=2, preset="authors"), tmp_path, prior=prior,
+                  progress=False)
 
 
 def test_unknown_method_is_an_error(tmp_path, prior):

@@ -160,7 +160,7 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
     jobs = [Job.build(spec, prior) for spec in specs]
     # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it
     folder = RunFolder(layout.root, layout.record_name, bench_key(settings, specs, [it.name for it in items]),
-                       extendable=("images",)) if ctx.is_main else contextlib.nullcontext()
+                       extendable=("images", "tasks")) if ctx.is_main else contextlib.nullcontext()
     with folder:
         barrier(ctx)
         plans = []
@@ -175,17 +175,16 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
             sink = BenchSink(layout, job)
             plans.append((job, sink, pending(job, items, sink, ctx)))
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
-        bar = Progress(sum(len(todo) * job.steps for job, _, todo in plans), f"dps bench images{rank}", progress)
-        for job, sink, todo in plans:
-            def diverged(exc: Exception, job=job) -> bool:  # the pair reads n/a; the other pairs go on
-                if not isinstance(exc, Diverged):
-                    return False
-                atomic_write(layout.skip_file(job.spec.method, job.spec.task.name, "DIVERGED"),
-                             lambda p: p.write_text(f"{exc}\n"))
-                return True
+        with Progress(sum(len(todo) * job.steps for job, _, todo in plans), f"dps bench images{rank}", progress) as bar:
+            for job, sink, todo in plans:
+                def diverged(exc: Exception, job=job) -> bool:  # the pair reads n/a; the other pairs go on
+                    if not isinstance(exc, Diverged):
+                        return False
+                    atomic_write(layout.skip_file(job.spec.method, job.spec.task.name, "DIVERGED"),
+                                 lambda p: p.write_text(f"{exc}\n"))
+                    return True
 
-            run_items(job, todo, sink, batch_size=settings.batch_size, progress=bar, on_error=diverged)
-        bar.close()
+                run_items(job, todo, sink, batch_size=settings.batch_size, progress=bar, on_error=diverged)
         barrier(ctx)  # every shard written
         if not ctx.is_main:
             return {}

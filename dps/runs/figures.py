@@ -4,7 +4,8 @@
   reconstruction, titled by the recorded method) and the ground truth; with ``progress/`` a second figure
   shows x0_hat over the steps (one strip per image);
 - a ``dps bench images`` folder: per task, rows are images; columns measurement | one per method | ground truth;
-- a ``dps demo`` / ``dps example`` folder: rows are tasks; columns measurement | samples | ground truth.
+- a ``dps demo`` / ``dps example`` folder: rows are tasks (row r shows the task's image r mod its count);
+  columns measurement | samples | ground truth.
 
 Images are shown as stored (clipped to [0, 1], never stretched).
 """
@@ -120,13 +121,14 @@ def gallery_figure(layout: GalleryLayout, out: Optional[Path] = None) -> Path:
     from ..operators import load_operator
 
     record = read_json(layout.record, "run record")
-    tasks, names = record["tasks"], record["images"]
+    if "tasks" not in record:
+        raise DPSError(f"{layout.root} has no finished run yet (its record names no tasks); rerun the command")
     rows, row_titles = [], []
-    for r, task in enumerate(tasks):
-        name = names[r % len(names)]
-        path = layout.item(task["name"], name, ".pt")
+    for r, task in enumerate(record["tasks"]):
+        names = task["images"]
+        path = layout.item(task["name"], names[r % len(names)], ".pt")
         if not path.exists():
-            continue
+            raise DPSError(f"{path} is missing: rerun the command that made {layout.root} to recompute it")
         res = torch.load(path, weights_only=True)
         op = load_operator(layout.operator(task["name"]))
         size = res["x"].shape[-1]
@@ -134,8 +136,7 @@ def gallery_figure(layout: GalleryLayout, out: Optional[Path] = None) -> Path:
         row_titles.append(task["title"])
     K = record["samples"]
     method = method_title(record.get("method", "dps"))
-    titles = ["measurement", *([f"{method} sample {k + 1}" for k in range(K)] if K > 1 else [method]),
-              "ground truth"]
+    titles = ["measurement", *([f"{method} sample {k}" for k in range(K)] if K > 1 else [method]), "ground truth"]
     out = Path(out) if out is not None else layout.figure()
     grid_figure(rows, titles, row_titles, out)
     return out

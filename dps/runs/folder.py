@@ -50,9 +50,10 @@ class RunFolder:
     :param record_name: the JSON file whose ``"settings"`` key identifies the run.
     :param settings: plain values (JSON) that must match on a rerun (a mismatch is refused).
     :param initial: extra keys written with the settings when the run is new.
-    :param extendable: keys of list values that a rerun may extend: the recorded list must be a prefix of the
-        new one (a bench run grown from 8 to 32 images keeps its first 8 results, whose seeds depend on the
-        image's index only); the record then holds the longer list. Shrinking is refused like any change.
+    :param extendable: keys whose values a rerun may extend: a recorded list must be a prefix of the new one (a
+        bench run grown from 8 to 32 images keeps its first 8 results, whose seeds depend on the image's index
+        only), a recorded mapping must be part of the new one (a bench run may add tasks); the record then holds
+        the larger value. Shrinking is refused like any change.
     """
 
     def __init__(self, path: Path, record_name: str, settings: dict, initial: Optional[dict] = None,
@@ -113,7 +114,10 @@ class RunFolder:
                 grown = [f"; {k}: the folder holds {len(old[k])}, this run names {len(self.settings[k])} (a rerun may "
                          f"add to them, in the same order)" for k in fixed if k in self.extendable
                          and isinstance(old.get(k), list) and isinstance(self.settings.get(k), list)]
-                raise DPSError(f"{self.path} holds a run with other settings ({', '.join(fixed)} differ{''.join(grown)}"
+                grown += [f"; {k}: {', '.join(sorted(c for c in old[k] if c in self.settings[k] and old[k][c] != self.settings[k][c]))}"
+                          f" changed (a rerun may add entries, not change them)" for k in fixed if k in self.extendable
+                          and isinstance(old.get(k), dict) and isinstance(self.settings.get(k), dict)]
+                raise DPSError(f"{self.path} holds a run with other settings (changed: {', '.join(fixed)}{''.join(grown)}"
                                "); use another --out, or the same settings to resume")
             self.record = record
             if diff:  # extended: the record names the longer lists from now on
@@ -125,7 +129,10 @@ class RunFolder:
 
     @staticmethod
     def _extends(old, new) -> bool:
-        """True when the list ``new`` starts with the whole list ``old`` (same items at the same places)."""
+        """True when the list ``new`` starts with the whole list ``old`` (same items at the same places), or the
+        mapping ``new`` holds every entry of ``old`` unchanged (and perhaps more)."""
+        if isinstance(old, dict) and isinstance(new, dict):
+            return all(k in new and new[k] == v for k, v in old.items())
         return isinstance(old, list) and isinstance(new, list) and len(new) >= len(old) and new[:len(old)] == old
 
     def save(self) -> None:

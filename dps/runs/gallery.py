@@ -32,8 +32,8 @@ __all__ = ["Gallery", "run_gallery", "load_results"]
 
 @dataclass(frozen=True)
 class Gallery:
-    """What a gallery runs: ``specs[j]`` is variant ``variants[j]`` resolved; ``items`` are the images of
-    every task (or ``items_of(j)`` gives each task its own); ``settings`` identify the run."""
+    """What a gallery runs: ``specs[j]`` is variant ``variants[j]`` resolved and ``items_of(j)`` its images (the
+    demo's are the same for every task, the example's its own); ``settings`` identify the run."""
 
     layout: GalleryLayout
     variants: Sequence[Variant]
@@ -99,15 +99,14 @@ def run_gallery(g: Gallery, prior: Prior, progress: bool = True) -> Optional[dic
                 save_operator_once(job.op, layout.operator(job.spec.task.name))
             sink = GallerySink(layout, job)
             plans.append((job, sink, pending(job, g.items_of(j), sink, ctx)))
-        bar = Progress(sum(len(todo) * job.steps for job, _, todo in plans), g.title, progress)
-        for job, sink, todo in plans:
-            run_items(job, todo, sink, batch_size=max(1, len(todo)), progress=bar)
-        bar.close()
+        with Progress(sum(len(todo) * job.steps for job, _, todo in plans), g.title, progress) as bar:
+            for job, sink, todo in plans:
+                run_items(job, todo, sink, batch_size=max(1, len(todo)), progress=bar)
         barrier(ctx)
         if not ctx.is_main:
             return None
-        run.record.update({"tasks": [{"name": v.name, "title": v.title} for v in g.variants],
-                           "images": [it.name for it in g.items_of(0)], "samples": g.specs[0].samples,
+        run.record.update({"tasks": [{"name": v.name, "title": v.title, "images": [it.name for it in g.items_of(j)]}
+                                     for j, v in enumerate(g.variants)], "samples": g.specs[0].samples,
                            "method": g.specs[0].method, "execution": g.specs[0].execution.record()})
         run.save()
         return {job.spec.task.name: load_results(layout, job.spec.task.name, g.items_of(j))

@@ -198,6 +198,12 @@ class Progress:
     def close(self) -> None:
         self.bar.close()
 
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also on an error: the bar ends its line before the error is printed
+
 
 def pending(job: Job, items: Sequence[Item], sink: Sink, ctx: Optional[Context] = None) -> list[Item]:
     """This process's share of ``items`` (every world-th under torchrun, split before skipping, so the split

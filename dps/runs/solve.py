@@ -123,6 +123,13 @@ def _read_inputs(files: Sequence[Path], are_images: bool, job: Job, resize: str,
     return items, failed
 
 
+def _draws_from_seed(spec: dict, shape) -> bool:
+    """Whether the operator ``spec`` describes has random parameters (two seeds build two operators)."""
+    from ..tasks import build_operator
+
+    return operator_digest(build_operator(spec, shape, 0)) != operator_digest(build_operator(spec, shape, 1))
+
+
 def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
               measurements: Optional[Sequence[Path]] = None, operator_file: Optional[Path] = None,
               prior: Optional[Prior] = None, batch_size: int = 4, resize: str = "error",
@@ -141,6 +148,9 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
     if operator_file is not None:
         op = load_operator(operator_file)
         check_operator_matches(op, spec.task.operator, tuple(prior.event_shape), str(operator_file))
+    elif measurements is not None and _draws_from_seed(spec.task.operator, tuple(prior.event_shape)):
+        raise DPSError(f"the operator {spec.task.operator['name']} draws its parameters (mask, kernel or latent) at "
+                       "random, so a measurement needs the operator that made it: pass --operator RUN/operator.pt")
     job = Job.build(spec, prior, op)
     job.method.check(job.op, job.noise)
     if progress_frames and job.method.progress is None:
@@ -174,9 +184,8 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
         sink = SolveSink(layout, job)
         todo = pending(job, items, sink, ctx)
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
-        bar = Progress(len(todo) * job.steps, f"dps solve {spec.task.name}{rank}", progress)
-        run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
-        bar.close()
+        with Progress(len(todo) * job.steps, f"dps solve {spec.task.name}{rank}", progress) as bar:
+            run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
         barrier(ctx)  # every shard written
         if not ctx.is_main:
             return {}

@@ -30,7 +30,9 @@ def _optional_metrics():
         lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
         fid = FrechetInceptionDistance(feature=2048, normalize=True)
         return lpips, fid, None
-    except Exception as exc:  # ImportError, or the weights cannot be fetched offline
+    except ImportError as exc:
+        return None, None, f"{exc.name or 'torchmetrics'} is not installed: pip install -e \".[metrics]\""
+    except Exception as exc:  # the weights cannot be fetched offline
         return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
@@ -119,6 +121,15 @@ def render_tables(table: dict) -> str:
             title_m = METHODS[m].title if m in METHODS else m
             lines.append(f"| {title_m} | " + " | ".join(cells) + " |")
         lines.append("")
+    skipped = [r for r in rows if r.get("not_applicable")]
+    if skipped:
+        lines.append("### Not applicable or diverged\n")
+        lines += [f"- {METHODS[r['method']].title if r['method'] in METHODS else r['method']} on {r['task']}: "
+                  f"{r['not_applicable']}" for r in skipped]
+        lines.append("")
+    if digits and table["n"] < 100:
+        lines.append(f"FD-digits compares {table['n']} reconstructions with their ground truths in the classifier's "
+                     "128-d features: with fewer than about 100 images it is only indicative.\n")
     return head + "\n".join(lines)
 
 
