@@ -96,3 +96,22 @@ def test_demo_and_example_under_torchrun(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / folder / "figure.png").exists() and (tmp_path / folder / "metrics.json").exists()
     assert len(list((tmp_path / "demo" / "tasks" / "super_resolution" / "images").glob("*.pt"))) == 4
+
+
+def test_example_figure_draws_every_task(tmp_path):
+    """Each of the example's tasks has its own ground truth; the figure has a row for every one of them."""
+    from PIL import Image
+
+    from dps.runs.example import EXAMPLE_VARIANTS, run_example
+
+    run_example(tmp_path, steps=3, samples=2, progress=False)
+    record = json.loads((tmp_path / "example.json").read_text())
+    assert [t["images"] for t in record["tasks"]] == [[v.name] for v in EXAMPLE_VARIANTS]
+    one_task = Image.open(tmp_path / "figure.png").size[1] / len(EXAMPLE_VARIANTS)
+    from dps.runs.figures import gallery_figure
+    from dps.runs.layout import GalleryLayout
+
+    record["tasks"] = record["tasks"][:1]
+    (tmp_path / "example.json").write_text(json.dumps(record))
+    single = gallery_figure(GalleryLayout(tmp_path, "example.json"), tmp_path / "one.png")
+    assert Image.open(single).size[1] < 2 * one_task  # the full figure is about 8 rows high
