@@ -88,7 +88,7 @@ def _group_generators(generators, B: int, K: int) -> list[torch.Generator]:
     """One resampling generator per measurement, seeded from its first sample's generator (or the one
     generator of the batch)."""
     firsts = [generators] * B if isinstance(generators, torch.Generator) or generators is None else generators[::K]
-    seeds = [int(torch.randint(0, 2**62, (), generator=g)) for g in firsts]
+    seeds = [int(torch.randint(0, 2**62, (), generator=g, device=g.device if g is not None else None)) for g in firsts]
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
