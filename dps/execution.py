@@ -123,7 +123,8 @@ class Execution:
         return {k: getattr(self, k) for k, v in self.NETWORK_DEFAULTS.items() if getattr(self, k) != v}
 
     def record(self) -> dict:
-        """What a run folder records: the device with its name, the thread count, and the network settings."""
+        """What a run folder records: the device, its name (for a CPU its model, cores and torch threads), and the
+        network settings that are not the defaults."""
         return {"device": self.device, "device_name": device_name(self.torch_device), **self.network_settings()}
 
     def running(self, prior):

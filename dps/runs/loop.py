@@ -137,6 +137,12 @@ class Job:
         """None when the method applies to the task's operator and noise, else the reason."""
         return self.method.why_not(self.op, self.noise)
 
+    def check_frames(self, frames: int) -> None:
+        """A DPSError when ``frames`` > 0 progress frames are asked of a method that reports no progress."""
+        if frames and self.method.progress is None:
+            raise DPSError(f"method {self.method.name} reports no progress, so --progress-frames has nothing to "
+                           "record; leave it out")
+
     @property
     def steps(self) -> int:
         """Progress units per image: the method's reported steps, or 1 for a method that reports none."""
@@ -219,9 +225,7 @@ def run_items(job: Job, items: Sequence[Item], sink: Sink, *, batch_size: int = 
     others refuse it). ``on_error(exc)`` may claim an exception of a batch (return True: stop quietly)."""
     if job.spec.execution.threads is not None:
         set_threads(job.spec.execution.threads)
-    if frames and job.method.progress is None:
-        raise DPSError(f"method {job.method.name} reports no progress, so --progress-frames has nothing to record; "
-                       "leave it out")
+    job.check_frames(frames)
     spec, K = job.spec, job.spec.samples
     keep = frame_steps(job.steps, frames)
     shape = tuple(job.prior.event_shape)

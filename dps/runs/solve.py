@@ -153,9 +153,7 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
                        "random, so a measurement needs the operator that made it: pass --operator RUN/operator.pt")
     job = Job.build(spec, prior, op)
     job.method.check(job.op, job.noise)
-    if progress_frames and job.method.progress is None:
-        raise DPSError(f"method {job.method.name} reports no progress, so --progress-frames has nothing to record; "
-                       "leave it out")
+    job.check_frames(progress_frames)  # before any folder is made
 
     files = list_images(images) if images is not None else [Path(m) for m in measurements]
     names = [f.stem for f in files]
