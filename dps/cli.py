@@ -178,7 +178,8 @@ def example(out: Path, steps: int, samples: int, seed: int, device) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(1), default=250, metavar="N")
 @click.option("--unet", "unet_json", default=None, metavar="JSON|FILE",
               help="UNet create_model keywords as JSON or a JSON/YAML file (default: the digits architecture)")
-@click.option("--image-size", type=click.IntRange(8), default=None, metavar="PX", help="override unet.image_size")
+@click.option("--image-size", type=click.IntRange(1), default=None, metavar="PX",
+              help="override unet.image_size (a multiple of 2^(levels-1): 4 for the digits UNet)")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="override unet.in_channels")
 @click.option("--hflip", is_flag=True, help="random horizontal flips (not for digits)")
 @device_option
@@ -444,8 +445,8 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
               help="guided-diffusion config of a .pt checkpoint")
 @click.option("--arch", type=click.Choice(["ffhq256", "imagenet256"]), default=None,
               help="measure this guided-diffusion architecture with random weights instead of --model")
-@click.option("--image-size", type=click.IntRange(8), default=None, metavar="PX",
-              help="image size of --arch (default: 256)")
+@click.option("--image-size", type=click.IntRange(1), default=None, metavar="PX",
+              help="image size of --arch (default: 256; a multiple of 32, the smallest 32)")
 @click.option("--batch", type=click.IntRange(1), default=1, metavar="B", help="measurements B per call")
 @click.option("--samples", default="1", callback=_int_list, metavar="K,...", help="samples K per measurement")
 @click.option("--precision", default="fp32", callback=_choice_list(("fp32", "bf16", "fp16"), "precisions"),

@@ -58,6 +58,10 @@ class GaussianNoise:
         + const. Here sigma^2."""
         return torch.full((y.shape[0],), self.sigma ** 2, dtype=y.dtype, device=y.device)
 
+    def element_variance(self, y: torch.Tensor) -> torch.Tensor:
+        """Var n_j of every element of y (B, ...), in data units: sigma^2 everywhere."""
+        return torch.full_like(y, self.sigma ** 2)
+
 
 @dataclass(frozen=True)
 class PoissonNoise:
@@ -116,6 +120,10 @@ class PoissonNoise:
         var = mean(y) / peak."""
         return self._mean_level(y) / self.peak
 
+    def element_variance(self, y: torch.Tensor) -> torch.Tensor:
+        """Var n_j of every element of y (B, ...), in data units: y_j / peak (the Poisson count's variance)."""
+        return y.clamp_min(0) / self.peak
+
 
 NoiseModel = GaussianNoise | PoissonNoise
 
@@ -133,8 +141,11 @@ def parse_noise(spec: str) -> NoiseModel:
     name, _, value = spec.partition(":")
     if name not in ("gaussian", "poisson"):
         raise DPSError(f"unknown noise {spec!r}; use 'gaussian:SIGMA' or 'poisson:RATE'")
+    if not value.strip():
+        example = "gaussian:0.025 (sigma in [0, 1] image units)" if name == "gaussian" else "poisson:1.0 (the rate)"
+        raise DPSError(f"noise {spec!r} names no level; give one, e.g. {example}")
     try:
-        number = float(value) if value else (0.05 if name == "gaussian" else 1.0)
+        number = float(value)
     except ValueError:
         raise DPSError(f"bad noise {spec!r}: {value!r} is not a number") from None
     try:

@@ -7,7 +7,12 @@ weights (decay ``min(ema_decay, (1 + n) / (10 + n))`` after n updates); the EMA 
 
 A run folder holds:
 
-* ``train.json``: the full :class:`TrainConfig` (a rerun with a different config is refused);
+* ``train.json``: the :class:`TrainConfig` (``settings``: everything but ``steps``; ``steps``: the target),
+  written before any work; a rerun with other settings is refused, a rerun with more ``steps`` continues
+  the run, one with fewer than the weights have had is refused. The folder is locked while a run trains in
+  it (a second process is refused), and temporary files of an interrupted run are removed. Every setting
+  is checked (the data read, the network built) before the folder is made, so a failed start leaves
+  nothing behind;
 * ``state.safetensors``: weights, EMA weights, AdamW moments, the data generator's state and the step,
   written atomically every ``checkpoint_every`` steps; an interrupted run restarted with the same command
   continues from it and produces the same weights as an uninterrupted run;
@@ -59,6 +64,8 @@ def unet_config(unet: Optional[str] = None, image_size: Optional[int] = None, ch
         config["image_size"] = image_size
     if channels is not None:
         config["in_channels"] = int(channels)
+    UNetConfig.from_dict(config).check_image_size(int(config.get("image_size", 256)),
+                                                 "--image-size" if image_size is not None else "the UNet's image_size")
     return config
 
 
@@ -84,6 +91,11 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 10
     hflip: bool = False
+
+
+#: TrainConfig fields a rerun may change: the target step count (more continues the run) and how often it
+#: checkpoints and logs (neither changes the weights).
+UNCOMPARED = ("steps", "checkpoint_every", "log_every")
 
 
 def load_training_images(cfg: TrainConfig) -> torch.Tensor:
@@ -184,16 +196,36 @@ def _plot_loss(csv_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def _check_config(out: Path, cfg: TrainConfig) -> None:
+def _continue_steps(out: Path, state_step: int, cfg: TrainConfig) -> None:
+    """Refuse ``cfg.steps`` below what the weights have had."""
+    from .errors import DPSError
+
+    if cfg.steps < state_step:
+        raise DPSError(f"{out} holds a run trained to {state_step} steps; --steps {cfg.steps} is fewer: pass --steps "
+                       f"{state_step} or more to continue it, or another --out to train anew")
+
+
+def _legacy_record(out: Path) -> None:
+    """A train.json of an earlier version (the bare config) in the form of today's (settings + steps)."""
     path = out / "train.json"
-    want = asdict(cfg)
-    if path.exists():
-        have = json.loads(path.read_text())
-        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k) and k != "steps")
-        if diff:
-            raise ValueError(f"{out} holds a run with a different config (differs in {diff}); "
-                             "use another --out or the same settings to resume")
-    atomic_write(path, lambda p: p.write_text(json.dumps(want, indent=2)))
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # RunFolder names the damaged file
+    if isinstance(data, dict) and "settings" not in data and "unet" in data:
+        record = {"settings": {k: v for k, v in data.items() if k not in UNCOMPARED},
+                  **{k: data[k] for k in UNCOMPARED if k in data}}
+        atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=2)))
+
+
+def _check_finite(value: float, step: int, cfg: TrainConfig, out: Path) -> None:
+    from .errors import DPSError
+
+    if not math.isfinite(value):
+        raise DPSError(f"the training loss is {value} at step {step}: the learning rate --lr {cfg.lr:g} is too large "
+                       f"for this network (the default is 2e-4); lower it and train in another --out (or delete {out})")
 
 
 def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
@@ -203,24 +235,40 @@ def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
     ``steps`` may be raised on a rerun to train further; everything else must match the saved run. Initial
     weights and every random draw come from CPU generators, so the device changes results only by rounding.
     """
+    from .runs.folder import RunFolder
+
     out = Path(out)
     device = torch.device(device)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, cfg)
+    # everything that can fail on the user's input, before the folder exists
+    images = load_training_images(cfg) * 2 - 1  # [0, 1] -> [-1, 1]
+    abar = make_schedule(cfg.schedule, cfg.T).alphas_cumprod
     torch.manual_seed(cfg.seed)  # initial weights
     net = UNetModel(UNetConfig.from_dict(cfg.unet)).to(device)
+    if int(cfg.unet.get("in_channels", 3)) != images.shape[1]:
+        raise ValueError(f"the data have {images.shape[1]} channel(s), the UNet takes {cfg.unet.get('in_channels', 3)}: "
+                         "set --channels")
     ema = UNetModel(UNetConfig.from_dict(cfg.unet)).to(device)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    images = load_training_images(cfg) * 2 - 1  # [0, 1] -> [-1, 1]
-    abar = make_schedule(cfg.schedule, cfg.T).alphas_cumprod
 
+    settings = {k: v for k, v in asdict(cfg).items() if k not in UNCOMPARED}
+    _legacy_record(out)
+    with RunFolder(out, "train.json", settings) as run:
+        run.record.update({k: getattr(cfg, k) for k in UNCOMPARED})  # saved once the steps are checked
+        return _train_in(run, cfg, out, device, images, abar, net, ema, opt, gen, progress, on_checkpoint)
+
+
+def _train_in(run, cfg: TrainConfig, out: Path, device: torch.device, images, abar, net, ema, opt, gen, progress,
+              on_checkpoint) -> UNetModel:
+    """The training loop of :func:`train` in its held run folder."""
     state_path, log_path = out / "state.safetensors", out / "loss.csv"
     step, ema_loss, wall0 = 0, float("nan"), 0.0
     if state_path.exists():
         step, ema_loss, wall0 = _load_state(state_path, net, ema, opt, gen)
+    _continue_steps(out, step, cfg)
+    run.save()
     _truncate_log(log_path, step)
 
     from tqdm import tqdm
@@ -248,8 +296,7 @@ def train(cfg: TrainConfig, out: Union[str, Path], progress: bool = True,
             step += 1
             _update_ema(ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss is {value} at step {step}; lower --lr")
+            _check_finite(value, step, cfg, out)
             ema_loss = value if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * value
             if step % cfg.log_every == 0:
                 writer.writerow([step, f"{value:.6f}", f"{ema_loss:.6f}", f"{time.time() - t0:.1f}"])

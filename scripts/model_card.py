@@ -23,6 +23,7 @@ from dps.data.digits import digits_split  # noqa: E402
 from dps.images import make_grid, save_image  # noqa: E402
 from dps.seeds import unconditional_generators  # noqa: E402
 from dps.metrics.digits_classifier import CLASSIFIER_FILE, load_classifier, prior_quality  # noqa: E402
+from dps.train import UNCOMPARED  # noqa: E402
 from dps.models.loading import load_model  # noqa: E402
 from dps.solvers.unconditional import sample_prior  # noqa: E402
 
@@ -35,7 +36,8 @@ def main(run: Path, n: int = 359, steps: int = 250, seed: int = 0) -> None:
     shutil.copyfile(run / "loss.png", ASSETS / "digits_loss.png")
     prior = load_model(model_file)
     meta = prior.metadata
-    train_cfg = json.loads((run / "train.json").read_text())
+    record = json.loads((run / "train.json").read_text())  # {"settings": {...}, "steps": N, ...}
+    train_cfg = {**record["settings"], **{k: record[k] for k in UNCOMPARED if k in record}}
     rows = list(csv.DictReader((run / "loss.csv").open()))
     last = rows[-1]
     first = rows[0]

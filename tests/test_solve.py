@@ -117,7 +117,7 @@ def test_solve_recomputes_stale_and_missing_results(tmp_path, model, images):
     assert (run / "input" / "digit0.png").exists()
     after = json.loads((run / "run.json").read_text())["images"]["digit1"]
     assert _png(run / "label" / "digit1.png").max() == 0  # the edited image's ground truth, and its result
-    assert after["digest"] != before["digest"] and after["psnr"] != before["psnr"]
+    assert after["inputs"]["input"] != before["inputs"]["input"] and after["psnr"] != before["psnr"]
     assert (run / "recon" / "digit2.png").stat().st_mtime_ns == stamp
 
 

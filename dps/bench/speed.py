@@ -76,6 +76,7 @@ def random_prior(preset: str, image_size: Optional[int] = None, seed: int = 0) -
     if image_size is not None:  # the same network (its 256-px channel multipliers) at another image size
         mults = UNetConfig.from_dict(cfg).mults()
         cfg.update(image_size=image_size, channel_mult=",".join(str(m) for m in mults))
+        UNetConfig.from_dict(cfg).check_image_size(image_size, f"--image-size for --arch {preset}:")
     torch.manual_seed(seed)
     net = UNetModel(cfg)
     with torch.no_grad():

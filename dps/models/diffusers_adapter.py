@@ -21,9 +21,34 @@ from torch import nn
 from ..diffusion.denoiser import NetworkPrior
 from ..diffusion.schedule import Schedule, cosine_betas, linear_betas
 
-__all__ = ["DiffusersUNet", "load_diffusers", "is_diffusers_folder", "betas_from_scheduler_config"]
+__all__ = ["DiffusersUNet", "load_diffusers", "is_diffusers_folder", "betas_from_scheduler_config", "check_scheduler",
+           "VP_SCHEDULERS"]
 
 _PREDICTION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
+
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log")
+
+#: diffusers schedulers of models trained on the variance-preserving (DDPM) process: their betas define it.
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
+                 "DPMSolverSinglestepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
+                 "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
+                 "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
+#: schedulers of other processes (variance exploding, EDM), which a VP prior would misread
+OTHER_SCHEDULERS = {"ScoreSdeVeScheduler": "variance-exploding (VE)", "KarrasVeScheduler": "variance-exploding (VE)",
+                    "EDMEulerScheduler": "EDM", "EDMDPMSolverMultistepScheduler": "EDM"}
+
+
+def check_scheduler(sched: dict, source: Path) -> None:
+    """A ValueError naming the scheduler and what is supported unless ``sched`` (a scheduler config) is of a
+    variance-preserving (DDPM-family) model."""
+    name = sched.get("_class_name")
+    if name in OTHER_SCHEDULERS:
+        raise ValueError(f"{source} has a {name}: a {OTHER_SCHEDULERS[name]} model, which the diffusers loader does "
+                         f"not read (a VP prior would misread it and sample garbage); it reads DDPM-family models "
+                         f"(schedulers {', '.join(VP_SCHEDULERS[:3])}, ...)")
+    if name is not None and name not in VP_SCHEDULERS:
+        raise ValueError(f"{source} has a scheduler {name!r} that this loader does not know; it reads models with a "
+                         f"DDPM-family scheduler: {', '.join(VP_SCHEDULERS)}")
 
 
 class DiffusersUNet(nn.Module):
@@ -64,7 +89,15 @@ def _scheduler_config(path: Path, unet_dir: Path) -> dict:
     for cand in (path / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
                  unet_dir.parent / "scheduler" / "scheduler_config.json"):
         if cand.is_file():
-            return json.loads(cand.read_text())
+            try:
+                sched = json.loads(cand.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{cand} is not valid JSON ({type(exc).__name__}); restore the scheduler config") \
+                    from None
+            if not isinstance(sched, dict):
+                raise ValueError(f"{cand} is not a JSON object; restore the scheduler config")
+            check_scheduler(sched, cand)
+            return sched
     raise FileNotFoundError(
         f"{path}: no scheduler_config.json (looked in scheduler/, beside config.json and in ../scheduler/); "
         "the scheduler's betas define the diffusion, so it is required")
@@ -83,15 +116,12 @@ def betas_from_scheduler_config(cfg: dict) -> torch.Tensor:
         return torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float64) ** 2
     if kind == "squaredcos_cap_v2":
         return cosine_betas(T)
-    raise ValueError(f"unsupported beta_schedule {kind!r} (supported: linear, scaled_linear, squaredcos_cap_v2)")
+    raise ValueError(f"the scheduler's beta_schedule {kind!r} is not supported; supported: linear, scaled_linear, "
+                     "squaredcos_cap_v2, or trained_betas")
 
 
 def load_diffusers(path: Union[str, Path]) -> NetworkPrior:
     """Load a local diffusers ``UNet2DModel`` folder as a prior (nothing is downloaded)."""
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as exc:
-        raise ImportError("loading diffusers models needs the optional extra: pip install 'dps[diffusers]'") from exc
     path = Path(path)
     unet_dir = _unet_dir(path)
     if not is_diffusers_folder(path):
@@ -99,10 +129,16 @@ def load_diffusers(path: Union[str, Path]) -> NetworkPrior:
     sched = _scheduler_config(path, unet_dir)
     prediction = sched.get("prediction_type", "epsilon")
     if prediction not in _PREDICTION:
-        raise ValueError(f"unsupported prediction_type {prediction!r}; supported: {sorted(_PREDICTION)}")
+        raise ValueError(f"{path}: the scheduler's prediction_type {prediction!r} is not supported; supported: "
+                         f"{', '.join(_PREDICTION)}")
     variance = sched.get("variance_type", "fixed_small")
-    if variance not in ("fixed_small", "fixed_large", "learned_range", "fixed_small_log", "fixed_large_log"):
-        raise ValueError(f"unsupported variance_type {variance!r}")
+    if variance not in VARIANCE_TYPES:
+        raise ValueError(f"{path}: the scheduler's variance_type {variance!r} is not supported; supported: "
+                         f"{', '.join(VARIANCE_TYPES)}")
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as exc:
+        raise ImportError("loading diffusers models needs the optional extra", name="diffusers") from exc
     unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
     unet.eval()
     betas = betas_from_scheduler_config(sched)

@@ -30,7 +30,7 @@ from .unet import UNetConfig, UNetModel
 
 __all__ = [
     "GUIDED_DIFFUSION_PRESETS", "CheckpointMismatchError", "load_model", "load_guided_diffusion",
-    "infer_unet_config", "check_state_dict", "save_unet_safetensors", "load_unet_safetensors", "EMBEDDED_MODELS",
+    "infer_unet_config", "check_state_dict", "model_identity", "save_unet_safetensors", "load_unet_safetensors", "EMBEDDED_MODELS",
     "model_advice",
 ]
 
@@ -258,6 +258,35 @@ def load_unet_safetensors(path: Union[str, Path], map_location: str = "cpu") -> 
 
 
 # ----------------------------------------------------------------------------------------------- entry point
+_IDENTITIES: dict = {}
+
+
+def model_identity(path_or_name: Union[str, Path]) -> str:
+    """A digest of a model's bytes: the file, or every file of a folder (by relative path), or the embedded
+    file a name stands for. Results record it, so a model retrained or replaced in place makes a rerun
+    recompute them. Memoised per process on (path, size, mtime)."""
+    key = str(path_or_name)
+    path = _ASSETS / EMBEDDED_MODELS[key] if key in EMBEDDED_MODELS and not Path(key).exists() else Path(key)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                         p.relative_to(path).parts)) \
+        if path.is_dir() else [path]
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+    if stamp not in _IDENTITIES:
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in files:
+            if not f.exists():
+                continue
+            if path.is_dir():
+                h.update(str(f.relative_to(path)).encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _IDENTITIES[stamp] = h.hexdigest()[:16]
+    return _IDENTITIES[stamp]
+
+
 def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
                device: Union[str, torch.device, None] = None) -> NetworkPrior:
     """Load a prior from a name, a diffusers folder, a ``.safetensors`` file or a guided-diffusion ``.pt``.

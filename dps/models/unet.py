@@ -368,6 +368,22 @@ class UNetConfig:
             return _default_channel_mult(self.image_size) if cm == "" else tuple(float(v) if "." in v else int(v) for v in cm.split(","))
         return tuple(cm)
 
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this, 2^(levels - 1): each level but the last halves the image,
+        and the upsampling path must meet every skip connection at its size."""
+        return 2 ** (len(self.mults()) - 1)
+
+    def check_image_size(self, size: int, what: str = "image_size") -> None:
+        """A DPSError naming the sizes that work when the network cannot take ``size`` x ``size`` images."""
+        from ..errors import DPSError
+
+        m = self.size_multiple()
+        if size < m or size % m:
+            fits = sorted({max(m, size // m * m), max(m, -(-size // m) * m)})
+            raise DPSError(f"{what} {size} does not fit this UNet: its {len(self.mults())} levels (channel_mult "
+                           f"{self.to_dict()['channel_mult'] or 'default'}) need a multiple of {m}; "
+                           f"use e.g. {' or '.join(map(str, fits))}")
+
     def attention_ds(self) -> tuple[int, ...]:
         """Downsample rates with attention: ``image_size // r`` for each resolution r."""
         ar = self.attention_resolutions
@@ -391,6 +407,7 @@ class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig | dict) -> None:
         super().__init__()
         cfg = config if isinstance(config, UNetConfig) else UNetConfig.from_dict(config)
+        cfg.check_image_size(cfg.image_size)
         self.config = cfg
         mc = cfg.num_channels
         ted = 4 * mc

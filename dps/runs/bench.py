@@ -29,7 +29,7 @@ from ..images import measurement_picture, save_image
 from ..utils import atomic_path, atomic_write
 from .folder import RunFolder, read_json, write_json
 from .layout import BenchLayout
-from .loop import Item, ItemResult, Job, Progress, digest_tensor, pending, run_items
+from .loop import Item, ItemResult, Job, Progress, digest_tensor, pending, recompute_note, run_items, why_stale
 from .spec import Overrides, RunSpec, resolve
 
 __all__ = ["BenchSettings", "run_bench", "bench_specs"]
@@ -108,15 +108,10 @@ class BenchSink:
         self.layout, self.job = layout, job
         self.method, self.task = job.spec.method, job.spec.task.name
 
-    def done(self, item: Item) -> bool:
+    def stale(self, item: Item) -> Optional[str]:
         L = self.layout
-        path = L.result(self.method, self.task, item.name, ".json")
-        if not (path.exists() and L.result(self.method, self.task, item.name, ".pt").exists()):
-            return False
-        try:
-            return read_json(path).get("digest") == item.digest
-        except DPSError:
-            return False
+        return why_stale(L.result(self.method, self.task, item.name, ".json"), self.job.inputs(item),
+                         [L.result(self.method, self.task, item.name, ".pt")])
 
     def write(self, item: Item, r: ItemResult) -> None:
         from ..metrics import psnr, ssim
@@ -127,7 +122,7 @@ class BenchSink:
         save_image(recon, L.result(self.method, self.task, item.name, ".png"))
         with atomic_path(L.result(self.method, self.task, item.name, ".pt")) as tmp:
             torch.save(recon.clone(), tmp)
-        row = {"image": item.name, "index": item.index, "digest": item.digest,
+        row = {"image": item.name, "index": item.index, "inputs": self.job.inputs(item),
                "psnr": float(psnr(recon[None], x[None])[0]), "ssim": float(ssim(recon[None], x[None])[0]),
                "residual": float(r.residual[r.chosen]), "seconds": r.seconds, "nfe": r.nfe, "device": r.device}
         write_json(L.result(self.method, self.task, item.name, ".json"), row)  # last: the image is finished
@@ -163,7 +158,7 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
                        extendable=("images", "tasks")) if ctx.is_main else contextlib.nullcontext()
     with folder:
         barrier(ctx)
-        plans = []
+        plans, reasons = [], {}
         for job in jobs:
             method, task = job.spec.method, job.spec.task.name
             layout.pair(method, task).mkdir(parents=True, exist_ok=True)
@@ -173,9 +168,10 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
             if reason is not None or layout.skip_reason(method, task) is not None:
                 continue
             sink = BenchSink(layout, job)
-            plans.append((job, sink, pending(job, items, sink, ctx)))
+            plans.append((job, sink, pending(job, items, sink, ctx, reasons)))
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
         with Progress(sum(len(todo) * job.steps for job, _, todo in plans), f"dps bench images{rank}", progress) as bar:
+            bar.note(recompute_note(reasons))
             for job, sink, todo in plans:
                 def diverged(exc: Exception, job=job) -> bool:  # the pair reads n/a; the other pairs go on
                     if not isinstance(exc, Diverged):

@@ -24,7 +24,8 @@ from ..tasks import Variant
 from ..utils import atomic_path, atomic_write
 from .folder import RunFolder, read_json, write_json
 from .layout import GalleryLayout
-from .loop import Item, ItemResult, Job, Progress, digest_bytes, pending, run_items, save_operator_once
+from .loop import (Item, ItemResult, Job, Progress, digest_bytes, pending, recompute_note, run_items,
+                   save_operator_once, why_stale)
 from .spec import RunSpec
 
 __all__ = ["Gallery", "run_gallery", "load_results"]
@@ -54,15 +55,9 @@ class GallerySink:
         self.layout, self.job = layout, job
         self.task, self.digest = job.spec.task.name, task_digest(job.spec)
 
-    def done(self, item: Item) -> bool:
-        path = self.layout.item(self.task, item.name, ".json")
-        if not (path.exists() and self.layout.item(self.task, item.name, ".pt").exists()):
-            return False
-        try:
-            record = read_json(path)
-        except DPSError:
-            return False
-        return record.get("task") == self.digest and record.get("digest") == item.digest
+    def stale(self, item: Item) -> Optional[str]:
+        return why_stale(self.layout.item(self.task, item.name, ".json"), {**self.job.inputs(item), "task": self.digest},
+                         [self.layout.item(self.task, item.name, ".pt")])
 
     def write(self, item: Item, r: ItemResult) -> None:
         op = self.job.op
@@ -71,7 +66,7 @@ class GallerySink:
         with atomic_path(self.layout.item(self.task, item.name, ".pt")) as tmp:
             torch.save(tensors, tmp)
         write_json(self.layout.item(self.task, item.name, ".json"),
-                   {"index": item.index, "digest": item.digest, "task": self.digest, "seconds": r.seconds,
+                   {"index": item.index, "inputs": {**self.job.inputs(item), "task": self.digest}, "seconds": r.seconds,
                     "nfe": r.nfe, "device": r.device})
 
 
@@ -93,13 +88,14 @@ def run_gallery(g: Gallery, prior: Prior, progress: bool = True) -> Optional[dic
     folder = RunFolder(layout.root, layout.record_name, g.settings) if ctx.is_main else contextlib.nullcontext()
     with folder as run:
         barrier(ctx)
-        plans = []
+        plans, reasons = [], {}
         for j, job in enumerate(jobs):
             if ctx.is_main:
                 save_operator_once(job.op, layout.operator(job.spec.task.name))
             sink = GallerySink(layout, job)
-            plans.append((job, sink, pending(job, g.items_of(j), sink, ctx)))
+            plans.append((job, sink, pending(job, g.items_of(j), sink, ctx, reasons)))
         with Progress(sum(len(todo) * job.steps for job, _, todo in plans), g.title, progress) as bar:
+            bar.note(recompute_note(reasons))
             for job, sink, todo in plans:
                 run_items(job, todo, sink, batch_size=max(1, len(todo)), progress=bar)
         barrier(ctx)

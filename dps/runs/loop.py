@@ -12,8 +12,10 @@ has its own :class:`Sink` (what to write where: :mod:`dps.runs.layout`), and the
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
@@ -25,12 +27,14 @@ from ..errors import DPSError
 from ..noise import NoiseModel
 from ..operators import Operator
 from ..seeds import noise_generator, operator_seed, sample_generators
+from ..solvers.dps import check_measurement
 from ..solvers.methods import Method, reconstruct
 from ..tasks import build_operator
 from .spec import RunSpec
 
 __all__ = ["Job", "Item", "ItemResult", "Sink", "Progress", "run_items", "pending", "measure", "load_measurement",
-           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once"]
+           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once", "why_stale",
+           "recompute_note"]
 
 
 def digest_bytes(data: bytes) -> str:
@@ -98,11 +102,38 @@ class ItemResult:
 
 
 class Sink(Protocol):
-    """Where a command's results go: which items are finished, and how one result is written and recorded."""
+    """Where a command's results go: which items are finished, and how one result is written and recorded.
 
-    def done(self, item: Item) -> bool: ...
+    ``stale(item)`` is None when the item's result is finished and current, else why it must be (re)computed
+    (:func:`why_stale`)."""
+
+    def stale(self, item: Item) -> Optional[str]: ...
 
     def write(self, item: Item, result: ItemResult) -> None: ...
+
+
+NEW = "new"
+
+
+def why_stale(record_path: Path, inputs: dict, files: Sequence[Path]) -> Optional[str]:
+    """None when the record at ``record_path`` is finished, names exactly these ``inputs`` (digests of the
+    image, the model, the operator, ...) and every result file in ``files`` exists; else the reason: NEW (no
+    record), "record damaged", "<input> changed" or "result file missing"."""
+    from .folder import read_json
+
+    if not record_path.exists():
+        return NEW
+    try:
+        record = read_json(record_path)
+    except DPSError:
+        return "record damaged"
+    have = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    changed = [k for k, v in inputs.items() if have.get(k) != v]
+    if changed:
+        return " and ".join(changed) + " changed"
+    if not all(Path(f).exists() for f in files):
+        return "result file missing"
+    return None
 
 
 @dataclass
@@ -115,6 +146,16 @@ class Job:
     noise: NoiseModel
     method: Method
     settings: Any
+    model_id: str = ""
+
+    def inputs(self, item: Item) -> dict:
+        """The digests a result of ``item`` depends on beyond the run's settings: the input's bytes (image or
+        measurement), the model file's bytes and the operator's parameters."""
+        return {"input": item.digest, "model": self.model_id, "operator": self.operator_id}
+
+    @cached_property
+    def operator_id(self) -> str:
+        return operator_digest(self.op)
 
     @classmethod
     def build(cls, spec: RunSpec, prior: Prior, op: Optional[Operator] = None) -> "Job":
@@ -126,8 +167,21 @@ class Job:
         op = op if op is not None else build_operator(spec.task.operator, shape, operator_seed(spec.seed))
         if tuple(op.in_shape) != shape:
             raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
-        return cls(spec, prior.to(device), op.to(device), spec.task.noise_model(), spec.method_entry,
-                   spec.method_settings())
+        job = cls(spec, prior.to(device), op.to(device), spec.task.noise_model(), spec.method_entry,
+                  spec.method_settings(), _model_id(spec.model))
+        job.check_steps()
+        return job
+
+    def check_steps(self) -> None:
+        """A DPSError, naming where the count came from, when the method's ``steps`` do not fit the prior's
+        schedule (1 to T steps of the T the model was trained with)."""
+        steps, schedule = getattr(self.settings, "steps", None), getattr(self.prior, "schedule", None)
+        if steps is None or schedule is None:
+            return
+        T = len(schedule)
+        if not 1 <= int(steps) <= T:
+            raise DPSError(f"{self.method.name} would run {steps} steps ({self.spec.steps_from}), but the model has "
+                           f"{T} diffusion steps: use 1 to {T}")
 
     @property
     def device(self) -> torch.device:
@@ -147,6 +201,14 @@ class Job:
     def steps(self) -> int:
         """Progress units per image: the method's reported steps, or 1 for a method that reports none."""
         return self.method.progress(self.settings) if self.method.progress is not None else 1
+
+
+def _model_id(model: str) -> str:
+    """The model's identity (:func:`~dps.models.loading.model_identity`), or "" when ``model`` names no file
+    (a prior passed in by a caller)."""
+    from ..models.loading import EMBEDDED_MODELS, model_identity
+
+    return model_identity(model) if model in EMBEDDED_MODELS or Path(model).exists() else ""
 
 
 def measure(op: Operator, noise: NoiseModel, x: torch.Tensor, seed: int, indices: Sequence[int]) -> torch.Tensor:
@@ -174,10 +236,7 @@ def load_measurement(path: Path, op: Operator) -> torch.Tensor:
     if tuple(y.shape) != shape:
         raise DPSError(f"measurement file {path} has shape {tuple(y.shape)}, but {op.name} produces {shape}; "
                        "use the operator that made it (--operator)")
-    bad = ~torch.isfinite(y)
-    if bool(bad.any()):
-        raise DPSError(f"measurement file {path} holds {int(bad.sum())} NaN or infinite value(s); it is a bad "
-                       "measurement")
+    check_measurement(y[None], op, f"measurement file {path}")
     return y.to(torch.get_default_dtype())
 
 
@@ -201,6 +260,11 @@ class Progress:
     def update(self, n: int) -> None:
         self.bar.update(n)
 
+    def note(self, text: Optional[str]) -> None:
+        """Print one line above the bar (on stderr, also when the bar is off)."""
+        if text:
+            self.bar.write(text, file=sys.stderr)
+
     def close(self) -> None:
         self.bar.close()
 
@@ -211,11 +275,30 @@ class Progress:
         self.close()  # also on an error: the bar ends its line before the error is printed
 
 
-def pending(job: Job, items: Sequence[Item], sink: Sink, ctx: Optional[Context] = None) -> list[Item]:
+def pending(job: Job, items: Sequence[Item], sink: Sink, ctx: Optional[Context] = None,
+            reasons: Optional[dict] = None) -> list[Item]:
     """This process's share of ``items`` (every world-th under torchrun, split before skipping, so the split
-    never depends on timing) that the sink has not finished."""
+    never depends on timing) that the sink has not finished. ``reasons``, when given, collects why each
+    result made before is recomputed: {reason: [item names]} (new items are not listed)."""
     share = shard(list(items), ctx) if ctx is not None else list(items)
-    return [item for item in share if not sink.done(item)]
+    todo = []
+    for item in share:
+        why = sink.stale(item)
+        if why is not None:
+            todo.append(item)
+            if why != NEW and reasons is not None:
+                reasons.setdefault(why, []).append(item.name)
+    return todo
+
+
+def recompute_note(reasons: dict, what: str = "result") -> Optional[str]:
+    """One line that says how many results made before are recomputed and why, or None."""
+    if not reasons:
+        return None
+    n = sum(len(v) for v in reasons.values())
+    parts = [f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for why, names in sorted(reasons.items())]
+    return f"recomputing {n} {what}(s) made before: " + "; ".join(parts)
 
 
 def run_items(job: Job, items: Sequence[Item], sink: Sink, *, batch_size: int = 8, frames: int = 0,

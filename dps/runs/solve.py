@@ -3,8 +3,9 @@
 
 The settings are recorded in ``run.json`` before any work; a rerun with other settings or another operator
 is refused, a second process on the same folder is refused while the first runs, and a rerun with the same
-settings skips the images whose record, files and input digest are all in place (an input edited in place,
-or a result file deleted by hand, is recomputed). Input files that cannot be read are listed at the end (the
+settings skips the images whose record and files are in place and whose inputs are unchanged (the digests of
+the input file, the model file and the operator are in each image's record): an input edited in place, a
+model retrained in place or a result file deleted by hand is recomputed, and the rerun says how many and why. Input files that cannot be read are listed at the end (the
 good ones are solved) and the command exits non-zero. Under ``torchrun`` each process takes every world-th
 input and rank 0 writes ``run.json``'s summary.
 """
@@ -27,7 +28,8 @@ from ..tasks import check_operator_matches
 from ..utils import atomic_path
 from .folder import RunFolder, read_json, write_json
 from .layout import SolveLayout
-from .loop import Item, ItemResult, Job, Progress, digest_bytes, load_measurement, operator_digest, pending, run_items
+from .loop import (Item, ItemResult, Job, Progress, digest_bytes, load_measurement, operator_digest, pending,
+                   recompute_note, run_items, why_stale)
 from .spec import RunSpec, settings_record
 
 __all__ = ["run_solve", "SomeInputsFailed", "load_prior"]
@@ -62,16 +64,9 @@ class SolveSink:
             files += [L.samples(name), L.mean(name), L.std(name)] + [L.recon(name, k) for k in range(K)]
         return files
 
-    def done(self, item: Item) -> bool:
-        path = self.layout.item_record(item.name)
-        if not path.exists():
-            return False
-        try:
-            record = read_json(path)
-        except DPSError:
-            return False
-        return (record.get("done") is True and record.get("digest") == item.digest
-                and all(p.exists() for p in self.outputs(item.name, item.x is not None)))
+    def stale(self, item: Item) -> Optional[str]:
+        return why_stale(self.layout.item_record(item.name), self.job.inputs(item),
+                         self.outputs(item.name, item.x is not None))
 
     def write(self, item: Item, r: ItemResult) -> None:
         from ..metrics import psnr, ssim
@@ -80,7 +75,7 @@ class SolveSink:
         save_tensor(r.y, L.measurement(name))
         save_image(measurement_picture(r.y, xs.shape[-1], self.job.op), L.input(name))
         save_image(xs[r.chosen], L.recon(name))
-        entry = {"index": item.index, "digest": item.digest, "residual": [float(v) for v in r.residual],
+        entry = {"index": item.index, "inputs": self.job.inputs(item), "residual": [float(v) for v in r.residual],
                  "chosen_sample": r.chosen, "seconds": round(r.seconds, 3), "nfe": r.nfe, "device": r.device}
         if K > 1:
             for k in range(K):
@@ -180,9 +175,11 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
             if not layout.operator.exists():
                 save_operator(job.op, layout.operator)
         sink = SolveSink(layout, job)
-        todo = pending(job, items, sink, ctx)
+        reasons: dict = {}
+        todo = pending(job, items, sink, ctx, reasons)
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
         with Progress(len(todo) * job.steps, f"dps solve {spec.task.name}{rank}", progress) as bar:
+            bar.note(recompute_note(reasons, "image"))
             run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
         barrier(ctx)  # every shard written
         if not ctx.is_main:

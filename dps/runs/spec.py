@@ -49,6 +49,7 @@ class RunSpec:
         :param model_config: a guided-diffusion config for a ``.pt`` checkpoint (preset name or file).
     :param seed: the run's seed (:mod:`dps.seeds`); :param samples: posterior samples K per measurement.
     :param execution: device, precision, checkpointing, compile, threads.
+    :param steps_from: where the method's step count comes from (an option, a task-file key), for messages.
     """
 
     task: Task
@@ -60,6 +61,7 @@ class RunSpec:
     seed: int = 0
     samples: int = 1
     execution: Execution = field(default_factory=Execution)
+    steps_from: str = field(default="", compare=False)
 
     @property
     def method_entry(self) -> Method:
@@ -140,6 +142,26 @@ def _task(source: Union[str, Path, Task], o: Overrides) -> Task:
     return task.with_steps(o.steps) if o.steps is not None else task
 
 
+def _steps_from(source, o: Overrides, method: str, method_preset: Optional[str], nfe: Optional[int]) -> str:
+    """Where the method's step count comes from, as the user wrote it (for messages)."""
+    if o.nfe is not None:
+        return f"--nfe {o.nfe}"
+    if o.steps is not None:
+        return f"--steps {o.steps}"
+    if method_preset is not None:
+        return f"--method-preset {method_preset}"
+    if nfe is not None:
+        return f"the nfe {nfe} recorded in {source}"
+    if get_method(method).from_task is None:
+        return f"the method {method}'s default; set it with --nfe"
+    if isinstance(source, Task):
+        return f"the task {source.name}'s dps.steps"
+    path = Path(source)
+    if path.is_file():
+        return f"steps in the dps block of {path}; or set it with --steps"
+    return f"the task {source}'s steps; set it with --steps"
+
+
 def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
             previous: Optional[dict] = None, execution: Optional[Execution] = None) -> RunSpec:
     """The run specification of a task source (a preset name, a task file, a ``run.json`` or a Task) with the
@@ -166,7 +188,7 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     if execution is None:
         network = {k: _first(getattr(o, k), prev.get(k)) for k in Execution.NETWORK_DEFAULTS}
         execution = Execution.on(o.device, threads=o.threads, **{k: v for k, v in network.items() if v is not None})
-    return RunSpec(task=_task(source, o), method=method, method_preset=method_preset, nfe=nfe,
+    return RunSpec(task=_task(source, o), method=method, steps_from=_steps_from(source, o, method, method_preset, nfe), method_preset=method_preset, nfe=nfe,
                    model=str(_first(o.model, prev.get("model"), "default")),
                    model_config=_first(o.model_config, prev.get("model_config")),
                    seed=int(_first(o.seed, prev.get("seed"), 0)), samples=int(_first(o.samples, prev.get("samples"), 1)),

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from ..errors import DPSError
 from ..utils import atomic_write
 from .folder import read_json, write_json
 from .layout import BenchLayout
@@ -55,6 +56,10 @@ def aggregate(layout: BenchLayout, specs, items, labels: Optional[torch.Tensor],
                          "fid": None, "not_applicable": skipped})
             continue
         per = [read_json(layout.result(method, task, n, ".json")) for n in names]
+        for it, r in zip(items, per):  # only results of these very inputs
+            if (r.get("inputs") or {}).get("input") != it.digest:
+                raise DPSError(f"{layout.result(method, task, it.name, '.json')} was made from another version of "
+                               f"{it.name}; rerun the command to recompute it")
         recon = torch.stack([torch.load(layout.result(method, task, n, ".pt"), weights_only=True) for n in names])
         row = {"method": method, "task": task, "n": len(per),
                "psnr": sum(r["psnr"] for r in per) / len(per), "ssim": sum(r["ssim"] for r in per) / len(per),

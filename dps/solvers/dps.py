@@ -57,9 +57,11 @@ from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
 from ..errors import Diverged, DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
+from .divergence import DivergenceGuard
 
 __all__ = ["DPSConfig", "DPSResult", "dps_sample", "StepRule", "PaperRule", "BetaRule", "VarianceRule", "STEP_RULES",
-           "step_size", "guidance", "frozen_parameters", "check_measurement", "DivergenceGuard", "at_steps"]
+           "step_size", "guidance", "frozen_parameters", "check_measurement", "check_prior_operator", "DivergenceGuard",
+           "at_steps"]
 
 class StepRule:
     """A step-size rule: zeta_i (B,) that multiplies grad_{x_i} ||y - A(x0_hat)||^2 at step i.
@@ -262,45 +264,31 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def check_measurement(y: torch.Tensor, what: str = "measurement") -> None:
-    """A DPSError unless every value of y is finite (a NaN measurement is a bad input, not a step-size problem)."""
+def check_measurement(y: torch.Tensor, op=None, what: str = "measurement") -> None:
+    """The one check of a batch of measurements y (B, *out_shape), for the Python API and the command line: a
+    DPSError unless y is a floating-point tensor with a batch dimension, of the shape ``op.out_shape`` (when
+    the operator declares one), and every value is finite (a NaN measurement is a bad input, not a step-size
+    problem)."""
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        raise DPSError(f"the {what} must be a floating-point tensor, got "
+                       f"{y.dtype if isinstance(y, torch.Tensor) else type(y).__name__}")
+    shape = getattr(op, "out_shape", None)
+    if shape is not None and tuple(y.shape[1:]) != tuple(shape):
+        hint = " (add the batch dimension: y[None])" if tuple(y.shape) == tuple(shape) else ""
+        raise DPSError(f"the {what} has shape {tuple(y.shape)}, but {getattr(op, 'name', 'the operator')} produces "
+                       f"(B, {', '.join(map(str, shape))}){hint}; use the operator that made it")
     bad = ~torch.isfinite(y)
     if bool(bad.any()):
         raise DPSError(f"the {what} holds {int(bad.sum())} NaN or infinite value(s) out of {y.numel()}; "
                        "check the file or the operator that produced it")
 
 
-class DivergenceGuard:
-    """Stops an iteration whose iterate leaves the range the prior allows.
-
-    Under the VP process x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps, the per-element RMS of x_i is at
-    most about R + 1, R = :meth:`Prior.model_radius` (1 for [-1, 1] images). The guard fires when a
-    sample's RMS exceeds ``factor`` (R + 1) (a hundred times what the prior allows), or is not finite.
-    Reading the RMS on the host synchronises a GPU, so on an accelerator the largest RMS is kept on the
-    device and read every ``every`` steps (default 20) and at step 0; on the CPU, where reading is free,
-    at every step.
-    """
-
-    def __init__(self, prior: Prior, factor: float = 100.0, every: Optional[int] = None) -> None:
-        self.limit = factor * (prior.model_radius() + 1.0)
-        self.every = every
-        self._worst: Optional[torch.Tensor] = None
-        self._seen = 0
-
-    def check(self, x: torch.Tensor, i: int, t: int, advice: str) -> None:
-        rms = x.detach().flatten(1).pow(2).mean(1).sqrt().max()
-        self._worst = rms if self._worst is None else torch.maximum(self._worst, rms)  # NaN propagates
-        self._seen += 1
-        every = self.every or (1 if x.device.type == "cpu" else 20)
-        if i != 0 and self._seen % every:
-            return
-        worst = float(self._worst)
-        if worst <= self.limit:
-            return
-        state = "is not finite" if worst != worst or worst == float("inf") else \
-            f"has RMS {worst:.3g}, beyond the {self.limit:.3g} the prior allows"
-        when = f"at step {i}" if every == 1 else f"by step {i}"
-        raise Diverged(f"diverged {when} (t={t}): the iterate {state}; {advice}")
+def check_prior_operator(prior: Prior, op) -> None:
+    """A DPSError unless the operator takes the prior's images (when it declares its input shape)."""
+    shape = getattr(op, "in_shape", None)
+    if shape is not None and tuple(shape) != tuple(prior.event_shape):
+        raise DPSError(f"the operator takes inputs of shape {tuple(shape)}, the prior makes {tuple(prior.event_shape)}; "
+                       "build the operator for the prior's image shape")
 
 
 def dps_sample(
@@ -332,6 +320,9 @@ def dps_sample(
         one way for a method built on DPS (MCG's projection) to modify the iterate.
     :returns: :class:`DPSResult` with x of shape (B, K, *event_shape).
     """
+    check_int(num_samples, "num_samples", 1)
+    check_measurement(y, operator)
+    check_prior_operator(prior, operator)
     schedule = respace(prior.schedule, config.steps, config.spacing)
     B, K = y.shape[0], num_samples
     y_rep = y.repeat_interleave(K, dim=0)
@@ -343,7 +334,6 @@ def dps_sample(
     variance = config.variance
     residual = torch.full((B * K,), float("nan"), dtype=dtype, device=y.device)
     noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
-    check_measurement(y)
     guard = DivergenceGuard(prior)
     advice = (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
               "lower it (--step-size)")

@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from ..errors import CapabilityMissing, DPSError, NotApplicable
+from ..errors import CapabilityMissing, DPSError, NotApplicable, check_int
 from .admm import ADMMTVSettings, PnPADMMSettings, admm_tv, pnp_admm
 from .daps import DAPS_PRESETS, DAPSSettings, daps, daps_budget
 from .ddrm import DDRMSettings, ddrm
 from .diffpir import DiffPIRSettings, diffpir
-from .dps import DPSConfig, at_steps, check_measurement, dps_sample
+from .divergence import check_residual
+from .dps import DPSConfig, at_steps, check_measurement, check_prior_operator, dps_sample
 from .phase import ERSettings, HIOSettings, er, hio, oss
 from .pigdm import PiGDMSettings, pigdm
 from .projection import MCGSettings, ScoreSDESettings, mcg, score_sde
@@ -200,9 +201,15 @@ class Method:
 
     def settings_text(self) -> str:
         """The settings column of the method table: the note, and the defaults of methods with their own."""
-        own = "" if self.from_task is not None else ", ".join(
-            f"{f.name} {getattr(self.settings(), f.name)}" for f in fields(self.settings))
+        own = "" if self.from_task is not None else settings_line(self.settings())
         return "; ".join(p for p in (own, self.note) if p)
+
+    def advice(self, settings) -> str:
+        """What to change when a run with ``settings`` diverges (the divergence guards' advice)."""
+        if self.step_size:
+            return (f"{self.title}'s step size zeta'={settings.zeta} is too large for this problem: lower it "
+                    "(--step-size, or zeta in the task's dps block)")
+        return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)})"
 
     def why_not(self, op, noise) -> Optional[str]:
         """None when the method applies to (op, noise), else the reason (one sentence)."""
@@ -252,6 +259,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("oss", oss, "OSS", "Rodriguez et al., 2013", HIOSettings,
            "smoothed HIO, then final_er ER steps; the best restart by residual", (FOURIER,), sampler=False),
 )}
+
+
+def settings_line(settings) -> str:
+    """A settings dataclass as ``name value, ...`` (messages)."""
+    return ", ".join(f"{f.name} {getattr(settings, f.name)}" for f in fields(settings))
 
 
 def methods_markdown() -> str:
@@ -312,11 +324,11 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, setting
     if callback is not None and m.progress is None:
         raise DPSError(f"method {m.name} reports no progress (it is not a stepwise sampler); record progress "
                        "with one that does (`dps methods`)")
+    check_int(num_samples, "num_samples", 1)
+    check_measurement(y, op)
+    if prior is not None:
+        check_prior_operator(prior, op)
     B, K = y.shape[0], num_samples
-    if tuple(y.shape[1:]) != tuple(op.out_shape):
-        raise DPSError(f"the measurement has shape {tuple(y.shape[1:])}, but {op.name} produces "
-                       f"{tuple(op.out_shape)}; use the operator that made it")
-    check_measurement(y)
     if generators is not None and not isinstance(generators, torch.Generator):
         generators = list(generators)
         if len(generators) != B * K:
@@ -328,8 +340,9 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, setting
     with count_evaluations(prior) as rows, running:
         x = m.fn(prior, op, y_rep, noise, generators, settings, **extra)
     with torch.no_grad():
-        residual = (y_rep - op(x)).flatten(1).norm(dim=1)
-    return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual.reshape(B, K),
+        residual = (y_rep - op(x)).flatten(1).norm(dim=1).reshape(B, K)
+    check_residual(residual, y, noise, m.advice(settings))
+    return Reconstruction(x=x.reshape(B, K, *x.shape[1:]), residual=residual,
                           extras={"nfe": rows[0] / (B * K)})
 
 
