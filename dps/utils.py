@@ -28,12 +28,19 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         os.replace(tmp, path)
     except Exception as exc:
         # a writer that reports a full disk in its own words (torch.save: "unexpected pos", an iostream error)
-        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) and _disk_full(path.parent):
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) and (
+                _disk_full(path.parent) or _says_disk_full(exc)):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _says_disk_full(exc: BaseException) -> bool:
+    """Whether a writer's own exception reports ENOSPC in words (safetensors: "... (os error 28)")."""
+    text = str(exc)
+    return f"os error {errno.ENOSPC}" in text or os.strerror(errno.ENOSPC) in text
 
 
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:

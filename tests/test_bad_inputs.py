@@ -127,6 +127,14 @@ def _live_lock(d, ctx):
     (d / "run" / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # this test process: alive
 
 
+def _trained_4(d, ctx):
+    from conftest import TINY
+
+    r = CliRunner().invoke(main, ["train", "--out", str(d / "train"), "--unet", json.dumps(TINY), "--steps", "4",
+                                  "--batch-size", "2", "--checkpoint-every", "2"])
+    assert r.exit_code == 0, r.output
+
+
 def _truncated_state(d, ctx):
     from conftest import TINY
 
@@ -135,6 +143,45 @@ def _truncated_state(d, ctx):
     assert r.exit_code == 0, r.output
     state = d / "train" / "state.safetensors"
     state.write_bytes(state.read_bytes()[:1000])
+
+
+def _scheduler_folder(scheduler: dict):
+    """A diffusers-looking folder (UNet config and scheduler config; no weights: the scheduler is refused first)."""
+    def setup(d, ctx):
+        (d / "m" / "unet").mkdir(parents=True)
+        (d / "m" / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 32}))
+        (d / "m" / "scheduler").mkdir()
+        (d / "m" / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return setup
+
+
+def _mismatched_checkpoint(d, ctx):
+    from conftest import TINY
+
+    from dps.models.unet import UNetModel
+
+    sd = UNetModel({**TINY, "num_channels": 64}).state_dict()  # another width than the config says
+    torch.save(sd, d / "m.pt")
+    (d / "c.json").write_text(json.dumps(TINY))
+
+
+def _damaged_run_json(d, ctx):
+    _one_image(d, ctx)
+    (d / "run").mkdir()
+    (d / "run" / "run.json").write_text('{"settings": {')
+
+
+def _unfinished_run(d, ctx):
+    _solve_run(d, ctx)
+    for p in (d / "run" / "records").glob("*.json"):
+        p.unlink()
+
+
+def _absent(*paths):
+    def after(d):
+        for p in paths:
+            assert not (d / p).exists(), f"{p} was created"
+    return after
 
 
 def _solved_good_ones(d):
@@ -249,7 +296,55 @@ CASES = [
     Case("bench-ddrm-on-poisson-is-na", "bench images --methods ddrm --tasks {d}/task.yaml --n 1 --model {model} "
          "--out {d}/bench", 0, "n/a", _task_file("name: sr_poisson\noperator: {name: super_resolution}\n"
                                                  "noise: poisson:1.0\ndps: {zeta: 1.0}\n")),
+    Case("steps-past-the-schedule-nfe", SOLVE.replace(" --steps 2", "") + " --nfe 5000 --input {d}/in --out {d}/out", 1,
+         "dps would run 5000 steps (--nfe 5000), but the model has 1000 diffusion steps: use 1 to 1000", _one_image,
+         after=_absent("out")),
+    Case("steps-past-the-schedule-task-file", "solve --task {d}/task.yaml --model {model} --input {d}/in --out {d}/out",
+         1, "steps in the dps block of", lambda d, ctx: (_one_image(d, ctx), _task_file(
+             "operator: {name: super_resolution}\nnoise: gaussian:0.05\ndps: {zeta: 1.0, steps: 5000}\n")(d, ctx)),
+         after=_absent("out")),
+    Case("noise-without-a-level", SOLVE + " --noise gaussian: --input {d}/in --out {d}/out", 1,
+         "names no level; give one, e.g. gaussian:0.025", _one_image, after=_absent("out")),
+    Case("preset-without-a-value-for-the-task", "solve --task phase_retrieval --preset paper-imagenet --model {model} "
+         "--input {d}/in --out {d}/out", 1, "has no step size for task phase_retrieval", _one_image,
+         after=_absent("out")),
+    Case("damaged-run-json", SOLVE + " --input {d}/in --out {d}/run", 1, "run.json is damaged", _damaged_run_json,
+         untouched=("run/run.json",)),
+    Case("figure-of-a-run-without-a-finished-image", "figure {d}/run", 1, "no finished image yet", _unfinished_run),
+    Case("figure-of-a-run-missing-a-result", "figure {d}/run", 1, "is missing: rerun the command",
+         lambda d, ctx: (_solve_run(d, ctx), (d / "run" / "recon" / "good0.png").unlink())),
+    # models
+    Case("diffusers-ve-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "ScoreSdeVeScheduler: a variance-exploding",
+         _scheduler_folder({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000}), after=_absent("s.png")),
+    Case("diffusers-edm-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "EDMEulerScheduler: a EDM model",
+         _scheduler_folder({"_class_name": "EDMEulerScheduler"})),
+    Case("diffusers-unknown-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "'MyScheduler' that this loader",
+         _scheduler_folder({"_class_name": "MyScheduler"})),
+    Case("diffusers-prediction-type", "sample --model {d}/m --out {d}/s.png", 1,
+         "prediction_type 'flow' is not supported; supported: epsilon, sample, v_prediction",
+         _scheduler_folder({"_class_name": "DDPMScheduler", "prediction_type": "flow"})),
+    Case("diffusers-scheduler-not-json", "sample --model {d}/m --out {d}/s.png", 1, "scheduler_config.json is not valid JSON",
+         lambda d, ctx: (_scheduler_folder({})(d, ctx), (d / "m" / "scheduler" / "scheduler_config.json").write_text("{"))),
+    Case("checkpoint-that-does-not-fit", "sample --model {d}/m.pt --config {d}/c.json --out {d}/s.png", 1,
+         "(109 in all) Pass the matching config", _mismatched_checkpoint, after=_absent("s.png")),
+    Case("bench-speed-image-size-8", "bench speed --arch ffhq256 --image-size 8 --steps 1", 1,
+         "--image-size for --arch ffhq256: 8 does not fit this UNet: its 6 levels (channel_mult 1,1,2,2,4,4) need a "
+         "multiple of 32; use e.g. 32"),
     # training
+    Case("train-image-size-33", "train --out {d}/t --image-size 33 --steps 1", 1,
+         "--image-size 33 does not fit this UNet: its 3 levels (channel_mult 1,2,2) need a multiple of 4; use e.g. 32 "
+         "or 36", after=_absent("t")),
+    Case("train-missing-data-leaves-nothing", "train --out {d}/t --data {d}/nodata --steps 1", 1,
+         "no such image file or folder", after=_absent("t")),
+    Case("train-unet-not-json", "train --out {d}/t --unet '{{image_size: 32' --steps 1", 1,
+         "--unet is not valid JSON", after=_absent("t")),
+    Case("train-nan-loss", "train --out {d}/t --unet '{tiny}' --steps 3 --batch-size 2 --lr 1e30", 1,
+         "the learning rate --lr 1e+30 is too large"),
+    Case("train-fewer-steps-than-trained", "train --out {d}/train --unet '{tiny}' --steps 2 --batch-size 2 "
+         "--checkpoint-every 2", 1, "holds a run trained to 4 steps; --steps 2 is fewer: pass --steps 4 or more",
+         _trained_4, untouched=("train/train.json", "train/model.safetensors", "train/state.safetensors")),
+    Case("train-other-settings", "train --out {d}/train --unet '{tiny}' --steps 4 --batch-size 2 --lr 1e-3", 1,
+         "other settings (changed: lr)", _trained_4, untouched=("train/train.json", "train/model.safetensors")),
     Case("truncated-training-state", "train --out {d}/train --unet '{tiny}' --steps 4 --batch-size 2 "
          "--checkpoint-every 2", 1,
          "delete", _truncated_state, untouched=("train/state.safetensors",)),
@@ -297,13 +392,17 @@ def test_missing_optional_package_is_named(tmp_path, monkeypatch):
     (tmp_path / "scheduler" / "scheduler_config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
     r = CliRunner().invoke(main, ["sample", "--model", str(tmp_path), "--out", str(tmp_path / "s.png")])
-    assert r.exit_code == 1 and "pip install 'dps[diffusers]'" in r.output, r.output
+    assert r.exit_code == 1 and "the optional package 'diffusers' is needed for this and is not installed: pip install " \
+        "'dps[diffusers]'" in r.output, r.output
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"")
     r = CliRunner().invoke(main, ["--debug", "sample", "--model", str(tmp_path / "m.pt")])
     assert r.exit_code == 1 and not isinstance(r.exception, SystemExit)  # the exception itself propagates
+    for value, shown in (("0", False), ("", False), ("1", True)):
+        r = CliRunner().invoke(main, ["sample", "--model", str(tmp_path / "m.pt")], env={"DPS_DEBUG": value})
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit) != shown, (value, r.output)
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -501,3 +600,142 @@ def test_a_full_disk_is_a_one_line_error_not_a_bug(tmp_path, monkeypatch, tiny_m
     monkeypatch.undo()
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and (tmp_path / "run" / "recon" / "d0.png").exists(), r.output
+
+
+def test_api_checks_the_measurement_and_the_sample_count():
+    """The Python API runs the command line's checks: a measurement of another shape is refused (never
+    broadcast), and so is a sample count below 1."""
+    from dps.errors import DPSError
+    from dps.models.loading import load_model
+    from dps.noise import GaussianNoise
+    from dps.solvers.dps import DPSConfig, dps_sample
+    from dps.solvers.methods import reconstruct
+    from dps.tasks import build_operator
+
+    prior = load_model("default")
+    op = build_operator({"name": "super_resolution", "factor": 4}, (1, 32, 32), 0)
+    y = op(torch.rand(1, 1, 32, 32))
+    rgb = y.expand(1, 3, 8, 8).clone()
+    for call in (lambda y, n: dps_sample(prior, op, y, GaussianNoise(0.05), DPSConfig(steps=2), num_samples=n),
+                 lambda y, n: reconstruct("dps", prior, op, y, GaussianNoise(0.05), DPSConfig(steps=2), num_samples=n)):
+        with pytest.raises(DPSError, match=r"has shape \(1, 3, 8, 8\), but super_resolution produces \(B, 1, 8, 8\)"):
+            call(rgb, 1)
+        with pytest.raises(DPSError, match=r"add the batch dimension"):
+            call(y[0], 1)
+        with pytest.raises(DPSError, match="num_samples must be in"):
+            call(y, 0)
+
+
+def test_a_retrained_model_and_an_edited_bench_image_are_recomputed(tmp_path, tiny_model_path, digits):
+    """Results record the model file's digest: replacing the model in place recomputes every result, and says
+    so; in a bench, an image edited in place is recomputed and the table follows it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    model = tmp_path / "m.safetensors"
+    shutil.copyfile(tiny_model_path, model)
+    _good_images(tmp_path, {"digits": digits}, 2)
+    args = ["solve", "--task", "super_resolution", "--model", str(model), "--steps", "2", "--input",
+            str(tmp_path / "in"), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    first = _digest(tmp_path / "run" / "recon" / "good0.png")
+    with safe_open(str(model), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(model)
+    tensors = {k: v * 1.5 if v.is_floating_point() else v for k, v in tensors.items()}  # "retrained"
+    save_file(tensors, str(model), metadata=meta)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "recomputing 2 image(s) made before: 2 model changed (good0, good1)" in r.output, r.output
+    assert _digest(tmp_path / "run" / "recon" / "good0.png") != first
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "recomputing" not in r.output, r.output
+
+    bench = ["bench", "images", "--methods", "dps", "--tasks", "super_resolution", "--steps", "2", "--model",
+             str(model), "--data", str(tmp_path / "in"), "--out", str(tmp_path / "bench")]
+    assert CliRunner().invoke(main, bench).exit_code == 0
+    psnr = json.loads((tmp_path / "bench" / "table.json").read_text())["rows"][0]["psnr"]
+    save_image(torch.zeros(1, 32, 32), tmp_path / "in" / "good1.png")
+    r = CliRunner().invoke(main, bench)
+    assert r.exit_code == 0 and "1 input changed (good1)" in r.output, r.output
+    assert json.loads((tmp_path / "bench" / "table.json").read_text())["rows"][0]["psnr"] != psnr
+
+
+def test_two_training_processes_on_one_folder(tmp_path):
+    """dps train holds its folder: a second process is refused while the first trains, and changes nothing;
+    the first finishes with its own step count in train.json and in the weights."""
+    from conftest import TINY
+
+    out = tmp_path / "t"
+    common = ["train", "--out", out, "--unet", json.dumps(TINY), "--batch-size", "2", "--checkpoint-every", "5"]
+    first = _spawn([*common, "--steps", "60"])
+    try:
+        deadline = time.time() + 120
+        while not (out / "state.safetensors").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert (out / "state.safetensors").exists() and first.poll() is None, "the first run should be training"
+        r = CliRunner().invoke(main, [*map(str, common), "--steps", "30"])
+        assert r.exit_code == 1 and "in use by another dps process" in r.output, r.output
+        assert first.wait(timeout=300) == 0, first.stdout.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    from dps.models.loading import load_model
+
+    assert json.loads((out / "train.json").read_text())["steps"] == 60
+    assert load_model(out / "model.safetensors").metadata["train_steps"] == "60"
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [int(r.split(",")[0]) for r in rows[1:]] == list(range(10, 61, 10))
+
+
+def _can_mount_tmpfs() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                              capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a tmpfs here (needs unshare -rm)")
+@pytest.mark.parametrize("command", ["solve", "bench", "train"])
+def test_a_full_disk_on_a_small_tmpfs(command, tmp_path, tiny_model_path, digits):
+    """A real full disk (a tmpfs too small for the run, in a private mount namespace): one line, exit 1, naming
+    the folder; what was written stays; after the disk grows (remount) the same command finishes the run."""
+    from conftest import TINY
+
+    _good_images(tmp_path, {"digits": digits}, 3)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    dps = f"OMP_NUM_THREADS=1 {sys.executable} -m dps"
+    cmd = {"solve": f"solve --task super_resolution --model {tiny_model_path} --steps 2 --input {tmp_path}/in",
+           "bench": f"bench images --methods dps --tasks super_resolution --steps 2 --model {tiny_model_path} "
+                    f"--data {tmp_path}/in",
+           "train": f"train --unet '{json.dumps(TINY)}' --steps 4 --batch-size 2 --checkpoint-every 2"}[command]
+    size = {"solve": "40k", "bench": "40k", "train": "3m"}[command]
+    script = (f"mount -t tmpfs -o size={size} tmpfs {disk} && cd {Path(__file__).resolve().parents[1]} && "
+              f"{dps} {cmd} --out {disk}/run; echo RC=$?; ls -R {disk}/run | head -50; "
+              f"mount -o remount,size=200m {disk} && {dps} {cmd} --out {disk}/run; echo RC=$?; ls {disk}/run")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    first, second = out.split("RC=", 2)[1:] if out.count("RC=") == 2 else pytest.fail(out)
+    assert first.startswith("1") and "Error: no space left on the device" in out and "internal" not in out, out
+    assert "Traceback" not in out, out
+    assert second.startswith("0"), out
+    finished = {"solve": "run.json", "bench": "table.md", "train": "model.safetensors"}[command]
+    assert finished in second, out
+
+
+@pytest.mark.calibrated_guard
+def test_the_calibrated_guard_stops_speckle_and_passes_a_correct_run(tmp_path, digits):
+    """With the embedded (trained) model and the product's limits: the task's own zeta' runs through, while
+    zeta' = 100 (binary speckle that still fits y) stops with an error naming zeta', and writes no result."""
+    _good_images(tmp_path, {"digits": digits}, 1)
+    args = ["solve", "--task", "super_resolution", "--steps", "100", "--input", str(tmp_path / "in")]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, "--step-size", "100", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and "diverged" in r.output and "zeta'=100.0" in r.output, r.output
+    from dps.solvers.divergence import ITERATE_LIMIT
+
+    assert f"the guard stops at {ITERATE_LIMIT:g} times" in r.output and not (tmp_path / "bad" / "recon" / "good0.png").exists()

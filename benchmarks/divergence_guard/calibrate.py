@@ -3,10 +3,12 @@ residual ratio q that correct runs reach, on every shipped task with every metho
 a DPS step-size sweep crosses them.
 
     python benchmarks/divergence_guard/calibrate.py --out benchmarks/divergence_guard/results.md [--n 2]
+    python benchmarks/divergence_guard/calibrate.py --budgets 20,100 --out benchmarks/divergence_guard/budgets.md
 
 Correct runs: the settings `dps solve --task TASK --method METHOD` uses on the embedded digits model
 (the task's steps and zeta'), plus DPS at the demo's 100 steps and zeta' (`dps demo`), on the first n
-held-out digits, seed 0. The guards are switched off while measuring (their limits set to infinity), so
+held-out digits, seed 0. With ``--budgets``: every method that has one at each budget (``--nfe N``) on every
+task instead (few-step runs). The guards are switched off while measuring (their limits set to infinity), so
 every ratio is seen; the table marks a run whose ratio would have crossed today's limit.
 """
 from __future__ import annotations
@@ -76,7 +78,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--budgets", default=None, help="comma-separated --nfe budgets: the few-step section only")
     args = ap.parse_args()
+    if args.budgets:
+        return budgets(args, [int(b) for b in args.budgets.split(",")])
     torch.manual_seed(0)
     divergence.RESIDUAL_LIMIT = math.inf  # reconstruct's final check off while measuring
     prior = load_model("default")
@@ -106,6 +111,31 @@ def main() -> None:
         results["sweep"][str(zeta)] = res
         lines.append(row(f"{zeta:g}", res))
         print(lines[-1], flush=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+
+
+def budgets(args, nfes: list[int]) -> None:
+    """Every method with a budget at each of ``nfes`` evaluations on every task."""
+    divergence.RESIDUAL_LIMIT = math.inf
+    prior = load_model("default")
+    x = digits_split("held_out")[0][: args.n]
+    results = {}
+    lines = [f"Limits today: rho {LIMITS['rho']:g}, q {LIMITS['q']:g} (bold: beyond them). Embedded digits model, "
+             f"{args.n} held-out digits, seed 0, `--nfe N`.\n", "| task / method / nfe | max rho | max q | PSNR (dB) |",
+             "|---|---|---|---|"]
+    for nfe in nfes:
+        for task in TASK_NAMES:
+            for name, method in METHODS.items():
+                if method.budget is None:
+                    continue
+                res = measure_run(prior, x, task, Overrides(method=name, nfe=nfe))
+                if res:
+                    results[f"{task}/{name}/{nfe}"] = res
+                    lines.append(row(f"{task} / {name} / {nfe}", res))
+                    print(lines[-1], flush=True)
+    worst = {k: max(v[k] for v in results.values() if v.get(k) is not None) for k in LIMITS}
+    lines += ["", f"Largest: rho {worst['rho']:.3g}, q {worst['q']:.3g}."]
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
 

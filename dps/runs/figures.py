@@ -82,13 +82,16 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
 
     record = read_json(layout.record, "run record")
     settings = record["settings"]
-    images = record.get("images") or {}
-    names = sorted(images, key=lambda n: images[n]["index"])[:max_images]
+    images = {p.stem: read_json(p) for p in layout.item_records()}  # the finished images, as they are now
+    names = sorted(images, key=lambda n: images[n].get("index", 0))[:max_images]
     K, method = settings["samples"], settings.get("method", "dps")
     rows = []
     for n in names:
-        recon = [_read(layout.recon(n, k)) for k in range(K)] if K > 1 else [_read(layout.recon(n))]
-        rows.append([_read(layout.input(n)), *recon, _read(layout.label(n))])
+        files = [layout.input(n), *([layout.recon(n, k) for k in range(K)] if K > 1 else [layout.recon(n)])]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise DPSError(f"{missing[0]} is missing: rerun the command that made {layout.root} to recompute it")
+        rows.append([_read(f) for f in files] + [_read(layout.label(n))])
     titles = ["measurement", *([f"{method_title(method)} sample {k}" for k in range(K)] if K > 1
                                else [method_title(method)]), "ground truth"]
     out = Path(out) if out is not None else layout.figure()
