@@ -374,3 +374,14 @@ def test_every_shipped_task_and_method_is_documented():
     methods = (ROOT / "docs" / "methods.md").read_text()
     for m in METHODS.values():
         assert f"**{m.title}**" in methods, f"docs/methods.md has no note on {m.title}"
+
+
+@pytest.mark.calibrated_guard
+def test_the_divergence_limits_in_the_docs_are_the_codes():
+    """The conventions page states the guards' limits as the code defines them (dps.solvers.divergence)."""
+    from dps.solvers import divergence
+
+    page = (ROOT / "docs" / "operators.md").read_text()
+    assert f"`ITERATE_LIMIT` = {divergence.ITERATE_LIMIT:g} times" in page
+    assert f"`RESIDUAL_LIMIT` = {divergence.RESIDUAL_LIMIT:g} times" in page
+    assert f"floored at {divergence.FLOOR:g}" in page

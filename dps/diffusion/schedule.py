@@ -90,14 +90,24 @@ def make_schedule(name: str = "linear", T: int = 1000) -> Schedule:
     return Schedule(betas=betas, timesteps=torch.arange(T, dtype=torch.int64))
 
 
+def check_step_count(n: int, T: int, who: str = "the sampler", origin: str = "") -> int:
+    """``n`` when 1 <= n <= T (a respaced run keeps n of the model's T steps), else a DPSError that says who
+    would run how many steps, where the count came from (``origin``, e.g. "--nfe 5000") and what fits."""
+    from ..errors import DPSError
+
+    if not 1 <= int(n) <= T:
+        raise DPSError(f"{who} would run {n} steps{f' ({origin})' if origin else ''}, but the model has {T} diffusion "
+                       f"steps: use 1 to {T}")
+    return int(n)
+
+
 def spaced_timesteps(T: int, n: int, mode: str = "even") -> list[int]:
     """The n model timesteps kept out of T.
 
     ``"even"``: guided-diffusion's ``space_timesteps(T, [n])``, round(k (T-1)/(n-1)), which keeps both
     0 and T-1. ``"ddim"``: DDIM's ``range(0, T, T // n)``.
     """
-    if not 1 <= n <= T:
-        raise ValueError(f"number of steps must be in [1, {T}], got {n}")
+    check_step_count(n, T)
     if mode == "ddim":
         return list(range(0, T, T // n))[:n]
     if mode != "even":

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 
 from ..diffusion.denoiser import Prior
+from ..diffusion.schedule import check_step_count
 from ..distributed import Context, set_threads, shard
 from ..errors import DPSError
 from ..noise import NoiseModel
@@ -178,10 +179,7 @@ class Job:
         steps, schedule = getattr(self.settings, "steps", None), getattr(self.prior, "schedule", None)
         if steps is None or schedule is None:
             return
-        T = len(schedule)
-        if not 1 <= int(steps) <= T:
-            raise DPSError(f"{self.method.name} would run {steps} steps ({self.spec.steps_from}), but the model has "
-                           f"{T} diffusion steps: use 1 to {T}")
+        check_step_count(steps, len(schedule), self.method.name, self.spec.steps_from)
 
     @property
     def device(self) -> torch.device:
