@@ -77,7 +77,7 @@ def test_train_cli_and_resume(tmp_path):
 
     assert load_model(tmp_path / "run" / "model.safetensors").metadata["train_steps"] == "4"
     r = CliRunner().invoke(main, base + ["--steps", "4", "--lr", "1e-3"])
-    assert r.exit_code != 0 and "different config" in r.output
+    assert r.exit_code == 1 and "other settings (changed: lr)" in r.output, r.output
 
 
 def test_demo_and_example_under_torchrun(tmp_path):
