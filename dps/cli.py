@@ -195,7 +195,8 @@ def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoi
                       batch_size=batch_size, lr=lr, ema_decay=ema_decay, grad_clip=grad_clip, seed=seed,
                       checkpoint_every=checkpoint_every, hflip=hflip)
     run_train(cfg, out, device=_execution(device).torch_device)
-    click.echo(f"wrote {out / 'model.safetensors'} (EMA weights), {out / 'loss.csv'}, {out / 'loss.png'}")
+    written = [p for p in (out / "loss.csv", out / "loss.png") if p.exists()]  # loss.png once a row is logged
+    click.echo(f"wrote {out / 'model.safetensors'} (EMA weights), " + ", ".join(map(str, written)))
 
 
 @main.command()

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "save_torch"]
 
 
 @contextlib.contextmanager
@@ -61,3 +61,13 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> None:
     """``write(tmp_path)`` then move it onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def save_torch(obj, path: Union[str, Path]) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, with the same bytes for the same tensors (saved through a
+    file object, so the archive does not carry the temporary file's name): a result file's digest then
+    changes only when its values do."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)

@@ -739,3 +739,38 @@ def test_the_calibrated_guard_stops_speckle_and_passes_a_correct_run(tmp_path, d
     from dps.solvers.divergence import ITERATE_LIMIT
 
     assert f"the guard stops at {ITERATE_LIMIT:g} times" in r.output and not (tmp_path / "bad" / "recon" / "good0.png").exists()
+
+
+@pytest.mark.calibrated_guard
+def test_a_diverged_new_run_leaves_nothing_that_blocks_the_fix(tmp_path, digits):
+    """A new solve folder whose first image diverges is removed again (only what the run wrote), so the
+    corrected step size runs in the same --out; MCG's advice names MCG."""
+    _good_images(tmp_path, {"digits": digits}, 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    args = ["solve", "--task", "super_resolution", "--steps", "100", "--input", str(tmp_path / "in"),
+            "--out", str(tmp_path / "out")]
+    r = CliRunner().invoke(main, [*args, "--step-size", "100"])
+    assert r.exit_code == 1 and "step(s) into the run" in r.output, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["solve", "--task", "inpainting_random", "--method", "mcg", "--steps", "20",
+                                  "--input", str(tmp_path / "in"), "--out", str(tmp_path / "mcg")])
+    assert r.exit_code == 1 and "MCG's step size zeta'" in r.output and "DPS" not in r.output, r.output
+
+
+def test_bench_rebuilds_deleted_pictures_and_its_figure_names_missing_ones(tmp_path, tiny_model_path, digits):
+    _good_images(tmp_path, {"digits": digits}, 2)
+    bench = ["bench", "images", "--methods", "dps", "--tasks", "super_resolution", "--steps", "2", "--model",
+             str(tiny_model_path), "--data", str(tmp_path / "in"), "--out", str(tmp_path / "b")]
+    assert CliRunner().invoke(main, bench).exit_code == 0
+    b = tmp_path / "b"
+    (b / "labels" / "good1.png").unlink()
+    (b / "inputs" / "super_resolution" / "good0.png").unlink()
+    r = CliRunner().invoke(main, bench)
+    assert r.exit_code == 0 and "2 result file missing (good0, good1)" in r.output, r.output
+    assert (b / "labels" / "good1.png").exists() and (b / "inputs" / "super_resolution" / "good0.png").exists()
+    (b / "results" / "dps" / "super_resolution" / "good1.png").unlink()
+    r = CliRunner().invoke(main, ["figure", str(b)])
+    assert r.exit_code == 1 and "good1.png is missing: rerun the command" in r.output, r.output

@@ -18,9 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from ..utils import atomic_path
+from ..utils import save_torch
 from .base import LinearOperator, MatrixOperator, Operator, conjugate_gradient
 from .blur import Blur, gaussian_kernel
 from .inpainting import Inpainting
@@ -49,8 +47,7 @@ def save_operator(op: Operator, path: str | Path) -> None:
     """
     state = {k: v.detach().cpu() for k, v in op.state_dict().items() if not k.startswith("model.")}
     payload = {"name": op.name, "config": op.config, "state": state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def load_operator(path: str | Path, kernel_wizard: Optional[KernelWizard] = None) -> Operator:

@@ -26,8 +26,8 @@ from ..distributed import barrier, setup
 from ..errors import Diverged, DPSError
 from ..execution import Execution
 from ..images import measurement_picture, save_image
-from ..utils import atomic_path, atomic_write
-from .folder import RunFolder, read_json, write_json
+from ..utils import atomic_write, save_torch
+from .folder import RunFolder, write_json
 from .layout import BenchLayout
 from .loop import Item, ItemResult, Job, Progress, digest_tensor, pending, recompute_note, run_items, why_stale
 from .spec import Overrides, RunSpec, resolve
@@ -111,7 +111,8 @@ class BenchSink:
     def stale(self, item: Item) -> Optional[str]:
         L = self.layout
         return why_stale(L.result(self.method, self.task, item.name, ".json"), self.job.inputs(item),
-                         [L.result(self.method, self.task, item.name, ".pt")])
+                         [L.result(self.method, self.task, item.name, suffix) for suffix in (".pt", ".png")]
+                         + [L.input(self.task, item.name), L.label(item.name)])
 
     def write(self, item: Item, r: ItemResult) -> None:
         from ..metrics import psnr, ssim
@@ -120,8 +121,7 @@ class BenchSink:
         save_image(measurement_picture(r.y, x.shape[-1], self.job.op), L.input(self.task, item.name))
         save_image(x, L.label(item.name))
         save_image(recon, L.result(self.method, self.task, item.name, ".png"))
-        with atomic_path(L.result(self.method, self.task, item.name, ".pt")) as tmp:
-            torch.save(recon.clone(), tmp)
+        save_torch(recon.clone(), L.result(self.method, self.task, item.name, ".pt"))
         row = {"image": item.name, "index": item.index, "inputs": self.job.inputs(item),
                "psnr": float(psnr(recon[None], x[None])[0]), "ssim": float(ssim(recon[None], x[None])[0]),
                "residual": float(r.residual[r.chosen]), "seconds": r.seconds, "nfe": r.nfe, "device": r.device}

@@ -39,6 +39,13 @@ def _read(path: Path) -> Optional[np.ndarray]:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _need(path: Path, layout) -> np.ndarray:
+    """A picture a figure draws, or a DPSError naming the missing file and how to get it back."""
+    if not path.exists():
+        raise DPSError(f"{path} is missing: rerun the command that made {layout.root} to recompute it")
+    return _read(path)
+
+
 def to_hwc(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W, 3) for drawing (grey repeated)."""
     a = x.detach().float().clamp(0, 1).cpu().numpy()
@@ -88,10 +95,7 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
     rows = []
     for n in names:
         files = [layout.input(n), *([layout.recon(n, k) for k in range(K)] if K > 1 else [layout.recon(n)])]
-        missing = [f for f in files if not f.exists()]
-        if missing:
-            raise DPSError(f"{missing[0]} is missing: rerun the command that made {layout.root} to recompute it")
-        rows.append([_read(f) for f in files] + [_read(layout.label(n))])
+        rows.append([_need(f, layout) for f in files] + [_read(layout.label(n))])  # a label only with images
     titles = ["measurement", *([f"{method_title(method)} sample {k}" for k in range(K)] if K > 1
                                else [method_title(method)]), "ground truth"]
     out = Path(out) if out is not None else layout.figure()
@@ -111,8 +115,8 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
 
 def bench_figure(layout: BenchLayout, task: str, methods: Sequence[str], names: Sequence[str],
                  out: Optional[Path] = None) -> Path:
-    rows = [[_read(layout.input(task, n)), *[_read(layout.result(m, task, n, ".png")) for m in methods],
-             _read(layout.label(n))] for n in names]
+    rows = [[_need(layout.input(task, n), layout), *[_need(layout.result(m, task, n, ".png"), layout) for m in methods],
+             _need(layout.label(n), layout)] for n in names]
     out = Path(out) if out is not None else layout.figure(task)
     grid_figure(rows, ["measurement", *map(method_title, methods), "ground truth"], list(names), out)
     return out

@@ -64,7 +64,9 @@ class RunFolder:
         self.initial = initial or {}
         self.extendable = tuple(extendable)
         self.record: dict = {}
+        self.created = False  # True when this run wrote the record (the folder held no run before)
         self._lock: Optional[Path] = None
+        self._discard: list[Path] = []
 
     # -- lock ---------------------------------------------------------------------------------------------
     def _acquire(self) -> None:
@@ -125,6 +127,7 @@ class RunFolder:
                 self.save()
         else:
             self.record = {"settings": self.settings, **self.initial}
+            self.created = True
             self.save()  # the settings are recorded before any work
 
     @staticmethod
@@ -148,10 +151,23 @@ class RunFolder:
             raise
         return self
 
+    def discard(self, files: Sequence[Path] = ()) -> None:
+        """Undo a new run that failed before finishing any result: its record and ``files`` (what it wrote, no
+        result among them) are removed when the lock is released, and so are the folders left empty, so that
+        the corrected command (other settings) starts afresh. A no-op for a folder that held a run before."""
+        if self.created:
+            self._discard = [self.record_path, *map(Path, files)]
+
     def _release(self) -> None:
         if self._lock is not None:
+            for path in self._discard:
+                path.unlink(missing_ok=True)
             self._lock.unlink(missing_ok=True)
             self._lock = None
+            folders = {q for p in self._discard for q in p.parents if q == self.path or self.path in q.parents}
+            for folder in sorted(folders, key=lambda p: -len(p.parts)):  # deepest first, up to the run folder
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
     def __exit__(self, *exc) -> None:
         self._release()

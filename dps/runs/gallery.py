@@ -19,9 +19,8 @@ import torch
 
 from ..diffusion.denoiser import Prior
 from ..distributed import barrier, setup
-from ..errors import DPSError
 from ..tasks import Variant
-from ..utils import atomic_path, atomic_write
+from ..utils import atomic_write, save_torch
 from .folder import RunFolder, read_json, write_json
 from .layout import GalleryLayout
 from .loop import (Item, ItemResult, Job, Progress, digest_bytes, pending, recompute_note, run_items,
@@ -63,8 +62,7 @@ class GallerySink:
         op = self.job.op
         naive = op.naive_inverse(r.y[None].to(self.job.device))[0].cpu()
         tensors = {"y": r.y, "x": item.x.cpu(), "samples": r.samples, "residual": r.residual, "naive": naive}
-        with atomic_path(self.layout.item(self.task, item.name, ".pt")) as tmp:
-            torch.save(tensors, tmp)
+        save_torch(tensors, self.layout.item(self.task, item.name, ".pt"))
         write_json(self.layout.item(self.task, item.name, ".json"),
                    {"index": item.index, "inputs": {**self.job.inputs(item), "task": self.digest}, "seconds": r.seconds,
                     "nfe": r.nfe, "device": r.device})

@@ -294,8 +294,10 @@ def recompute_note(reasons: dict, what: str = "result") -> Optional[str]:
     if not reasons:
         return None
     n = sum(len(v) for v in reasons.values())
-    parts = [f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-             for why, names in sorted(reasons.items())]
+    parts = []
+    for why, names in sorted(reasons.items()):
+        shown = list(dict.fromkeys(names))  # an image recomputed for several (method, task) pairs: named once
+        parts.append(f"{len(names)} {why} ({', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''})")
     return f"recomputing {n} {what}(s) made before: " + "; ".join(parts)
 
 

@@ -10,7 +10,7 @@ from ..diffusion.denoiser import Prior
 from ..images import make_grid, save_image
 from ..seeds import unconditional_generators
 from ..solvers.unconditional import sample_prior
-from ..utils import atomic_path
+from ..utils import save_torch
 
 __all__ = ["draw_samples", "run_sample"]
 
@@ -36,6 +36,5 @@ def run_sample(prior: Prior, n: int, steps: int, seed: int, out: Path, sampler: 
         raise DPSError(f"the samples hold {int(bad.sum())} NaN or infinite value(s): the model does not fit its "
                        "diffusion (check the checkpoint and its scheduler); nothing was written")
     save_image(make_grid(x, nrow=int(math.ceil(math.sqrt(n)))), out)
-    with atomic_path(Path(out).with_suffix(".pt")) as tmp:
-        torch.save(x, tmp)
+    save_torch(x, Path(out).with_suffix(".pt"))
     return x

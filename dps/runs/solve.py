@@ -25,7 +25,7 @@ from ..images import measurement_picture, save_image
 from ..operators import load_operator, save_operator
 from ..seeds import FORMULAS
 from ..tasks import check_operator_matches
-from ..utils import atomic_path
+from ..utils import save_torch
 from .folder import RunFolder, read_json, write_json
 from .layout import SolveLayout
 from .loop import (Item, ItemResult, Job, Progress, digest_bytes, load_measurement, operator_digest, pending,
@@ -47,8 +47,7 @@ def load_prior(spec: RunSpec) -> Prior:
 
 
 def save_tensor(t: torch.Tensor, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(t.detach().cpu().clone(), tmp)
+    save_torch(t.detach().cpu().clone(), path)
 
 
 class SolveSink:
@@ -180,7 +179,12 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
         with Progress(len(todo) * job.steps, f"dps solve {spec.task.name}{rank}", progress) as bar:
             bar.note(recompute_note(reasons, "image"))
-            run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
+            try:
+                run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
+            except DPSError:  # e.g. diverged: a new folder without a finished image must not block the fix
+                if ctx.is_main and not layout.item_records():
+                    run.discard([layout.operator])
+                raise
         barrier(ctx)  # every shard written
         if not ctx.is_main:
             return {}

@@ -99,5 +99,6 @@ class DivergenceGuard:
         state = "is not finite" if not math.isfinite(worst) else \
             f"has RMS {worst * (self.radius + 1):.3g}, {worst:.3g} times the {self.radius + 1:g} the prior allows " \
             f"(the guard stops at {self.limit:g} times)"
-        when = f"at step {i}" if every == 1 else f"by step {i}"
-        raise Diverged(f"diverged {when} (t={t}): the iterate {state}; {advice}")
+        when = f"at t={t}, {self._seen} step(s) into the run" if every == 1 else \
+            f"by t={t}, within the first {self._seen} steps of the run"
+        raise Diverged(f"diverged {when}: the iterate {state}; {advice}")

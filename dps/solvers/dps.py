@@ -55,7 +55,7 @@ from torch import nn
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import Schedule, respace
 from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
-from ..errors import Diverged, DPSError, check_float, check_int
+from ..errors import DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
 from .divergence import DivergenceGuard
 
@@ -303,6 +303,7 @@ def dps_sample(
     x_T: Optional[torch.Tensor] = None,
     callback: Optional[Callable[[dict], None]] = None,
     post_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
+    advice: Optional[str] = None,
 ) -> DPSResult:
     """Draw ``num_samples`` = K posterior samples for each of the B measurements ``y``.
 
@@ -318,6 +319,8 @@ def dps_sample(
         space), residual (B*K,), zeta (B*K,). Read-only: it gets copies, so it cannot change the run.
     :param post_step: ``post_step(x_prev, i) -> x_prev``, applied to x_{i-1} after the DPS update; the
         one way for a method built on DPS (MCG's projection) to modify the iterate.
+    :param advice: what the divergence guard tells the user to change (default: DPS's zeta'); a method built
+        on DPS names its own setting.
     :returns: :class:`DPSResult` with x of shape (B, K, *event_shape).
     """
     check_int(num_samples, "num_samples", 1)
@@ -335,7 +338,7 @@ def dps_sample(
     residual = torch.full((B * K,), float("nan"), dtype=dtype, device=y.device)
     noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
     guard = DivergenceGuard(prior)
-    advice = (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
+    advice = advice or (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
               "lower it (--step-size)")
 
     with frozen_parameters(prior), torch.enable_grad():

@@ -89,7 +89,10 @@ def mcg(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
         eps = randn(x.shape, generators, x.device, x.dtype)
         return noised_measurement_projection(prior, op, y, x, float(schedule.alphas_cumprod_prev[i]), eps, delta)
 
-    return dps_sample(prior, op, y, noise, cfg, generator=generators, callback=callback, post_step=project).x[:, 0]
+    from .methods import METHODS  # the method table imports this module
+
+    return dps_sample(prior, op, y, noise, cfg, generator=generators, callback=callback, post_step=project,
+                      advice=METHODS["mcg"].advice(settings)).x[:, 0]
 
 
 @torch.no_grad()
