@@ -771,6 +771,6 @@ def test_bench_rebuilds_deleted_pictures_and_its_figure_names_missing_ones(tmp_p
     r = CliRunner().invoke(main, bench)
     assert r.exit_code == 0 and "2 result file missing (good0, good1)" in r.output, r.output
     assert (b / "labels" / "good1.png").exists() and (b / "inputs" / "super_resolution" / "good0.png").exists()
-    (b / "results" / "dps" / "super_resolution" / "good1.png").unlink()
+    (b / "results" / "dps" / "super_resolution" / "good0.png").unlink()  # the first image's: never dropped silently
     r = CliRunner().invoke(main, ["figure", str(b)])
-    assert r.exit_code == 1 and "good1.png is missing: rerun the command" in r.output, r.output
+    assert r.exit_code == 1 and "good0.png is missing: rerun the command" in r.output, r.output

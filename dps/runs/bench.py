@@ -187,8 +187,9 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
         table = aggregate(layout, specs, items, labels, settings)
         table_files(layout, table)
         for task in dict.fromkeys(s.task.name for s in specs):
-            bench_figure(layout, task, [s.method for s in specs if s.task.name == task
-                                        and layout.skip_reason(s.method, task) is None], [it.name for it in items][:8])
+            ran = [s.method for s in specs if s.task.name == task and layout.skip_reason(s.method, task) is None]
+            if ran:  # a task where no method applied has nothing to show
+                bench_figure(layout, task, ran, [it.name for it in items][:8])
     if failed:
         raise DPSError(f"{len(failed)} image(s) could not be read and are not in the table {layout.table('.md')}: "
                        + " | ".join(failed))

@@ -164,9 +164,12 @@ def figure_for(run_dir: Path, out: Optional[Path] = None, max_images: int = 8) -
         figures = []
         for task in settings["tasks"]:
             methods = [m for m in METHODS if layout.pair(m, task).is_dir() and layout.skip_reason(m, task) is None
-                       and layout.result(m, task, names[0], ".png").exists()]
-            figures.append(bench_figure(layout, task, methods, names, None if out is None else
-                                        Path(out).with_name(f"{Path(out).stem}_{task}.png")))
+                       and any(layout.pair(m, task).glob("*.json"))]  # the pairs that ran (a missing file: an error)
+            if methods:  # a task where no method applied has nothing to show
+                figures.append(bench_figure(layout, task, methods, names, None if out is None else
+                                            Path(out).with_name(f"{Path(out).stem}_{task}.png")))
+        if not figures:
+            raise DPSError(f"nothing to draw in {run_dir}: no method has a finished result yet")
         return figures
     raise DPSError(f"{run_dir} is not a run folder of dps solve, dps bench images, dps demo or dps example "
                    "(no run.json, bench.json, demo.json or example.json)")
