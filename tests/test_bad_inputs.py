@@ -314,9 +314,9 @@ CASES = [
     Case("figure-of-a-run-missing-a-result", "figure {d}/run", 1, "is missing: rerun the command",
          lambda d, ctx: (_solve_run(d, ctx), (d / "run" / "recon" / "good0.png").unlink())),
     # models
-    Case("diffusers-ve-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "ScoreSdeVeScheduler: a variance-exploding",
+    Case("diffusers-ve-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "ScoreSdeVeScheduler: a model of the variance-exploding (VE) process",
          _scheduler_folder({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000}), after=_absent("s.png")),
-    Case("diffusers-edm-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "EDMEulerScheduler: a EDM model",
+    Case("diffusers-edm-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "EDMEulerScheduler: a model of the EDM process",
          _scheduler_folder({"_class_name": "EDMEulerScheduler"})),
     Case("diffusers-unknown-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "'MyScheduler' that this loader",
          _scheduler_folder({"_class_name": "MyScheduler"})),

@@ -43,9 +43,9 @@ def check_scheduler(sched: dict, source: Path) -> None:
     variance-preserving (DDPM-family) model."""
     name = sched.get("_class_name")
     if name in OTHER_SCHEDULERS:
-        raise ValueError(f"{source} has a {name}: a {OTHER_SCHEDULERS[name]} model, which the diffusers loader does "
-                         f"not read (a VP prior would misread it and sample garbage); it reads DDPM-family models "
-                         f"(schedulers {', '.join(VP_SCHEDULERS[:3])}, ...)")
+        raise ValueError(f"{source} has a {name}: a model of the {OTHER_SCHEDULERS[name]} process, which the "
+                         "diffusers loader does not read (a VP prior would misread it and sample garbage); it reads "
+                         f"DDPM-family models (schedulers {', '.join(VP_SCHEDULERS[:3])}, ...)")
     if name is not None and name not in VP_SCHEDULERS:
         raise ValueError(f"{source} has a scheduler {name!r} that this loader does not know; it reads models with a "
                          f"DDPM-family scheduler: {', '.join(VP_SCHEDULERS)}")
