@@ -172,9 +172,12 @@ def _damaged_run_json(d, ctx):
 
 
 def _unfinished_run(d, ctx):
+    """A run interrupted before its first image: run.json with its settings and no image."""
     _solve_run(d, ctx)
     for p in (d / "run" / "records").glob("*.json"):
         p.unlink()
+    record = json.loads((d / "run" / "run.json").read_text())
+    (d / "run" / "run.json").write_text(json.dumps({**record, "images": {}}))
 
 
 def _absent(*paths):
@@ -283,6 +286,9 @@ CASES = [
     Case("bench-rerun-other-steps", "bench images --methods dps --tasks super_resolution --n 1 --steps 3 "
          "--model {model} --out {d}/bench", 1, "other settings (changed: steps, tasks; tasks: super_resolution changed", _bench_run,
          untouched=("bench/table.md", "bench/bench.json", "bench/results/dps/super_resolution/heldout000.json")),
+    Case("bench-rerun-without-a-task", "bench images --methods dps --tasks inpainting_box --n 1 --steps 2 "
+         "--model {model} --out {d}/bench", 1, "tasks: super_resolution removed (a rerun may add entries, not remove or "
+         "change them)", _bench_run, untouched=("bench/table.md", "bench/bench.json")),
     Case("bench-rerun-other-seed", "bench images --methods dps --tasks super_resolution --n 1 --steps 2 --seed 3 "
          "--model {model} --out {d}/bench", 1, "other settings (changed: seed)", _bench_run,
          untouched=("bench/table.md", "bench/bench.json")),
@@ -624,6 +630,7 @@ def test_api_checks_the_measurement_and_the_sample_count():
             call(y[0], 1)
         with pytest.raises(DPSError, match="num_samples must be in"):
             call(y, 0)
+        assert call(y.double(), 1) is not None  # a float64 measurement runs in the network's float32
 
 
 def test_a_retrained_model_and_an_edited_bench_image_are_recomputed(tmp_path, tiny_model_path, digits):
@@ -641,6 +648,17 @@ def test_a_retrained_model_and_an_edited_bench_image_are_recomputed(tmp_path, ti
             str(tmp_path / "in"), "--out", str(tmp_path / "run")]
     assert CliRunner().invoke(main, args).exit_code == 0
     first = _digest(tmp_path / "run" / "recon" / "good0.png")
+    run = tmp_path / "run"
+    (run / "recon" / "good0.png").write_bytes(b"")  # damaged in place
+    r = CliRunner().invoke(main, ["figure", str(run)])
+    assert r.exit_code == 1 and "good0.png is damaged: rerun the command" in r.output, r.output
+    (run / "records" / "good1.json").unlink()
+    r = CliRunner().invoke(main, ["figure", str(run)])
+    assert r.exit_code == 1 and "the record of good1" in r.output and "is missing" in r.output, r.output
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "1 record missing (good1)" in r.output and "1 result file changed (good0)" in r.output, \
+        r.output
+    assert _digest(run / "recon" / "good0.png") == first
     with safe_open(str(model), "pt") as f:
         meta = f.metadata()
     tensors = load_file(model)

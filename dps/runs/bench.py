@@ -29,7 +29,8 @@ from ..images import measurement_picture, save_image
 from ..utils import atomic_write, save_torch
 from .folder import RunFolder, write_json
 from .layout import BenchLayout
-from .loop import Item, ItemResult, Job, Progress, digest_tensor, pending, recompute_note, run_items, why_stale
+from .loop import (Item, ItemResult, Job, Progress, digest_tensor, file_digests, pending, recompute_note, run_items,
+                   why_stale)
 from .spec import Overrides, RunSpec, resolve
 
 __all__ = ["BenchSettings", "run_bench", "bench_specs"]
@@ -108,11 +109,14 @@ class BenchSink:
         self.layout, self.job = layout, job
         self.method, self.task = job.spec.method, job.spec.task.name
 
-    def stale(self, item: Item) -> Optional[str]:
+    def files(self, name: str) -> list[Path]:
         L = self.layout
-        return why_stale(L.result(self.method, self.task, item.name, ".json"), self.job.inputs(item),
-                         [L.result(self.method, self.task, item.name, suffix) for suffix in (".pt", ".png")]
-                         + [L.input(self.task, item.name), L.label(item.name)])
+        return [L.result(self.method, self.task, name, suffix) for suffix in (".pt", ".png")] + \
+            [L.input(self.task, name), L.label(name)]
+
+    def stale(self, item: Item) -> Optional[str]:
+        return why_stale(self.layout.result(self.method, self.task, item.name, ".json"), self.job.inputs(item),
+                         self.files(item.name), self.layout.root)
 
     def write(self, item: Item, r: ItemResult) -> None:
         from ..metrics import psnr, ssim
@@ -124,7 +128,8 @@ class BenchSink:
         save_torch(recon.clone(), L.result(self.method, self.task, item.name, ".pt"))
         row = {"image": item.name, "index": item.index, "inputs": self.job.inputs(item),
                "psnr": float(psnr(recon[None], x[None])[0]), "ssim": float(ssim(recon[None], x[None])[0]),
-               "residual": float(r.residual[r.chosen]), "seconds": r.seconds, "nfe": r.nfe, "device": r.device}
+               "residual": float(r.residual[r.chosen]), "seconds": r.seconds, "nfe": r.nfe, "device": r.device,
+               "outputs": file_digests(L.root, self.files(item.name))}
         write_json(L.result(self.method, self.task, item.name, ".json"), row)  # last: the image is finished
 
 

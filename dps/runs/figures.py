@@ -36,7 +36,10 @@ def method_title(name: str) -> str:
 def _read(path: Path) -> Optional[np.ndarray]:
     if not path.exists():
         return None
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    try:
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError):  # PIL: truncated, empty or not an image
+        raise DPSError(f"{path} is damaged: rerun the command that made its folder to recompute it") from None
 
 
 def _need(path: Path, layout) -> np.ndarray:
@@ -90,12 +93,17 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
     record = read_json(layout.record, "run record")
     settings = record["settings"]
     images = {p.stem: read_json(p) for p in layout.item_records()}  # the finished images, as they are now
+    lost = sorted(set(record.get("images") or {}) - set(images))
+    if lost:
+        raise DPSError(f"the record of {lost[0]} ({layout.item_record(lost[0])}) is missing: rerun the command that "
+                       f"made {layout.root} to recompute it")
     names = sorted(images, key=lambda n: images[n].get("index", 0))[:max_images]
     K, method = settings["samples"], settings.get("method", "dps")
     rows = []
     for n in names:
         files = [layout.input(n), *([layout.recon(n, k) for k in range(K)] if K > 1 else [layout.recon(n)])]
-        rows.append([_need(f, layout) for f in files] + [_read(layout.label(n))])  # a label only with images
+        truth = _need(layout.label(n), layout) if "psnr" in images[n] else None  # solved from a measurement: none
+        rows.append([_need(f, layout) for f in files] + [truth])
     titles = ["measurement", *([f"{method_title(method)} sample {k}" for k in range(K)] if K > 1
                                else [method_title(method)]), "ground truth"]
     out = Path(out) if out is not None else layout.figure()
@@ -115,6 +123,11 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
 
 def bench_figure(layout: BenchLayout, task: str, methods: Sequence[str], names: Sequence[str],
                  out: Optional[Path] = None) -> Path:
+    for m in methods:  # a picture without its record is not a finished result
+        for n in names:
+            if not layout.result(m, task, n, ".json").exists():
+                raise DPSError(f"{layout.result(m, task, n, '.json')} is missing: rerun the command that made "
+                               f"{layout.root} to recompute it")
     rows = [[_need(layout.input(task, n), layout), *[_need(layout.result(m, task, n, ".png"), layout) for m in methods],
              _need(layout.label(n), layout)] for n in names]
     out = Path(out) if out is not None else layout.figure(task)

@@ -116,8 +116,8 @@ class RunFolder:
                 grown = [f"; {k}: the folder holds {len(old[k])}, this run names {len(self.settings[k])} (a rerun may "
                          f"add to them, in the same order)" for k in fixed if k in self.extendable
                          and isinstance(old.get(k), list) and isinstance(self.settings.get(k), list)]
-                grown += [f"; {k}: {', '.join(sorted(c for c in old[k] if c in self.settings[k] and old[k][c] != self.settings[k][c]))}"
-                          f" changed (a rerun may add entries, not change them)" for k in fixed if k in self.extendable
+                grown += [f"; {k}: {self._entry_changes(old[k], self.settings[k])} (a rerun may add entries, not remove "
+                          "or change them)" for k in fixed if k in self.extendable
                           and isinstance(old.get(k), dict) and isinstance(self.settings.get(k), dict)]
                 raise DPSError(f"{self.path} holds a run with other settings (changed: {', '.join(fixed)}{''.join(grown)}"
                                "); use another --out, or the same settings to resume")
@@ -129,6 +129,14 @@ class RunFolder:
             self.record = {"settings": self.settings, **self.initial}
             self.created = True
             self.save()  # the settings are recorded before any work
+
+    @staticmethod
+    def _entry_changes(old: dict, new: dict) -> str:
+        """Which entries of a recorded mapping a rerun removes or changes, e.g. "x removed, y changed"."""
+        removed = sorted(c for c in old if c not in new)
+        changed = sorted(c for c in old if c in new and old[c] != new[c])
+        return ", ".join(part for part in (f"{', '.join(removed)} removed" if removed else "",
+                                           f"{', '.join(changed)} changed" if changed else "") if part)
 
     @staticmethod
     def _extends(old, new) -> bool:

@@ -24,7 +24,7 @@ from ..utils import atomic_write, save_torch
 from .folder import RunFolder, read_json, write_json
 from .layout import GalleryLayout
 from .loop import (Item, ItemResult, Job, Progress, digest_bytes, pending, recompute_note, run_items,
-                   save_operator_once, why_stale)
+                   save_operator_once, why_stale, file_digests)
 from .spec import RunSpec
 
 __all__ = ["Gallery", "run_gallery", "load_results"]
@@ -56,7 +56,7 @@ class GallerySink:
 
     def stale(self, item: Item) -> Optional[str]:
         return why_stale(self.layout.item(self.task, item.name, ".json"), {**self.job.inputs(item), "task": self.digest},
-                         [self.layout.item(self.task, item.name, ".pt")])
+                         [self.layout.item(self.task, item.name, ".pt")], self.layout.root)
 
     def write(self, item: Item, r: ItemResult) -> None:
         op = self.job.op
@@ -65,7 +65,8 @@ class GallerySink:
         save_torch(tensors, self.layout.item(self.task, item.name, ".pt"))
         write_json(self.layout.item(self.task, item.name, ".json"),
                    {"index": item.index, "inputs": {**self.job.inputs(item), "task": self.digest}, "seconds": r.seconds,
-                    "nfe": r.nfe, "device": r.device})
+                    "nfe": r.nfe, "device": r.device,
+                    "outputs": file_digests(self.layout.root, [self.layout.item(self.task, item.name, ".pt")])})
 
 
 def load_results(layout: GalleryLayout, task: str, items: Sequence[Item]) -> dict:

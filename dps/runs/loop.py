@@ -24,7 +24,7 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import check_step_count
 from ..distributed import Context, set_threads, shard
-from ..errors import DPSError
+from ..errors import Diverged, DPSError
 from ..noise import NoiseModel
 from ..operators import Operator
 from ..seeds import noise_generator, operator_seed, sample_generators
@@ -34,7 +34,7 @@ from ..tasks import build_operator
 from .spec import RunSpec
 
 __all__ = ["Job", "Item", "ItemResult", "Sink", "Progress", "run_items", "pending", "measure", "load_measurement",
-           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once", "why_stale",
+           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once", "why_stale", "file_digests",
            "recompute_note"]
 
 
@@ -116,14 +116,21 @@ class Sink(Protocol):
 NEW = "new"
 
 
-def why_stale(record_path: Path, inputs: dict, files: Sequence[Path]) -> Optional[str]:
-    """None when the record at ``record_path`` is finished, names exactly these ``inputs`` (digests of the
-    image, the model, the operator, ...) and every result file in ``files`` exists; else the reason: NEW (no
-    record), "record damaged", "<input> changed" or "result file missing"."""
+def file_digests(root: Path, files: Sequence[Path]) -> dict:
+    """{path relative to ``root``: digest of its bytes} of a result's files, recorded with the result so that a
+    file damaged or replaced later is recomputed (relative, so a copied run folder stays finished)."""
+    return {Path(f).relative_to(root).as_posix(): digest_bytes(Path(f).read_bytes()) for f in files}
+
+
+def why_stale(record_path: Path, inputs: dict, files: Sequence[Path], root: Path) -> Optional[str]:
+    """None when the record at ``record_path`` exists, names exactly these ``inputs`` (digests of the image, the
+    model, the operator, ...) and every result file in ``files`` exists with the bytes the record names
+    (:func:`file_digests`, relative to ``root``); else the reason: NEW (nothing of it exists), "record missing",
+    "record damaged", "<input> changed", "result file missing" or "result file changed"."""
     from .folder import read_json
 
     if not record_path.exists():
-        return NEW
+        return "record missing" if any(Path(f).exists() for f in files) else NEW
     try:
         record = read_json(record_path)
     except DPSError:
@@ -134,6 +141,10 @@ def why_stale(record_path: Path, inputs: dict, files: Sequence[Path]) -> Optiona
         return " and ".join(changed) + " changed"
     if not all(Path(f).exists() for f in files):
         return "result file missing"
+    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+    if file_digests(root, files) != {Path(f).relative_to(root).as_posix(): outputs.get(Path(f).relative_to(root)
+                                                                                        .as_posix()) for f in files}:
+        return "result file changed"
     return None
 
 
@@ -335,9 +346,11 @@ def run_items(job: Job, items: Sequence[Item], sink: Sink, *, batch_size: int = 
                               callback=callback if job.method.progress is not None else None,
                               execution=spec.execution)
         except Exception as exc:
+            if isinstance(exc, Diverged):  # say which images
+                exc = Diverged(f"{exc} (image{'s' if len(batch) > 1 else ''} {', '.join(it.name for it in batch)})")
             if on_error is not None and on_error(exc):
                 return
-            raise
+            raise exc from None
         seconds = (time.time() - t0) / len(batch)
         if job.method.progress is None and progress is not None:
             progress.update(len(batch))

@@ -29,7 +29,7 @@ from ..utils import save_torch
 from .folder import RunFolder, read_json, write_json
 from .layout import SolveLayout
 from .loop import (Item, ItemResult, Job, Progress, digest_bytes, load_measurement, operator_digest, pending,
-                   recompute_note, run_items, why_stale)
+                   recompute_note, run_items, why_stale, file_digests)
 from .spec import RunSpec, settings_record
 
 __all__ = ["run_solve", "SomeInputsFailed", "load_prior"]
@@ -65,7 +65,7 @@ class SolveSink:
 
     def stale(self, item: Item) -> Optional[str]:
         return why_stale(self.layout.item_record(item.name), self.job.inputs(item),
-                         self.outputs(item.name, item.x is not None))
+                         self.outputs(item.name, item.x is not None), self.layout.root)
 
     def write(self, item: Item, r: ItemResult) -> None:
         from ..metrics import psnr, ssim
@@ -91,6 +91,7 @@ class SolveSink:
                 entry["psnr_mean"] = float(psnr(xs.mean(0)[None], x_true[None])[0])
         if r.frames is not None:
             save_tensor(r.frames, L.progress(name))
+        entry["outputs"] = file_digests(L.root, self.outputs(name, item.x is not None))
         write_json(L.item_record(name), {**entry, "done": True})  # last: the image is finished
 
 
@@ -181,10 +182,14 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
             bar.note(recompute_note(reasons, "image"))
             try:
                 run_items(job, todo, sink, batch_size=batch_size, frames=progress_frames, progress=bar)
-            except DPSError:  # e.g. diverged: a new folder without a finished image must not block the fix
-                if ctx.is_main and not layout.item_records():
+            except DPSError as exc:  # e.g. diverged: a new folder without a finished image must not block the fix
+                if not ctx.is_main:
+                    raise
+                if not layout.item_records():
                     run.discard([layout.operator])
-                raise
+                    raise
+                raise type(exc)(f"{exc}; {out} keeps the images finished with these settings, so run the corrected "
+                                "command with another --out") from None
         barrier(ctx)  # every shard written
         if not ctx.is_main:
             return {}

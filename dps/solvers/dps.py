@@ -60,7 +60,7 @@ from ..noise import GaussianNoise, NoiseModel
 from .divergence import DivergenceGuard
 
 __all__ = ["DPSConfig", "DPSResult", "dps_sample", "StepRule", "PaperRule", "BetaRule", "VarianceRule", "STEP_RULES",
-           "step_size", "guidance", "frozen_parameters", "check_measurement", "check_prior_operator", "DivergenceGuard",
+           "step_size", "guidance", "frozen_parameters", "check_measurement", "check_prior_operator", "in_prior_dtype", "DivergenceGuard",
            "at_steps"]
 
 class StepRule:
@@ -283,6 +283,14 @@ def check_measurement(y: torch.Tensor, op=None, what: str = "measurement") -> No
                        "check the file or the operator that produced it")
 
 
+def in_prior_dtype(prior, y: torch.Tensor) -> torch.Tensor:
+    """y in the dtype of the prior's network (a float64 measurement for a float32 network, say); a prior
+    without parameters (analytic) keeps y as it is."""
+    params = prior.parameters() if isinstance(prior, nn.Module) else iter(())
+    p = next(params, None)
+    return y.to(p.dtype) if p is not None and p.is_floating_point() and y.dtype != p.dtype else y
+
+
 def check_prior_operator(prior: Prior, op) -> None:
     """A DPSError unless the operator takes the prior's images (when it declares its input shape)."""
     shape = getattr(op, "in_shape", None)
@@ -326,6 +334,7 @@ def dps_sample(
     check_int(num_samples, "num_samples", 1)
     check_measurement(y, operator)
     check_prior_operator(prior, operator)
+    y = in_prior_dtype(prior, y)
     schedule = respace(prior.schedule, config.steps, config.spacing)
     B, K = y.shape[0], num_samples
     y_rep = y.repeat_interleave(K, dim=0)
@@ -339,7 +348,7 @@ def dps_sample(
     noise_var = noise.variance(y_rep).to(dtype)  # fixed for the run; used by rule "variance"
     guard = DivergenceGuard(prior)
     advice = advice or (f"DPS's step size zeta'={config.zeta} (rule {config.rule.name!r}) is too large for this problem: "
-              "lower it (--step-size)")
+              "lower it (dps solve --step-size, or zeta in the dps block of a task file)")
 
     with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(schedule))):

@@ -31,7 +31,7 @@ from .daps import DAPS_PRESETS, DAPSSettings, daps, daps_budget
 from .ddrm import DDRMSettings, ddrm
 from .diffpir import DiffPIRSettings, diffpir
 from .divergence import check_residual
-from .dps import DPSConfig, at_steps, check_measurement, check_prior_operator, dps_sample
+from .dps import DPSConfig, at_steps, check_measurement, check_prior_operator, dps_sample, in_prior_dtype
 from .phase import ERSettings, HIOSettings, er, hio, oss
 from .pigdm import PiGDMSettings, pigdm
 from .projection import MCGSettings, ScoreSDESettings, mcg, score_sde
@@ -208,7 +208,7 @@ class Method:
         """What to change when a run with ``settings`` diverges (the divergence guards' advice)."""
         if self.step_size:
             return (f"{self.title}'s step size zeta'={settings.zeta} is too large for this problem: lower it "
-                    "(--step-size, or zeta in the task's dps block)")
+                    "(dps solve --step-size, or zeta in the dps block of a task file)")
         return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)})"
 
     def why_not(self, op, noise) -> Optional[str]:
@@ -328,6 +328,7 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, setting
     check_measurement(y, op)
     if prior is not None:
         check_prior_operator(prior, op)
+        y = in_prior_dtype(prior, y)
     B, K = y.shape[0], num_samples
     if generators is not None and not isinstance(generators, torch.Generator):
         generators = list(generators)
