@@ -114,7 +114,7 @@ def test_a_rerun_may_add_tasks_and_methods_but_not_change_a_task(tmp_path, prior
     assert first.stat().st_mtime_ns == stamp and len(table["rows"]) == 4
     assert set(json.loads((tmp_path / "bench.json").read_text())["settings"]["tasks"]) == {"super_resolution",
                                                                                           "inpainting_box"}
-    with pytest.raises(DPSError, match="tasks: super_resolution changed"):
+    with pytest.raises(DPSError, match="tasks: inpainting_box removed, super_resolution changed"):
         run_bench(bench(["dps"], ["super_resolution"], 1, steps=2, preset="authors"), tmp_path, prior=prior,
                   progress=False)
 
