@@ -7,7 +7,8 @@ weights (decay ``min(ema_decay, (1 + n) / (10 + n))`` after n updates); the EMA 
 
 A run folder holds:
 
-* ``train.json``: the :class:`TrainConfig` (``settings``: everything but ``steps``; ``steps``: the target),
+* ``train.json``: the :class:`TrainConfig` (``settings``: every field but those in UNCOMPARED, which sit
+  beside it: ``steps``, the target, and how often it checkpoints and logs),
   written before any work; a rerun with other settings is refused, a rerun with more ``steps`` continues
   the run, one with fewer than the weights have had is refused. The folder is locked while a run trains in
   it (a second process is refused), and temporary files of an interrupted run are removed. Every setting

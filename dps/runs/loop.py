@@ -34,8 +34,8 @@ from ..tasks import build_operator
 from .spec import RunSpec
 
 __all__ = ["Job", "Item", "ItemResult", "Sink", "Progress", "run_items", "pending", "measure", "load_measurement",
-           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once", "why_stale", "file_digests",
-           "recompute_note"]
+           "digest_bytes", "digest_tensor", "frame_steps", "operator_digest", "save_operator_once", "why_stale",
+           "file_digests", "recompute_note"]
 
 
 def digest_bytes(data: bytes) -> str:
@@ -142,8 +142,7 @@ def why_stale(record_path: Path, inputs: dict, files: Sequence[Path], root: Path
     if not all(Path(f).exists() for f in files):
         return "result file missing"
     outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
-    if file_digests(root, files) != {Path(f).relative_to(root).as_posix(): outputs.get(Path(f).relative_to(root)
-                                                                                        .as_posix()) for f in files}:
+    if any(outputs.get(name) != digest for name, digest in file_digests(root, files).items()):
         return "result file changed"
     return None
 

@@ -3,11 +3,12 @@
 
 The settings are recorded in ``run.json`` before any work; a rerun with other settings or another operator
 is refused, a second process on the same folder is refused while the first runs, and a rerun with the same
-settings skips the images whose record and files are in place and whose inputs are unchanged (the digests of
-the input file, the model file and the operator are in each image's record): an input edited in place, a
-model retrained in place or a result file deleted by hand is recomputed, and the rerun says how many and why. Input files that cannot be read are listed at the end (the
-good ones are solved) and the command exits non-zero. Under ``torchrun`` each process takes every world-th
-input and rank 0 writes ``run.json``'s summary.
+settings skips the images whose record and files are in place and unchanged (each image's record holds the
+digests of its input file, the model file, the operator and its own files): an input edited in place, a
+model retrained in place, or a result file deleted or damaged is recomputed, and the rerun says how many and
+why. A new folder whose run fails before its first finished image is removed again. Input files that cannot
+be read are listed at the end (the good ones are solved) and the command exits non-zero. Under ``torchrun``
+each process takes every world-th input and rank 0 writes ``run.json``'s summary.
 """
 from __future__ import annotations
 

@@ -188,7 +188,8 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     if execution is None:
         network = {k: _first(getattr(o, k), prev.get(k)) for k in Execution.NETWORK_DEFAULTS}
         execution = Execution.on(o.device, threads=o.threads, **{k: v for k, v in network.items() if v is not None})
-    return RunSpec(task=_task(source, o), method=method, steps_from=_steps_from(source, o, method, method_preset, nfe), method_preset=method_preset, nfe=nfe,
+    return RunSpec(task=_task(source, o), method=method, method_preset=method_preset, nfe=nfe,
+                   steps_from=_steps_from(source, o, method, method_preset, nfe),
                    model=str(_first(o.model, prev.get("model"), "default")),
                    model_config=_first(o.model_config, prev.get("model_config")),
                    seed=int(_first(o.seed, prev.get("seed"), 0)), samples=int(_first(o.samples, prev.get("samples"), 1)),
