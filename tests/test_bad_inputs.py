@@ -267,7 +267,8 @@ CASES = [
          _one_image),
     Case("poisson-rate-nan", SOLVE + " --noise poisson:nan --input {d}/in --out {d}/out", 1, "must be finite",
          _one_image),
-    Case("step-size-nan", SOLVE + " --step-size nan --input {d}/in --out {d}/out", 1, "must be finite", _one_image),
+    Case("step-size-nan", SOLVE + " --step-size nan --input {d}/in --out {d}/out", 1, "--step-size (zeta') must be finite",
+         _one_image),
     Case("step-size-1e9-diverges", SOLVE.replace("--steps 2", "--steps 20") + " --step-size 1e9 --input {d}/in "
          "--out {d}/out", 1, "step size zeta'=1000000000.0", _one_image),
     Case("steps-0", SOLVE.replace("--steps 2", "--steps 0") + " --input {d}/in --out {d}/out", 2, "--steps",
@@ -782,7 +783,8 @@ def test_bench_rebuilds_deleted_pictures_and_its_figure_names_missing_ones(tmp_p
     _good_images(tmp_path, {"digits": digits}, 2)
     bench = ["bench", "images", "--methods", "dps", "--tasks", "super_resolution", "--steps", "2", "--model",
              str(tiny_model_path), "--data", str(tmp_path / "in"), "--out", str(tmp_path / "b")]
-    assert CliRunner().invoke(main, bench).exit_code == 0
+    r = CliRunner().invoke(main, bench + ["--n", "5"])
+    assert r.exit_code == 0 and "--n 5: " in r.output and "holds 2 image(s); the table is over 2" in r.output, r.output
     b = tmp_path / "b"
     (b / "labels" / "good1.png").unlink()
     (b / "inputs" / "super_resolution" / "good0.png").unlink()

@@ -177,6 +177,10 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
         rank = f" [rank {ctx.rank}]" if ctx.world > 1 else ""
         with Progress(sum(len(todo) * job.steps for job, _, todo in plans), f"dps bench images{rank}", progress) as bar:
             bar.note(recompute_note(reasons))
+            found = len(items) + len(failed)
+            if found < settings.n:
+                bar.note(f"--n {settings.n}: {settings.data or 'the held-out digits'} holds {found} image(s); the "
+                         f"table is over {len(items)}")
             for job, sink, todo in plans:
                 def diverged(exc: Exception, job=job) -> bool:  # the pair reads n/a; the other pairs go on
                     if not isinstance(exc, Diverged):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import DPSError
+from ..errors import DPSError, check_float
 from ..execution import Execution
 from ..io import load_mapping_file
 from ..solvers.methods import Method, get_method
@@ -138,6 +138,7 @@ def _task(source: Union[str, Path, Task], o: Overrides) -> Task:
     select = task.select if o.select is None else (None if o.select == "first" else o.select)
     task = with_step_size(Task(task.name, o.operator or task.operator, o.noise or task.noise, dps, select), o.preset)
     if o.step_size is not None:
+        check_float(o.step_size, "--step-size (zeta')", 0.0)
         task = Task(task.name, task.operator, task.noise, {**task.dps, "zeta": o.step_size}, task.select)
     return task.with_steps(o.steps) if o.steps is not None else task
 
