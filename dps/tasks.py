@@ -15,7 +15,7 @@ errors naming the key. This module is the one place where operator names become 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -106,6 +106,7 @@ class Task:
     noise: str
     dps: dict = field(default_factory=dict)
     select: Optional[str] = None
+    source: str = field(default="", compare=False)  # the task file it was read from (messages), or ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -152,7 +153,7 @@ class Task:
         cfg = self._config({"zeta": 1.0, **self.dps}).at_steps(steps)
         dps = {k: v for k, v in self.dps.items() if k != "reference_steps"}
         dps.update({"steps": cfg.steps, **({"reference_steps": cfg.reference_steps} if cfg.reference_steps else {})})
-        return Task(self.name, self.operator, self.noise, dps, self.select)
+        return replace(self, dps=dps)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "operator": dict(self.operator), "noise": self.noise, "dps": dict(self.dps),
@@ -190,7 +191,7 @@ def apply_preset(task: Task, preset: str) -> Task:
         raise DPSError(f"preset {preset} has no step size for task {task.name} with {kind} noise ({has}); pass "
                        "--step-size" + (f" or --preset {' or '.join(others)}" if others else ""))
     operator = {**task.operator, **(table.get("operator") or {}).get(task.name, {})}
-    return Task(task.name, operator, noise, {**task.dps, "zeta": float(values[task.name])}, task.select)
+    return replace(task, operator=operator, noise=noise, dps={**task.dps, "zeta": float(values[task.name])})
 
 
 def with_step_size(task: Task, preset: Optional[str] = None) -> Task:
@@ -225,7 +226,7 @@ def load_task(name_or_path: Union[str, Path], preset: Optional[str] = None, raw:
         raise DPSError(f"{path}: a task needs 'operator' and 'noise'")
     try:
         task = Task(name=data.get("name", path.stem), operator=data["operator"], noise=data["noise"],
-                    dps=data.get("dps") or {}, select=data.get("select"))
+                    dps=data.get("dps") or {}, select=data.get("select"), source=str(path))
     except DPSError as exc:
         raise DPSError(f"{path}: {exc}") from None
     return task if raw else with_step_size(task, preset)

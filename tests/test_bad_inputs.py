@@ -242,8 +242,8 @@ CASES = [
     Case("gaussian-std-0", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
          "kernel std must be > 0", _task_file("operator: {name: gaussian_blur, std: 0}\nnoise: gaussian:0.05\n")),
     Case("missing-1.5", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
-         "missing fraction must be <= 0.999", _task_file("operator: {name: inpainting_random, missing: 1.5}\n"
-                                                          "noise: gaussian:0.05\n")),
+         "task.yaml: operator 'inpainting_random': missing fraction must be <= 0.999",
+         _task_file("operator: {name: inpainting_random, missing: 1.5}\nnoise: gaussian:0.05\n")),
     Case("oversampling-nan", "solve --task {d}/task.yaml --model {model} --steps 2 --input {d}/in --out {d}/out", 1,
          "oversampling ratio must be finite", _task_file("operator: {name: phase_retrieval, oversampling: .nan}\n"
                                                          "noise: gaussian:0.05\n")),

@@ -175,7 +175,10 @@ class Job:
         method's settings resolved. The method's applicability is the caller's to check (:meth:`why_not`)."""
         device = spec.execution.torch_device
         shape = tuple(prior.event_shape)
-        op = op if op is not None else build_operator(spec.task.operator, shape, operator_seed(spec.seed))
+        try:
+            op = op if op is not None else build_operator(spec.task.operator, shape, operator_seed(spec.seed))
+        except DPSError as exc:  # a bad operator parameter: name the task file it is in
+            raise DPSError(f"{spec.task.source}: {exc}" if spec.task.source else str(exc)) from None
         if tuple(op.in_shape) != shape:
             raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
         job = cls(spec, prior.to(device), op.to(device), spec.task.noise_model(), spec.method_entry,

@@ -136,10 +136,12 @@ def _task(source: Union[str, Path, Task], o: Overrides) -> Task:
     if o.step_rule is not None:
         dps["step_rule"] = o.step_rule
     select = task.select if o.select is None else (None if o.select == "first" else o.select)
-    task = with_step_size(Task(task.name, o.operator or task.operator, o.noise or task.noise, dps, select), o.preset)
+    task = with_step_size(dataclasses.replace(task, operator=o.operator or task.operator, noise=o.noise or task.noise,
+                                              dps=dps, select=select, source="" if o.operator else task.source),
+                          o.preset)
     if o.step_size is not None:
         check_float(o.step_size, "--step-size (zeta')", 0.0)
-        task = Task(task.name, task.operator, task.noise, {**task.dps, "zeta": o.step_size}, task.select)
+        task = dataclasses.replace(task, dps={**task.dps, "zeta": o.step_size})
     return task.with_steps(o.steps) if o.steps is not None else task
 
 
