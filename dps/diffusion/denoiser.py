@@ -1,9 +1,22 @@
 """The one denoiser contract that every prior (network or analytic) follows.
 
-A :class:`Prior` maps a noisy x_t and the integer model timestep t to a :class:`DenoiserOutput`
-holding the predicted noise eps_hat, the Tweedie estimate x0_hat and, for guided-diffusion models with
-learned variance, the variance interpolation values v. Samplers only ever see this contract; checkpoint
-quirks (epsilon vs x0 prediction, learned-variance channels, integer timesteps) live in adapters.
+Samplers see a prior through one function of the noise level sigma (Karras et al. 2022, "EDM"):
+
+    D(x; sigma) = E[x_0 | x],    x = x_0 + sigma n,  n ~ N(0, I),  in the model's space,
+
+:meth:`Prior.denoise`, which returns a :class:`DenoiserOutput` (x0_hat, the noise eps_hat = (x - x0_hat) / sigma
+it implies and, for guided-diffusion models with learned variance, the variance values v). Adapters give it
+for each kind of model (``Prior.form``):
+
+- ``"vp"`` (this module): a network of the variance-preserving process conditioned on the integer timestep
+  t of its T-step training schedule, ``forward(x_t, t)``. D(x; sigma) evaluates it at x_t = x / sqrt(1 + sigma^2)
+  and at the timestep whose sigma_t = sqrt((1 - abar_t) / abar_t) is nearest to sigma in log sigma (the rule for
+  a sigma between two timesteps; a sigma on the training grid is its own timestep), and returns
+  x0_hat = x - sigma eps_hat (k-diffusion's discrete-epsilon denoiser with quantised timesteps);
+- ``"ve"`` and ``"edm"`` (:mod:`dps.diffusion.forms`): networks conditioned on sigma itself.
+
+The VP networks' own contract, ``forward(x_t, t)`` with Tweedie's formula below, stays available to the
+samplers derived for it (DDRM, MCG, ...), which require a VP prior.
 
 Tweedie (DPS Algorithm 1, line 4), with s_theta = -eps_hat / sqrt(1 - abar_t):
     x0_hat = (x_t + (1 - abar_t) s_theta) / sqrt(abar_t) = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
@@ -75,12 +88,16 @@ class Prior(nn.Module):
     - ``data_variance``: the mean per-coordinate variance of x_0 in model space, s^2, for the samplers that
       approximate the prior by a Gaussian of that variance (TDS's twisting, :meth:`x0_variance`); 1.0 unless
       the prior knows better (the analytic priors compute theirs; a network prior takes 1, the unit-variance
-      assumption of Pi-GDM).
+      assumption of Pi-GDM);
+    - ``form``: ``"vp"``, ``"ve"`` or ``"edm"``, the process the network was trained on; :meth:`denoise`, the
+      sigma contract (module docstring), and :meth:`sigma_range`, the noise levels it knows.
 
-    Subclasses set ``schedule`` and ``event_shape`` and implement :meth:`forward`.
+    VP subclasses set ``schedule`` and ``event_shape`` and implement :meth:`forward`; the other forms
+    (:class:`~dps.diffusion.forms.SigmaPrior`) have no ``schedule`` and implement the sigma contract directly.
     """
 
-    schedule: Schedule
+    schedule: Optional[Schedule]
+    form: str = "vp"
     event_shape: tuple[int, ...]
     data_scale: float = 1.0
     data_offset: float = 0.0
@@ -90,6 +107,29 @@ class Prior(nn.Module):
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """abar_t for integer model timesteps t (B,), float64."""
         return self.schedule.alphas_cumprod.to(t.device)[t]
+
+    def training_sigmas(self) -> torch.Tensor:
+        """sigma_t = sqrt((1 - abar_t) / abar_t) of every training timestep of a VP prior, float64 (T,)."""
+        abar = self.schedule.alphas_cumprod
+        return ((1.0 - abar) / abar).sqrt()
+
+    def sigma_range(self) -> tuple[float, float]:
+        """(lowest, highest) noise level the model knows: a VP model's sigma_0 and sigma_{T-1}."""
+        sig = self.training_sigmas()
+        return float(sig[0]), float(sig[-1])
+
+    def timestep_for(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The training timestep (B,) long whose sigma_t is nearest to each sigma (B,) in log sigma."""
+        sig = self.training_sigmas().to(sigma.device)
+        return (sigma.double().log()[:, None] - sig.log()[None, :]).abs().argmin(dim=1)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> DenoiserOutput:
+        """D(x; sigma) for x (B, *event_shape) = x_0 + sigma n and sigma (B,) float64 (module docstring): the VP
+        network at x / sqrt(1 + sigma^2) and the nearest timestep; x0_hat = x - sigma eps_hat."""
+        t = self.timestep_for(sigma)
+        out = self(x * bcast((1.0 + sigma.double() ** 2).rsqrt(), x), t)
+        x0 = x - bcast(sigma, x) * out.eps
+        return DenoiserOutput(eps=out.eps, x0=x0, var_values=out.var_values)
 
     def x0_variance(self, abar: float) -> float:
         """Var[x_0 | x_t] per coordinate (model space) if x_0 were Gaussian with variance ``data_variance`` s^2:
@@ -154,7 +194,7 @@ class NetworkPrior(Prior):
     def __init__(
         self,
         network: nn.Module,
-        schedule: Schedule,
+        schedule: Optional[Schedule],
         prediction: str = "epsilon",
         learn_sigma: bool = False,
         data_range: Optional[tuple[float, float]] = (-1.0, 1.0),
@@ -235,11 +275,15 @@ class NetworkPrior(Prior):
                                "(e.g. apt install g++): install one or run without --compile") from None
             raise
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+    def _net(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """network(x, cond) in the block's precision (and compiled), cast back to x's dtype."""
         dtype = PRECISIONS[self.precision]
         with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = self._compiled_call(x, t) if self.compile else self.network(x, t)
-        out = out.to(x.dtype)
+            out = self._compiled_call(x, cond) if self.compile else self.network(x, cond)
+        return out.to(x.dtype)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        out = self._net(x, t)
         var_values = None
         if self.learn_sigma:
             if out.shape[1] != 2 * x.shape[1]:

@@ -12,7 +12,8 @@ from .schedule import Schedule
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
-__all__ = ["Generators", "randn", "ddpm_step", "ddim_step", "ddim_noise_std", "ddpm_sigma", "VARIANCES"]
+__all__ = ["Generators", "randn", "ddpm_step", "ddim_step", "ddim_noise_std", "ddpm_sigma", "VARIANCES", "ancestral_step",
+           "ddim_grid_step", "ddim_grid_std"]
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
@@ -106,3 +107,52 @@ def ddim_step(
         return out
     return out + s * noise
 
+
+
+# ---- the same steps on any noise-level grid (:mod:`dps.diffusion.grid`): iterate x_i = s_i (x_0 + sigma_i n) ----
+
+def ancestral_step(x: torch.Tensor, x0: torch.Tensor, grid, i: int, noise: torch.Tensor,
+                   variance: str = "fixed_small", var_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The ancestral step from level i to i-1 on a :class:`~dps.diffusion.grid.Grid`: a draw from
+    q(x_{i-1} | x_i, x_0 = x0_hat), the Gaussian bridge of x = x_0 + sigma n between the two levels,
+
+        x_{i-1} = s_{i-1} [x0_hat + (sigma_{i-1} / sigma_i)^2 (x_i / s_i - x0_hat) + std z],
+
+    with std^2 = sigma_{i-1}^2 (1 - sigma_{i-1}^2 / sigma_i^2) for ``fixed_small``; ``fixed_large`` and
+    ``learned_range`` take DDPM's standard deviation (:func:`ddpm_sigma`) of the VP-equivalent schedule, in these
+    units (divided by sqrt(abar_{i-1})). On a VP grid this is DDPM's step (Ho et al. Eq. 7) term for term. No
+    noise at i = 0. Shapes: x, x0, noise (B, ...)."""
+    sig, sig_p, s, s_p = grid.sigma(i), grid.sigma(i - 1), grid.scale(i), grid.scale(i - 1)
+    ratio = (sig_p / sig) ** 2
+    mean = (s_p * ratio / s) * x + (s_p * (1.0 - ratio)) * x0
+    if i == 0:
+        return mean
+    if variance == "fixed_small":
+        std = s_p * sig_p * (1.0 - ratio) ** 0.5
+    else:
+        std = ddpm_sigma(grid.vp_schedule, i, variance, var_values) * (s_p * (1.0 + sig_p ** 2) ** 0.5)
+    return mean + std * noise
+
+
+def ddim_grid_step(x: torch.Tensor, x0: torch.Tensor, grid, i: int, noise: torch.Tensor, eta: float = 0.0
+                   ) -> torch.Tensor:
+    """DDIM's step (Song et al. 2021, Eq. 12) on a grid, eps_hat = (x_i / s_i - x0_hat) / sigma_i:
+
+        x_{i-1} = s_{i-1} [x0_hat + sqrt(sigma_{i-1}^2 - std^2) eps_hat + std z],
+        std = eta sigma_{i-1} sqrt(1 - sigma_{i-1}^2 / sigma_i^2)
+
+    (eta = 0: the probability-flow ODE's first-order step, EDM's Euler step)."""
+    sig, sig_p, s, s_p = grid.sigma(i), grid.sigma(i - 1), grid.scale(i), grid.scale(i - 1)
+    std = ddim_grid_std(grid, i, eta)
+    eps = (x / s - x0) / sig
+    out = s_p * (x0 + max(sig_p ** 2 - std ** 2, 0.0) ** 0.5 * eps)
+    if i == 0 or std == 0:
+        return out
+    return out + (s_p * std) * noise
+
+
+def ddim_grid_std(grid, i: int, eta: float) -> float:
+    """std of DDIM's step i in units of x_0 (the iterate's noise is s_{i-1} std): eta sigma_{i-1}
+    sqrt(1 - sigma_{i-1}^2 / sigma_i^2)."""
+    sig, sig_p = grid.sigma(i), grid.sigma(i - 1)
+    return eta * sig_p * max(1.0 - (sig_p / sig) ** 2, 0.0) ** 0.5

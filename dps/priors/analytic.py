@@ -5,6 +5,11 @@ Under the VP forward process x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps:
 - mixture sum_k w_k N(mu_k, I)      ->  p_t = sum_k w_k N(sqrt(abar_t) mu_k, I) (unit covariance is kept).
 The exact score gives eps = -sqrt(1 - abar_t) score and the exact Tweedie mean x0_hat.
 
+In the noise-level form x = x_0 + sigma n (the VE and EDM forms, :func:`~dps.diffusion.forms.in_form`):
+- Gaussian: score = -(x - mu) / (s^2 + sigma^2),  D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu);
+- mixture: r_k(x) proportional to w_k N(x; mu_k, (1 + sigma^2) I), score = -sum_k r_k (x - mu_k) / (1 + sigma^2),
+  D(x; sigma) = sum_k r_k (mu_k + (x - mu_k) / (1 + sigma^2))  (:meth:`exact_denoise`, :meth:`score_sigma`).
+
 Both work on any event shape: vectors (d,) or images (C, H, W); samples are (B, *event_shape).
 For a linear operator A (a matrix on the flattened event) with Gaussian noise sigma_y, the posteriors
 are closed form (:meth:`GaussianPrior.posterior`, :meth:`GaussianMixturePrior.posterior`).
@@ -80,6 +85,15 @@ class GaussianPrior(Prior):
         eps = -(1 - a).sqrt() * score
         return DenoiserOutput(eps=eps, x0=tweedie_x0(x, eps, abar))
 
+    def exact_denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu) for x (B, *event_shape), sigma (B,)."""
+        mu = self.mean.to(x)
+        return mu + bcast(self.std ** 2 / (self.std ** 2 + sigma ** 2), x) * (x - mu)
+
+    def score_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad log p_sigma(x) = -(x - mu) / (s^2 + sigma^2)."""
+        return -(x - self.mean.to(x)) / bcast(self.std ** 2 + sigma ** 2, x)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(n, *self.event_shape, generator=generator, dtype=self.mean.dtype)
         return self.mean + self.std * z
@@ -130,6 +144,24 @@ class GaussianMixturePrior(Prior):
         score = (r.unsqueeze(-1) * centres).sum(1) - xf
         eps = (-(1 - a).sqrt() * score).reshape(x.shape)
         return DenoiserOutput(eps=eps, x0=tweedie_x0(x, eps, abar))
+
+    def _responsibilities(self, x: torch.Tensor, sigma: torch.Tensor):
+        """(r (B, K), x flat (B, D), means (K, D), 1 + sigma^2 (B, 1)) at noise level sigma (x = x_0 + sigma n)."""
+        xf, mu = _flat(x), _flat(self.means).to(x)
+        v = (1.0 + sigma.to(x) ** 2)[:, None]
+        logits = self.weights.to(x).log() - 0.5 * ((xf.unsqueeze(1) - mu.unsqueeze(0)) ** 2).sum(-1) / v
+        return torch.softmax(logits, dim=1), xf, mu, v
+
+    def exact_denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma) = sum_k r_k (mu_k + (x - mu_k) / (1 + sigma^2)) for x (B, *event_shape), sigma (B,)."""
+        r, xf, mu, v = self._responsibilities(x, sigma)
+        means = mu.unsqueeze(0) + (xf.unsqueeze(1) - mu.unsqueeze(0)) / v.unsqueeze(-1)  # (B, K, D)
+        return (r.unsqueeze(-1) * means).sum(1).reshape(x.shape)
+
+    def score_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad log p_sigma(x) = -sum_k r_k (x - mu_k) / (1 + sigma^2)."""
+        r, xf, mu, v = self._responsibilities(x, sigma)
+        return (-(r.unsqueeze(-1) * (xf.unsqueeze(1) - mu.unsqueeze(0))).sum(1) / v).reshape(x.shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)

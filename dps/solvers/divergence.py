@@ -86,8 +86,11 @@ class DivergenceGuard:
         """The largest rho seen so far (NaN once an iterate was not finite)."""
         return float("nan") if self._worst is None else float(self._worst)
 
-    def check(self, x: torch.Tensor, i: int, t: int, advice: str) -> None:
-        rho = iterate_ratio(x, self.radius).max()
+    def check(self, x: torch.Tensor, i: int, t, advice: str, scale: float = 1.0) -> None:
+        """Check iterate x (B, ...) made by step i (t: the model timestep or noise level, for the message);
+        ``scale`` = s sqrt(1 + sigma^2) of x's level on a grid whose iterate is not the VP x_t
+        (x = s (x_0 + sigma n): rho is then RMS(x) / (scale (R + 1)); 1 on a VP grid)."""
+        rho = iterate_ratio(x, self.radius).max() / scale
         self._worst = rho if self._worst is None else torch.maximum(self._worst, rho)  # NaN propagates
         self._seen += 1
         every = self.every or (1 if x.device.type == "cpu" else 20)
@@ -99,6 +102,7 @@ class DivergenceGuard:
         state = "is not finite" if not math.isfinite(worst) else \
             f"has RMS {worst * (self.radius + 1):.3g}, {worst:.3g} times the {self.radius + 1:g} the prior allows " \
             f"(the guard stops at {self.limit:g} times)"
-        when = f"at t={t}, {self._seen} step(s) into the run" if every == 1 else \
-            f"by t={t}, within the first {self._seen} steps of the run"
+        place = t if isinstance(t, str) else f"t={t}"
+        when = f"at {place}, {self._seen} step(s) into the run" if every == 1 else \
+            f"by {place}, within the first {self._seen} steps of the run"
         raise Diverged(f"diverged {when}: the iterate {state}; {advice}")

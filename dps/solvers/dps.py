@@ -1,23 +1,32 @@
-"""Diffusion Posterior Sampling (Chung et al., ICLR 2023), Algorithm 1 and its Poisson variant.
+"""Diffusion Posterior Sampling (Chung et al., ICLR 2023), Algorithm 1 and its Poisson variant, on any grid.
 
-For i = N-1, ..., 0 (one network forward and one vector-Jacobian product per step):
-    eps_hat, x0_hat = D(x_i, t_i)                                   # line 3-4 (Tweedie)
-    x'_{i-1} = DDPM ancestral step from (x_i, x0_hat)              # line 5-6
+On a noise-level grid (:mod:`dps.diffusion.grid`: x_i = s_i (x_0 + sigma_i n)), for i = N-1, ..., 0 (one network
+forward and one vector-Jacobian product per step):
+    x0_hat = D(x_i / s_i; sigma_i)                                  # line 3-4 (Tweedie)
+    x'_{i-1} = ancestral step from (x_i, x0_hat)                   # line 5-6
     x_{i-1}  = x'_{i-1} - zeta_i grad_{x_i} ||y - A(x0_hat)||^2      # line 7 (Gaussian)
                ||.||^2_Lambda for Poisson noise (Eq. 19)
+The default grid is the model's own: for a VP model its respaced training steps, where the iterate is the VP
+x_t and this is the paper's Algorithm 1 (a test compares it with stored outputs). On a VE or EDM grid the
+iterate is x_0 + sigma n (s = 1), the ancestral step is the VE reverse step (Song et al. 2021, reverse
+diffusion of the VE SDE, the bridge of x between sigma_i and sigma_{i-1}) and the gradient step is the same,
+taken with respect to that iterate. Rule "paper" then moves the unscaled iterate by zeta' / ||r|| times the
+gradient, a different step from the VP iterate's at the same zeta'; rule "variance" means the same on every
+grid (its weight is the score's in the step), so its zeta' carries over.
 
 Step-size rules (``step_rule``), zeta' = ``zeta``:
 - ``"paper"``: zeta_i = zeta' / ||y - A(x0_hat)|| (Appendix C.2). For a linear A applied to [0, 1] images,
   this zeta' equals the ``scale`` of the authors' configs exactly: their update is
   scale * grad ||y - A x0||_2 on [-1, 1] images, which is 2 zeta' grad ||.|| on [0, 1] images.
 - ``"beta"``: zeta_i = zeta' beta_i / (beta_max ||y - A(x0_hat)||): the paper's normalised step scaled by
-  the schedule's beta_i / max beta, so the guidance weakens as the noise level falls, like the
+  the grid's (VP-equivalent) beta_i / max beta, so the guidance weakens as the noise level falls, like the
   likelihood term of the reverse SDE (whose drift is beta_t times the score).
-- ``"variance"``: zeta_i = zeta' beta_i / (2 sqrt(alpha_i) v_i), the DDPM weight of the score of the
-  Gaussian likelihood N(y; A(x0_hat), v_i) (the DDPM mean adds beta_i / sqrt(alpha_i) times a score), with
-      v_i = sigma_y^2 + (1 - abar_i) / sqrt(abar_i) * kappa_i,
+- ``"variance"``: zeta_i = zeta' w_i / (2 v_i), w_i = s_{i-1} s_i (sigma_i^2 - sigma_{i-1}^2) the weight of
+  the score in the ancestral step's mean (on a VP grid w_i = beta_i / sqrt(alpha_i): the DDPM mean adds
+  beta_i / sqrt(alpha_i) times a score), here the score of the Gaussian likelihood N(y; A(x0_hat), v_i), with
+      v_i = sigma_y^2 + sigma_i^2 s_i kappa_i   (VP grid: (1 - abar_i) / sqrt(abar_i) kappa_i),
       kappa_i = <g0, J^T g0> / (4 ||r||^2),  g0 = grad_{x0_hat} ||r||^2,  J = d x0_hat / d x_i.
-  Because Cov[x0 | x_i] = (1 - abar_i) / sqrt(abar_i) J (Tweedie, VP), (1 - abar_i) / sqrt(abar_i) kappa_i
+  Because Cov[x0 | x_i] = sigma_i^2 s_i J (Tweedie; VP: (1 - abar_i) / sqrt(abar_i) J), sigma_i^2 s_i kappa_i
   is the posterior variance of A(x0) along the residual r = y - A(x0_hat) (A linearised), so v_i is the
   predictive variance of y along r. g0 and J^T g0 both come out of the one backward pass that DPS makes
   anyway (gradients to x0_hat and to x_i together), so the cost per step is unchanged. sigma_y^2 is the
@@ -53,8 +62,8 @@ import torch
 from torch import nn
 
 from ..diffusion.denoiser import Prior
-from ..diffusion.schedule import Schedule, respace
-from ..diffusion.steps import Generators, ddim_step, ddpm_step, randn
+from ..diffusion.grid import Grid, GridSpec
+from ..diffusion.steps import Generators, ancestral_step, ddim_grid_step, randn
 from ..errors import DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
 from .divergence import DivergenceGuard
@@ -77,7 +86,7 @@ class StepRule:
     #: :class:`DPSConfig` scale zeta' by sqrt(reference_steps / steps).
     scales_with_steps: bool = False
 
-    def __call__(self, zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
+    def __call__(self, zeta: float, residual_norm: torch.Tensor, grid: Grid, i: int, *,
                  kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError
 
@@ -94,7 +103,7 @@ class PaperRule(StepRule):
 
     name = "paper"
 
-    def __call__(self, zeta, residual_norm, schedule, i, **_):
+    def __call__(self, zeta, residual_norm, grid, i, **_):
         return zeta / _safe(residual_norm)
 
 
@@ -103,23 +112,24 @@ class BetaRule(StepRule):
 
     name = "beta"
 
-    def __call__(self, zeta, residual_norm, schedule, i, **_):
-        return zeta / _safe(residual_norm) * float(schedule.betas[i] / schedule.betas.max())
+    def __call__(self, zeta, residual_norm, grid, i, **_):
+        return zeta / _safe(residual_norm) * float(grid.betas[i] / grid.betas.max())
 
 
 class VarianceRule(StepRule):
-    """zeta_i = zeta' beta_i / (2 sqrt(alpha_i) v_i), v_i = noise_var + (1 - abar_i) / sqrt(abar_i) kappa_i."""
+    """zeta_i = zeta' w_i / (2 v_i), w_i = s_{i-1} s_i (sigma_i^2 - sigma_{i-1}^2),
+    v_i = noise_var + sigma_i^2 s_i kappa_i (module docstring)."""
 
     name = "variance"
     needs_jacobian = True
     scales_with_steps = True
 
-    def __call__(self, zeta, residual_norm, schedule, i, *, kappa=None, noise_var=None):
+    def __call__(self, zeta, residual_norm, grid, i, *, kappa=None, noise_var=None):
         if kappa is None or noise_var is None:
             raise ValueError("step rule 'variance' needs kappa and noise_var")
-        beta, abar = float(schedule.betas[i]), float(schedule.alphas_cumprod[i])
-        v = (noise_var + (1.0 - abar) / abar ** 0.5 * kappa).clamp_min(torch.finfo(kappa.dtype).eps)
-        return zeta * beta / (2.0 * (1.0 - beta) ** 0.5 * v)
+        sig, sig_p, s, s_p = grid.sigma(i), grid.sigma(i - 1), grid.scale(i), grid.scale(i - 1)
+        v = (noise_var + sig ** 2 * s * kappa).clamp_min(torch.finfo(kappa.dtype).eps)
+        return zeta * (s_p * s * (sig ** 2 - sig_p ** 2)) / (2.0 * v)
 
 
 #: the built-in step rules by name (the names the CLI and task files accept).
@@ -130,7 +140,7 @@ STEP_RULES: dict[str, StepRule] = {r.name: r for r in (PaperRule(), BetaRule(), 
 class DPSConfig:
     """Settings of a DPS run.
 
-    :param steps: number N of reverse steps (the training schedule is respaced to N).
+    :param steps: number N of reverse steps (the grid's length; a VP model's training schedule respaced to N).
     :param zeta: zeta', the step-size constant of ``step_rule`` (for ``reference_steps`` steps when set).
     :param reference_steps: the step count zeta' is given for; rules "paper" and "beta" then use
         zeta' * sqrt(reference_steps / steps) per step (module docstring), "variance" ignores it. None:
@@ -141,7 +151,8 @@ class DPSConfig:
     :param eta: DDIM's eta (only with ``sampler="ddim"``).
     :param variance: ``"fixed_small"``, ``"fixed_large"`` or ``"learned_range"``; ``None`` picks
         learned_range for priors that output variance values and fixed_small otherwise.
-    :param spacing: how steps are respaced: ``"even"`` (guided-diffusion) or ``"ddim"``.
+    :param spacing: how a VP grid respaces the training steps: ``"even"`` (guided-diffusion) or ``"ddim"``.
+    :param grid: the noise-level grid (:class:`~dps.diffusion.grid.GridSpec`; default: the model's own).
     :param clip_x0: clamp x0_hat to this range (model space) before it is used, as the authors' code does
         with (-1, 1) (clip_denoised); ``None`` (the paper's Algorithm 1) leaves it unclipped.
 
@@ -159,8 +170,11 @@ class DPSConfig:
     spacing: str = "even"
     clip_x0: Optional[tuple[float, float]] = None
     reference_steps: Optional[int] = None
+    grid: GridSpec = GridSpec()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grid, GridSpec):
+            raise DPSError(f"grid must be a GridSpec, got {type(self.grid).__name__}")
         if not isinstance(self.step_rule, StepRule) and self.step_rule not in STEP_RULES:
             raise DPSError(f"unknown step_rule {self.step_rule!r}; choose one of {sorted(STEP_RULES)}")
         if self.sampler not in ("ddpm", "ddim"):
@@ -202,7 +216,7 @@ class DPSConfig:
 
     def to_dict(self) -> dict:
         """Plain values (the rule by name) for run records."""
-        return {**self.__dict__, "step_rule": self.rule.name,
+        return {**self.__dict__, "step_rule": self.rule.name, "grid": dict(self.grid.__dict__),
                 "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
 
 
@@ -221,18 +235,18 @@ class DPSResult:
 
     x: torch.Tensor
     residual: torch.Tensor
-    schedule: Schedule = field(repr=False)
+    grid: Grid = field(repr=False)
 
 
-def step_size(rule: Union[str, StepRule], zeta: float, residual_norm: torch.Tensor, schedule: Schedule, i: int, *,
+def step_size(rule: Union[str, StepRule], zeta: float, residual_norm: torch.Tensor, grid: Grid, i: int, *,
               kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample zeta_i (B,) of ``rule`` (a name or a :class:`StepRule`) at step i."""
+    """Per-sample zeta_i (B,) of ``rule`` (a name or a :class:`StepRule`) at step i of ``grid``."""
     rule = rule if isinstance(rule, StepRule) else STEP_RULES[rule]
-    return rule(zeta, residual_norm, schedule, i, kappa=kappa, noise_var=noise_var)
+    return rule(zeta, residual_norm, grid, i, kappa=kappa, noise_var=noise_var)
 
 
 def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x0: torch.Tensor, x: torch.Tensor,
-             schedule: Schedule, i: int, noise_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             grid: Grid, i: int, noise_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """zeta_i grad_{x_i} ||y - A(x0_hat)||^2 (shape of x) and zeta_i (B,), from one backward pass.
 
     sq_norm (B,) is the data fit of x0 (the x0_hat used in it, model space), which depends on x = x_i;
@@ -241,13 +255,13 @@ def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x
     """
     rule, zeta = config.rule, config.zeta_per_step
     if not rule.needs_jacobian:
-        zeta_i = rule(zeta, residual, schedule, i)
+        zeta_i = rule(zeta, residual, grid, i)
         (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
         return grad, zeta_i
     g0, grad = torch.autograd.grad(sq_norm.sum(), [x0, x])  # g0 and J^T g0
     kappa = (g0 * grad).flatten(1).sum(1).clamp_min(0) / (4 * sq_norm.detach().clamp_min(
         torch.finfo(sq_norm.dtype).tiny))
-    zeta_i = rule(zeta, residual, schedule, i, kappa=kappa, noise_var=noise_var)
+    zeta_i = rule(zeta, residual, grid, i, kappa=kappa, noise_var=noise_var)
     return zeta_i.view(-1, *([1] * (grad.ndim - 1))) * grad, zeta_i
 
 
@@ -335,12 +349,12 @@ def dps_sample(
     check_measurement(y, operator)
     check_prior_operator(prior, operator)
     y = in_prior_dtype(prior, y)
-    schedule = respace(prior.schedule, config.steps, config.spacing)
+    grid = config.grid.build(prior, config.steps, config.spacing)
     B, K = y.shape[0], num_samples
     y_rep = y.repeat_interleave(K, dim=0)
     event_shape = tuple(prior.event_shape)
     dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
-    x = x_T if x_T is not None else randn((B * K, *event_shape), generator, y.device, dtype)
+    x = x_T if x_T is not None else randn((B * K, *event_shape), generator, y.device, dtype) * grid.start_std()
     if x.shape != (B * K, *event_shape):
         raise ValueError(f"x_T must have shape {(B * K, *event_shape)}, got {tuple(x.shape)}")
     variance = config.variance
@@ -351,32 +365,32 @@ def dps_sample(
               "lower it (dps solve --step-size, or zeta in the dps block of a task file)")
 
     with frozen_parameters(prior), torch.enable_grad():
-        for i in reversed(range(len(schedule))):
-            t = torch.full((B * K,), int(schedule.timesteps[i]), dtype=torch.long, device=y.device)
+        for i in reversed(range(len(grid))):
+            sigma = torch.full((B * K,), grid.sigma(i), dtype=torch.float64, device=y.device)
             x = x.detach().requires_grad_(True)
-            out = prior(x, t)  # line 3-4: one network forward, with graph to x_i
+            out = prior.denoise(x / grid.scale(i), sigma)  # line 3-4: one network forward, with graph to x_i
             x0 = out.x0 if config.clip_x0 is None else out.x0.clamp(*config.clip_x0)
             # Data fit ||y - A(x0_hat)||^2 per sample and its gradient w.r.t. x_i (one VJP, line 7).
             sq_norm = noise.sq_norm(y_rep, operator(prior.to_data(x0)))
             residual = sq_norm.detach().sqrt()
-            grad, zeta_i = guidance(config, sq_norm, residual, x0, x, schedule, i, noise_var)
+            grad, zeta_i = guidance(config, sq_norm, residual, x0, x, grid, i, noise_var)
             with torch.no_grad():
                 z = randn(x.shape, generator, x.device, x.dtype) if i > 0 else torch.zeros_like(x)
                 x0d = x0.detach()
                 if config.sampler == "ddpm":
                     var = variance or ("learned_range" if out.var_values is not None else "fixed_small")
                     vv = None if out.var_values is None else out.var_values.detach()
-                    x_prev = ddpm_step(x.detach(), x0d, schedule, i, z, var, vv)  # line 5-6
+                    x_prev = ancestral_step(x.detach(), x0d, grid, i, z, var, vv)  # line 5-6
                 else:
-                    x_prev = ddim_step(x.detach(), x0d, schedule, i, z, config.eta)
+                    x_prev = ddim_grid_step(x.detach(), x0d, grid, i, z, config.eta)
                 x_prev = x_prev - grad  # line 7: zeta_i already inside the gradient
                 if post_step is not None:
                     x_prev = post_step(x_prev, i)
-            guard.check(x_prev, i, int(schedule.timesteps[i]), advice)
+            guard.check(x_prev, i, grid.where(i), advice, grid.scale(i - 1) * (1 + grid.sigma(i - 1) ** 2) ** 0.5)
             if callback is not None:
-                callback({"i": i, "t": int(schedule.timesteps[i]), "x": x_prev.clone(), "x0": x0d.clone(),
-                          "residual": residual.clone(), "zeta": zeta_i.detach().clone()})
+                callback({"i": i, "t": grid.timestep(i), "sigma": grid.sigma(i), "x": x_prev.clone(),
+                          "x0": x0d.clone(), "residual": residual.clone(), "zeta": zeta_i.detach().clone()})
             x = x_prev
     x_data = prior.clip_data(prior.to_data(x.detach()))
-    return DPSResult(x=x_data.reshape(B, K, *event_shape), residual=residual.reshape(B, K), schedule=schedule)
+    return DPSResult(x=x_data.reshape(B, K, *event_shape), residual=residual.reshape(B, K), grid=grid)
 
