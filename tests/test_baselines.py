@@ -27,7 +27,7 @@ def quick(method):
     modes at 30 steps where rule "paper" leaves a sample in a wrong one), its defaults otherwise."""
     m = METHODS[method]
     settings = m.default_settings(DPSConfig(steps=30, zeta=4.0, step_rule="variance"))
-    return m.at_budget(30, settings) if m.budget is not None else settings
+    return m.at_budget(30, settings) if m.counter is not None else settings
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from dps.noise import GaussianNoise
 from dps.operators import MatrixOperator, PhaseRetrieval, SaturatedMotionBlur, Blur
 from dps.priors.analytic import GaussianPrior
-from dps.solvers.daps import DAPSSettings, daps_budget, langevin_x0, operator_norm_sq
+from dps.solvers.daps import DAPSSettings, langevin_x0, operator_norm_sq
 from dps.solvers.pigdm import PiGDMSettings
 from dps.solvers.tds import TDSSettings
 from dps.solvers.dps import DPSConfig, dps_sample
@@ -123,21 +123,21 @@ def test_daps_fits_nonlinear_measurements(make):
     assert (res.residual[:, 0] < 0.5 * start).all(), (res.residual, start)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS.values() if m.budget is not None], ids=lambda m: m.name)
+@pytest.mark.parametrize("method", [m for m in METHODS.values() if m.counter is not None], ids=lambda m: m.name)
 def test_budget_is_what_the_method_spends(gaussian_problem, method):
-    """The NFE column is counted by a hook on the prior; each budget rule spends what it promises (DAPS:
-    at most, as ODE steps that round to one timestep are made once)."""
+    """The NFE column is counted by a hook on the prior; the one budget rule spends what it promises, DAPS with
+    several ODE steps per level included."""
     prior, op, y, sigma, _ = gaussian_problem
     for nfe in (20, 60):
         settings = method.at_budget(nfe, method.default_settings(DPSConfig(zeta=0.1)))
         res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), settings, torch.Generator().manual_seed(0),
                           num_samples=3)
-        counted = res.extras["nfe"]
-        if method.name == "daps":
-            assert 0.5 * nfe <= counted <= nfe
-        else:
-            assert counted == nfe, (method.name, counted)
-    assert daps_budget(1000) == {"levels": 1000, "ode_steps": 1} and daps_budget(100) == {"levels": 100, "ode_steps": 1}
+        assert res.extras["nfe"] == nfe, (method.name, res.extras["nfe"])
+    if method.name == "daps":
+        five = method.at_budget(60, DAPSSettings(ode_steps=5))
+        assert (five.levels, five.ode_steps) == (12, 5)
+        res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), five, torch.Generator().manual_seed(0))
+        assert res.extras["nfe"] == 60
 
 
 def test_dps_step_size_follows_the_step_count():

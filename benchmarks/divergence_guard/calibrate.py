@@ -127,7 +127,7 @@ def budgets(args, nfes: list[int]) -> None:
     for nfe in nfes:
         for task in TASK_NAMES:
             for name, method in METHODS.items():
-                if method.budget is None:
+                if method.counter is None:
                     continue
                 res = measure_run(prior, x, task, Overrides(method=name, nfe=nfe))
                 if res:

@@ -37,7 +37,7 @@ import torch
 from ..errors import DPSError, check_float
 from .schedule import Schedule, check_step_count, respace
 
-__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "grid_markdown"]
+__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "grid_markdown", "denoise_on"]
 
 #: the grid kinds (``--grid``) and what each is.
 GRID_KINDS: dict[str, str] = {
@@ -106,10 +106,22 @@ class Grid:
         steps = self.timesteps if self.timesteps is not None else torch.arange(len(self), dtype=torch.int64)
         return Schedule(betas=self.betas, timesteps=steps.clone())
 
+    def level_std(self, i: int) -> float:
+        """s_i sqrt(1 + sigma_i^2): the iterate's standard deviation at step i for unit-variance data (1 on a
+        VP grid; 1 at i = -1, the result)."""
+        return self.scale(i) * math.sqrt(1.0 + self.sigma(i) ** 2)
+
     def start_std(self) -> float:
-        """s sqrt(1 + sigma^2) at the top level: the standard deviation of x_{N-1} for unit-variance data
-        (1 on a VP grid, which starts from N(0, I) as DDPM does)."""
-        return self.scale(len(self) - 1) * math.sqrt(1.0 + self.sigma(len(self) - 1) ** 2)
+        """:meth:`level_std` at the top level: samplers start from N(0, start_std^2 I) (N(0, I) on a VP grid, as
+        DDPM does)."""
+        return self.level_std(len(self) - 1)
+
+
+def denoise_on(prior, x: torch.Tensor, grid: Grid, i: int):
+    """The prior's D(x_i / s_i; sigma_i) for the iterate x (B, *event_shape) at step i of ``grid``
+    (a :class:`~dps.diffusion.denoiser.DenoiserOutput`; gradients flow to x)."""
+    sigma = torch.full((x.shape[0],), grid.sigma(i), dtype=torch.float64, device=x.device)
+    return prior.denoise(x / grid.scale(i), sigma)
 
 
 def vp_grid(schedule: Schedule, n: int, spacing: str = "even") -> Grid:
@@ -195,6 +207,17 @@ class GridSpec:
         if kind == "edm":
             return edm_grid(n, s_min, s_max, 7.0 if self.rho is None else self.rho)
         return ve_grid(n, s_min, s_max)
+
+    def override(self, kind: Optional[str] = None, rho: Optional[float] = None, sigma_min: Optional[float] = None,
+                 sigma_max: Optional[float] = None) -> "GridSpec":
+        """This spec with the given values replacing its own (None: kept). A change of kind keeps the range
+        (not for ``"vp"``, which has none) and drops rho unless the new kind is ``"edm"``."""
+        new_kind = self.kind if kind is None else kind
+        keep_range = new_kind != "vp"
+        keep_rho = new_kind == "edm" and self.kind == "edm"
+        return GridSpec(new_kind, rho if rho is not None else (self.rho if keep_rho else None),
+                        sigma_min if sigma_min is not None else (self.sigma_min if keep_range else None),
+                        sigma_max if sigma_max is not None else (self.sigma_max if keep_range else None))
 
     def describe(self) -> str:
         """E.g. ``edm (rho 7, sigma 0.002 to 80)`` or ``the model's own``."""

@@ -68,7 +68,7 @@ def bench_specs(settings: BenchSettings, execution: Execution) -> list[RunSpec]:
     specs = []
     for name in settings.methods:
         method = get_method(name)
-        nfe = o.nfe if method.budget is not None else None
+        nfe = o.nfe if method.counter is not None else None
         for task in tasks:
             specs.append(resolve(task, Overrides(method=name, method_preset=settings.method_presets.get(name), nfe=nfe,
                                                  model=o.model, model_config=o.model_config, seed=o.seed,

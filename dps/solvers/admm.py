@@ -5,7 +5,6 @@ The data step (A^T A + rho I)^-1 rhs is the operator's :meth:`~dps.operators.Lin
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,19 +54,15 @@ class ADMMTVSettings:
 
 
 def tweedie_denoiser(prior: Prior, sigma: float):
-    """D_sigma(v): the prior's Tweedie denoiser for data-space noise of std ``sigma``. The image v is mapped to
-    model space and scaled to x_t = sqrt(abar_t) v_model with (1 - abar_t) / abar_t = (sigma / a)^2
-    (a = data units per model unit), t the nearest timestep."""
-    abar_all = prior.schedule.alphas_cumprod
-    target = 1.0 / (1.0 + (sigma / prior.data_scale) ** 2)
-    t_idx = int((abar_all - target).abs().argmin())
-    abar_t = float(abar_all[t_idx])
+    """D_sigma(v): the prior's Tweedie denoiser for data-space noise of std ``sigma``: the denoiser contract
+    D(v_model; sigma / a) (a = data units per model unit) on the image mapped to model space, any form of prior
+    (a VP network at its nearest timestep)."""
+    level = sigma / prior.data_scale
 
     @torch.no_grad()
     def denoise(v: torch.Tensor) -> torch.Tensor:
-        t = torch.full((v.shape[0],), int(prior.schedule.timesteps[t_idx]), dtype=torch.long, device=v.device)
-        x_t = math.sqrt(abar_t) * prior.from_data(v)
-        return prior.to_data(prior.clip_x0(prior(x_t, t).x0))
+        s = torch.full((v.shape[0],), level, dtype=torch.float64, device=v.device)
+        return prior.to_data(prior.clip_x0(prior.denoise(prior.from_data(v), s).x0))
 
     return denoise
 

@@ -1,20 +1,21 @@
 """DAPS: decoupled annealing posterior sampling (Zhang, Chu, Berner, Sun, Yue, Anandkumar, Song, 2024).
 
-DAPS anneals a noise level sigma_j (variance-exploding units, x_t / sqrt(abar_t) = x_0 + sigma_t eps) from
-sigma_max down to sigma_min over ``levels`` steps and, at each level, decouples consecutive iterates:
+DAPS anneals a noise level sigma_j (x = x_0 + sigma n, the denoiser contract's form) down a grid of ``levels``
+noise levels (:mod:`dps.diffusion.grid`; by default EDM's rho grid from sigma_max 100 to sigma_min 0.1, as its
+paper runs every model, VP checkpoints included) and, at each level, decouples consecutive iterates:
 
-1. x0_hat = the probability-flow ODE solved from x_t down to t = 0 in ``ode_steps`` deterministic DDIM
-   steps (one network forward each; no VJP anywhere in DAPS);
+1. x0_hat = the probability-flow ODE solved from x at sigma_j down to the model's lowest noise level in
+   ``ode_steps`` Euler steps on an EDM grid (rho 7; one network forward each; no VJP anywhere in DAPS);
 2. x0_y ~ p(x_0 | x_t, y) ∝ exp(-||y - A(x_0)||^2 / (2 tau^2) - ||x_0 - x0_hat||^2 / (2 r_t^2)), r_t = sigma_t,
    by ``langevin_steps`` steps of unadjusted Langevin dynamics (:func:`langevin_x0`), started at x0_hat;
-3. x_{t'} = sqrt(abar_t') x0_y + sqrt(1 - abar_t') eps at the next level t' (fresh noise), and x0_y itself
-   after the last level.
+3. x = x0_y + sigma_{j+1} n at the next level (fresh noise), and x0_y itself after the last level.
 
-Levels and ODE steps follow the EDM polynomial spacing (rho = 7) in sigma, rounded to the model's own
-timesteps (:func:`~dps.diffusion.schedule.edm_timesteps`). The budget is about ``levels x ode_steps``
-network forwards (ODE steps that round to one timestep are made once): the paper's configurations are
-:data:`DAPS_PRESETS` (DAPS-1K = 200 x 5, the paper's default). Our default is 1000 levels x 1 ODE step, the
-budget rule :func:`daps_budget` at 1000, which beat DAPS-1K on the digits (``benchmarks/method_tuning/``).
+A VP network is evaluated at the timestep nearest each level (the VP adapter's rule). The budget is
+``levels x ode_steps`` network forwards: the paper's configurations are
+:data:`DAPS_PRESETS` (DAPS-1K = 200 x 5, the paper's default). Our default is 1000 levels x 1 ODE step
+(x0_hat is Tweedie's estimate, so a budget of N forwards buys N annealing levels): not the paper's
+proportions, but one step per level was best at 250 forwards on training digits and beat DAPS-1K at 1000 on
+the held-out digits (``benchmarks/method_tuning/``).
 
 Langevin step size (ours; the paper's lr is in the units of its [-1, 1] images and its tau): at level j
     eta_j = lr * (1 + j / (levels - 1) (lr_min_ratio - 1)) / L_j,   L_j = a^2 ||A||^2 / tau^2 + 1 / r_j^2,
@@ -37,24 +38,16 @@ from typing import Callable, Optional
 import torch
 
 from ..diffusion.denoiser import Prior
-from ..diffusion.schedule import edm_timesteps, subschedule, ve_sigmas
-from ..diffusion.steps import ddim_step, randn
+from ..diffusion.grid import GridSpec, denoise_on, edm_grid
+from ..diffusion.steps import ddim_grid_step, randn
 from ..errors import check_float, check_int
 from ..noise import NoiseModel
 from .dps import DivergenceGuard, frozen_parameters
 
-__all__ = ["daps", "DAPSSettings", "DAPS_PRESETS", "daps_budget", "langevin_x0", "operator_norm_sq", "pf_ode_x0"]
+__all__ = ["daps", "DAPSSettings", "DAPS_PRESETS", "langevin_x0", "operator_norm_sq", "pf_ode_x0"]
 
 #: The paper's configurations: name -> (annealing levels, ODE steps per level); budget = their product.
 DAPS_PRESETS: dict[str, tuple[int, int]] = {"daps-100": (50, 2), "daps-1k": (200, 5), "daps-4k": (500, 8)}
-
-
-def daps_budget(nfe: int) -> dict:
-    """(levels, ode_steps) for ``nfe`` network forwards: one ODE step per level (x0_hat is Tweedie's
-    estimate), so the budget buys annealing levels. Not the paper's proportions (DAPS-1K = 200 x 5, in
-    :data:`DAPS_PRESETS`): one step per level was best at 250 forwards on training digits
-    (``benchmarks/method_tuning/``)."""
-    return {"levels": max(1, nfe), "ode_steps": 1}
 
 
 def operator_norm_sq(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int = 20,
@@ -102,20 +95,17 @@ def langevin_x0(x0_hat: torch.Tensor, r: float, data_grad: Callable[[torch.Tenso
 
 
 @torch.no_grad()
-def pf_ode_x0(prior: Prior, x: torch.Tensor, t_index: int, ode_steps: int, clip: bool = True) -> torch.Tensor:
-    """x0_hat from x_t (t = ``t_index`` of the prior's schedule) by ``ode_steps`` deterministic DDIM steps
-    (the probability-flow ODE, first order) to t = 0, on EDM-spaced timesteps; model space."""
-    sig = ve_sigmas(prior.schedule)
-    keep = sorted(set(edm_timesteps(prior.schedule, ode_steps, float(sig[t_index]), float(sig[0]))) | {t_index})
-    keep = [k for k in keep if k <= t_index]
-    sub = subschedule(prior.schedule, keep)
-    B = x.shape[0]
+def pf_ode_x0(prior: Prior, x: torch.Tensor, sigma: float, ode_steps: int, clip: bool = True) -> torch.Tensor:
+    """x0_hat from x = x_0 + sigma n (B, *event_shape) by ``ode_steps`` Euler steps of the probability-flow ODE
+    (DDIM, eta 0) on an EDM grid (rho 7) from sigma down to the model's lowest noise level; one step is
+    Tweedie's D(x; sigma). Model space."""
+    lo = prior.sigma_range()[0]
+    grid = edm_grid(ode_steps if sigma > lo else 1, min(lo, sigma), sigma)
     x0 = x
-    for i in reversed(range(len(sub))):
-        t = torch.full((B,), int(sub.timesteps[i]), dtype=torch.long, device=x.device)
-        x0 = prior(x, t).x0
+    for i in reversed(range(len(grid))):
+        x0 = denoise_on(prior, x, grid, i).x0
         x0 = prior.clip_x0(x0) if clip else x0
-        x = ddim_step(x, x0, sub, i, torch.zeros_like(x), 0.0)
+        x = ddim_grid_step(x, x0, grid, i, torch.zeros_like(x), 0.0)
     return x0
 
 
@@ -126,7 +116,8 @@ class DAPSSettings:
     :param levels: annealing levels; :param ode_steps: probability-flow ODE steps per level (network forwards);
     :param langevin_steps: Langevin steps per level; :param lr: Langevin step size relative to the curvature
     bound, decaying linearly to ``lr_min_ratio`` of itself; :param tau: the likelihood's standard deviation
-    (data units; None: the noise model's sigma); :param sigma_max, sigma_min: the annealing range (VE units).
+    (data units; None: the noise model's sigma); :param grid: the annealing levels (EDM's grid from 100 to 0.1 by
+    default; any :class:`~dps.diffusion.grid.GridSpec`).
     """
 
     levels: int = 1000
@@ -135,8 +126,7 @@ class DAPSSettings:
     lr: float = 0.5
     lr_min_ratio: float = 0.01
     tau: Optional[float] = 0.01
-    sigma_max: float = 100.0
-    sigma_min: float = 0.1
+    grid: GridSpec = GridSpec("edm", sigma_min=0.1, sigma_max=100.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "levels", check_int(self.levels, "daps levels", 1))
@@ -147,9 +137,6 @@ class DAPSSettings:
                                                              lo_open=True))
         if self.tau is not None:
             object.__setattr__(self, "tau", check_float(self.tau, "daps tau", 0.0, lo_open=True))
-        object.__setattr__(self, "sigma_min", check_float(self.sigma_min, "daps sigma_min", 0.0, lo_open=True))
-        object.__setattr__(self, "sigma_max", check_float(self.sigma_max, "daps sigma_max", self.sigma_min,
-                                                          lo_open=True))
 
 
 def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, settings: DAPSSettings = DAPSSettings(),
@@ -158,7 +145,6 @@ def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, setti
     *event_shape) in data space. Works for any differentiable operator (Gaussian noise)."""
     levels, ode_steps, langevin_steps = settings.levels, settings.ode_steps, settings.langevin_steps
     lr, lr_min_ratio, tau = settings.lr, settings.lr_min_ratio, settings.tau
-    sigma_max, sigma_min = settings.sigma_max, settings.sigma_min
     B = y.shape[0]
     a = prior.data_scale
     tau2 = max(tau if tau is not None else noise.typical_sigma, 1e-3) ** 2
@@ -185,24 +171,22 @@ def daps(prior: Prior, op, y: torch.Tensor, noise: NoiseModel, generators, setti
             (g,) = torch.autograd.grad((y - op(prior.to_data(x0))).pow(2).sum() / (2 * tau2), x0)
         return g
 
-    steps = edm_timesteps(prior.schedule, levels, sigma_max, sigma_min)
-    sig = ve_sigmas(prior.schedule)
-    abar = prior.schedule.alphas_cumprod
+    grid = settings.grid.build(prior, levels)
+    sigmas = [grid.sigma(i) for i in reversed(range(len(grid)))]  # from the top
     guard = DivergenceGuard(prior)
-    x = randn((B, *prior.event_shape), generators, y.device, y.dtype)  # x_t ~ N(0, I) at the first level
+    x = randn((B, *prior.event_shape), generators, y.device, y.dtype) * math.sqrt(1.0 + sigmas[0] ** 2)
     with frozen_parameters(prior):
-        for j, t_idx in enumerate(steps):
-            x0_hat = pf_ode_x0(prior, x, t_idx, ode_steps)
-            decay = 1.0 + (j / (levels - 1) if levels > 1 else 1.0) * (lr_min_ratio - 1.0)
-            x0_y = langevin_x0(x0_hat, float(sig[t_idx]), data_grad, curvature(x0_hat), langevin_steps, lr * decay,
-                               generators)
-            guard.check(x0_y, len(steps) - 1 - j, t_idx, "DAPS's Langevin step is too large for this problem: lower lr")
-            if j + 1 < len(steps):
-                nxt = steps[j + 1]
+        for j, sigma in enumerate(sigmas):
+            i = len(sigmas) - 1 - j
+            x0_hat = pf_ode_x0(prior, x, sigma, ode_steps)
+            decay = 1.0 + (j / (len(sigmas) - 1) if len(sigmas) > 1 else 1.0) * (lr_min_ratio - 1.0)
+            x0_y = langevin_x0(x0_hat, sigma, data_grad, curvature(x0_hat), langevin_steps, lr * decay, generators)
+            guard.check(x0_y, i, grid.where(i), "DAPS's Langevin step is too large for this problem: lower lr")
+            if j + 1 < len(sigmas):
                 z = randn(x.shape, generators, x.device, x.dtype)
-                x = math.sqrt(float(abar[nxt])) * x0_y + math.sqrt(1.0 - float(abar[nxt])) * z
+                x = x0_y + sigmas[j + 1] * z
             else:
                 x = x0_y
             if callback is not None:
-                callback({"i": levels - 1 - j, "t": t_idx, "x": x.clone(), "x0": x0_hat.clone()})
+                callback({"i": i, "t": grid.timestep(i), "sigma": sigma, "x": x.clone(), "x0": x0_hat.clone()})
     return prior.clip_data(prior.to_data(x))

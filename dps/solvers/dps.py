@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ..diffusion.denoiser import Prior
-from ..diffusion.grid import Grid, GridSpec
+from ..diffusion.grid import Grid, GridSpec, denoise_on
 from ..diffusion.steps import Generators, ancestral_step, ddim_grid_step, randn
 from ..errors import DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
@@ -366,9 +366,8 @@ def dps_sample(
 
     with frozen_parameters(prior), torch.enable_grad():
         for i in reversed(range(len(grid))):
-            sigma = torch.full((B * K,), grid.sigma(i), dtype=torch.float64, device=y.device)
             x = x.detach().requires_grad_(True)
-            out = prior.denoise(x / grid.scale(i), sigma)  # line 3-4: one network forward, with graph to x_i
+            out = denoise_on(prior, x, grid, i)  # line 3-4: one network forward, with graph to x_i
             x0 = out.x0 if config.clip_x0 is None else out.x0.clamp(*config.clip_x0)
             # Data fit ||y - A(x0_hat)||^2 per sample and its gradient w.r.t. x_i (one VJP, line 7).
             sq_norm = noise.sq_norm(y_rep, operator(prior.to_data(x0)))
@@ -386,7 +385,7 @@ def dps_sample(
                 x_prev = x_prev - grad  # line 7: zeta_i already inside the gradient
                 if post_step is not None:
                     x_prev = post_step(x_prev, i)
-            guard.check(x_prev, i, grid.where(i), advice, grid.scale(i - 1) * (1 + grid.sigma(i - 1) ** 2) ** 0.5)
+            guard.check(x_prev, i, grid.where(i), advice, grid.level_std(i - 1))
             if callback is not None:
                 callback({"i": i, "t": grid.timestep(i), "sigma": grid.sigma(i), "x": x_prev.clone(),
                           "x0": x0d.clone(), "residual": residual.clone(), "zeta": zeta_i.detach().clone()})

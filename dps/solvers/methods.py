@@ -12,8 +12,15 @@ after every step with one record, {i, t, x, x0} (i counts down to 0; x and x0 in
 :func:`reconstruct` draws K samples per measurement and returns a :class:`Reconstruction` whose
 ``residual`` is in one stated norm for every method: ||y - A(x)||_2 of the returned x, in data units.
 
-Each entry declares when it applies to an (operator, noise) pair through :class:`Requirement` objects
-that read the operators' and noise models' declared capabilities; :meth:`Method.why_not` says why not.
+Each entry declares when it applies to an (operator, noise, prior) triple through :class:`Requirement`
+objects that read the operators', noise models' and priors' declared capabilities (:data:`VP_PRIOR`: the
+methods derived for the VP process only); :meth:`Method.why_not` says why not.
+
+Budgets have one rule (:meth:`Method.at_budget`): N network evaluations per sample buy N / e levels of the
+method's grid, e the evaluations per level (DAPS: its ODE steps; 1 otherwise), written into the settings
+field the entry names (:attr:`Method.counter`), with DPS's and MCG's zeta' keeping its meaning at the new
+count (:func:`~dps.solvers.dps.at_steps`). The methods with a ``grid`` setting run on any noise-level grid
+(:mod:`dps.diffusion.grid`; :meth:`Method.with_grid`).
 The commands, the CLI's choices, the documentation's method table and the generic tests read
 :data:`METHODS`; adding a method is one module and one entry here.
 """
@@ -27,7 +34,8 @@ import torch
 
 from ..errors import CapabilityMissing, DPSError, NotApplicable, check_int
 from .admm import ADMMTVSettings, PnPADMMSettings, admm_tv, pnp_admm
-from .daps import DAPS_PRESETS, DAPSSettings, daps, daps_budget
+from ..diffusion.grid import GridSpec
+from .daps import DAPS_PRESETS, DAPSSettings, daps
 from .ddrm import DDRMSettings, ddrm
 from .diffpir import DiffPIRSettings, diffpir
 from .divergence import check_residual
@@ -38,22 +46,23 @@ from .projection import MCGSettings, ScoreSDESettings, mcg, score_sde
 from .tds import TDSSettings, tds
 
 __all__ = ["Method", "METHODS", "Reconstruction", "Requirement", "reconstruct", "get_method", "methods_markdown",
-           "count_evaluations"]
+           "count_evaluations", "VP_PRIOR"]
 
 
 @dataclass(frozen=True)
 class Requirement:
-    """A condition on (operator, noise): ``check(op, noise)`` returns None when met, else the reason."""
+    """A condition on (operator, noise, prior): ``check(op, noise, prior)`` returns None when met, else the
+    reason (``prior`` None: not known yet, then conditions on the prior are met)."""
 
     name: str
-    check: Callable[[object, object], Optional[str]]
+    check: Callable[[object, object, object], Optional[str]]
 
 
-def _linear(op, noise) -> Optional[str]:
+def _linear(op, noise, prior=None) -> Optional[str]:
     return None if op.linear else f"it needs a linear operator; {op.name} is nonlinear"
 
 
-def _spectral(op, noise) -> Optional[str]:
+def _spectral(op, noise, prior=None) -> Optional[str]:
     if not op.linear:
         return f"it needs an SVD of the operator; {op.name} is nonlinear"
     try:
@@ -63,17 +72,23 @@ def _spectral(op, noise) -> Optional[str]:
     return None
 
 
-def _gaussian(op, noise) -> Optional[str]:
+def _gaussian(op, noise, prior=None) -> Optional[str]:
     return None if noise.kind == "gaussian" else f"it is derived for Gaussian noise, not {noise.kind} noise"
 
 
-def _fourier(op, noise) -> Optional[str]:
+def _fourier(op, noise, prior=None) -> Optional[str]:
     return None if op.fourier_support is not None else \
         f"it needs y = |F pad(x)| of a zero-padded, non-negative object; {op.name} {op.config} is not of that form"
 
 
-def _images(op, noise) -> Optional[str]:
+def _images(op, noise, prior=None) -> Optional[str]:
     return None if len(op.in_shape) == 3 else "it works on images (C, H, W), not vectors"
+
+
+def _vp_prior(op, noise, prior=None) -> Optional[str]:
+    form = getattr(prior, "form", "vp")
+    return None if form == "vp" else \
+        f"it is derived for the VP process (its steps use the training schedule's abar_t); this model is {form.upper()}"
 
 
 LINEAR = Requirement("linear operator", _linear)
@@ -81,29 +96,11 @@ SPECTRAL = Requirement("SVD form", _spectral)
 GAUSSIAN = Requirement("Gaussian noise", _gaussian)
 FOURIER = Requirement("Fourier magnitude", _fourier)
 IMAGES = Requirement("image operator", _images)
+VP_PRIOR = Requirement("VP model", _vp_prior)
 
 
 def _dps(prior, op, y, noise, generators, settings: DPSConfig, callback=None) -> torch.Tensor:
     return dps_sample(prior, op, y, noise, settings, generator=generators, callback=callback).x[:, 0]
-
-
-# Budgets: how a method spends N network evaluations per sample: (N, settings) -> settings. ``--nfe N`` and
-# the quality-per-compute study use them; the NFE column of the tables is counted, not computed.
-Budget = Callable[[int, Any], Any]
-
-
-def _own_steps(nfe: int, settings):
-    """Methods with a ``steps`` setting of one evaluation per step; those with a ``reference_steps`` (DPS,
-    MCG) keep their zeta' meaning at the new count (:func:`~dps.solvers.dps.at_steps`)."""
-    return at_steps(settings, nfe) if hasattr(settings, "reference_steps") else replace(settings, steps=nfe)
-
-
-def _daps(nfe: int, settings: DAPSSettings) -> DAPSSettings:
-    return replace(settings, **daps_budget(nfe))
-
-
-def _iterations(nfe: int, settings):
-    return replace(settings, iters=nfe)
 
 
 def _steps(settings) -> int:
@@ -115,6 +112,8 @@ def _dps_from_task(config: DPSConfig) -> DPSConfig:
 
 
 def _mcg_from_task(c: DPSConfig) -> MCGSettings:
+    if c.grid.kind not in (None, "vp") or c.grid != GridSpec(c.grid.kind):
+        raise DPSError(f"MCG runs on the VP model's own steps only; its task sets the grid {c.grid.describe()}")
     return MCGSettings(steps=c.steps, zeta=c.zeta, reference_steps=c.reference_steps, spacing=c.spacing)
 
 
@@ -137,8 +136,8 @@ class Method:
         {i, t, x, x0}, i counting down to 0); None for methods that report no progress (they take no callback).
     :param sampler: True when it draws posterior samples, False for point estimates (K > 1 then repeats the
         estimate, or for the phase-retrieval algorithms its random restarts).
-    :param budget: how it spends a given number of network evaluations (``at_budget``); None for methods
-        without a network or without such a knob.
+    :param counter: the settings field that counts its levels (steps, levels, iterations), which a budget of
+        network evaluations sets (:meth:`at_budget`); None for methods without a network or without such a knob.
     :param vjp: True when each evaluation also backpropagates through the network (about twice the cost).
     :param presets: named settings from the method's paper (``--method-preset NAME``), e.g. DAPS-1K.
     :param particles: True when the K samples of one measurement are one interacting particle system
@@ -157,7 +156,7 @@ class Method:
     step_size: bool = False
     progress: Optional[Callable[[Any], int]] = None
     sampler: bool = True
-    budget: Optional[Budget] = None
+    counter: Optional[str] = None
     vjp: bool = False
     presets: dict = field(default_factory=dict, hash=False)
     particles: bool = False
@@ -170,11 +169,34 @@ class Method:
         return self.settings()
 
     def at_budget(self, nfe: int, settings):
-        """``settings`` changed to spend about ``nfe`` network evaluations per sample, or a DPSError for
-        methods that use no network or have no budget knob."""
-        if self.budget is None:
+        """``settings`` changed to spend about ``nfe`` network evaluations per sample (the one budget rule, module
+        docstring), or a DPSError for methods that use no network or have no budget knob."""
+        if self.counter is None:
             raise DPSError(f"method {self.name} runs no network, so it has no --nfe budget; leave out --nfe")
-        return self.budget(nfe, self.check_settings(settings))
+        settings = self.check_settings(settings)
+        n = max(1, nfe // getattr(settings, "ode_steps", 1))
+        if hasattr(settings, "reference_steps"):
+            return at_steps(settings, n)
+        return replace(settings, **{self.counter: n})
+
+    @property
+    def takes_grid(self) -> bool:
+        """Whether the method runs on any noise-level grid (its settings have a ``grid``)."""
+        return any(f.name == "grid" for f in fields(self.settings))
+
+    def with_grid(self, settings, kind: Optional[str] = None, **params):
+        """``settings`` on the grid ``kind`` with ``params`` (rho, sigma_min, sigma_max; None: kept) replacing the
+        method's (:meth:`GridSpec.override`); a DPSError for a method that runs on the VP steps only."""
+        settings = self.check_settings(settings)
+        given = {k: v for k, v in params.items() if v is not None}
+        if kind is None and not given:
+            return settings
+        if not self.takes_grid:
+            if kind == "vp" and not given:
+                return settings
+            raise DPSError(f"method {self.name} runs on the VP model's own respaced steps only; leave out --grid "
+                           f"(the methods that take a grid: {', '.join(m.name for m in METHODS.values() if m.takes_grid)})")
+        return replace(settings, grid=settings.grid.override(kind, **given))
 
     def run_settings(self, settings, nfe: Optional[int] = None, preset: Optional[str] = None):
         """``settings`` at a budget of ``nfe`` evaluations or with the named ``preset`` (not both; neither:
@@ -211,17 +233,18 @@ class Method:
                     "(dps solve --step-size, or zeta in the dps block of a task file)")
         return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)})"
 
-    def why_not(self, op, noise) -> Optional[str]:
-        """None when the method applies to (op, noise), else the reason (one sentence)."""
+    def why_not(self, op, noise, prior=None) -> Optional[str]:
+        """None when the method applies to (op, noise, prior), else the reason (one sentence); ``prior`` None
+        checks the operator and the noise only."""
         for req in self.requires:
-            reason = req.check(op, noise)
+            reason = req.check(op, noise, prior)
             if reason is not None:
                 return f"{self.name} does not apply: {reason}"
         return None
 
-    def check(self, op, noise) -> None:
+    def check(self, op, noise, prior=None) -> None:
         """Raise :class:`~dps.errors.NotApplicable` with the reason when the method does not apply."""
-        reason = self.why_not(op, noise)
+        reason = self.why_not(op, noise, prior)
         if reason is not None:
             raise NotApplicable(reason)
 
@@ -230,27 +253,27 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)", DPSConfig,
            "the task's steps, zeta' and step rule", (), from_task=_dps_from_task, step_size=True, progress=_steps,
-           budget=_own_steps, vjp=True),
+           counter="steps", vjp=True),
     Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022", DDRMSettings, "",
-           (LINEAR, SPECTRAL, GAUSSIAN), progress=_steps, budget=_own_steps),
+           (LINEAR, SPECTRAL, GAUSSIAN, VP_PRIOR), progress=_steps, counter="steps"),
     Method("mcg", mcg, "MCG", "Chung et al., NeurIPS 2022", MCGSettings,
-           "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR,),
-           from_task=_mcg_from_task, step_size=True, progress=_steps, budget=_own_steps, vjp=True),
+           "the task's steps and zeta' (rule 'paper'), then the noised-measurement projection", (LINEAR, VP_PRIOR),
+           from_task=_mcg_from_task, step_size=True, progress=_steps, counter="steps", vjp=True),
     Method("score_sde", score_sde, "Score-SDE / ILVR", "Song et al., ICLR 2021; Choi et al., ICCV 2021",
-           ScoreSDESettings, "the task's steps, projection after each unconditional DDPM step", (LINEAR,),
-           from_task=_score_sde_from_task, progress=_steps, budget=_own_steps),
+           ScoreSDESettings, "the task's steps, projection after each unconditional DDPM step", (LINEAR, VP_PRIOR),
+           from_task=_score_sde_from_task, progress=_steps, counter="steps"),
     Method("pigdm", pigdm, "Pi-GDM", "Song et al., ICLR 2023", PiGDMSettings, "DDIM, r_t^2 = 1 - abar_t",
-           (LINEAR, GAUSSIAN), progress=_steps, budget=_own_steps, vjp=True),
+           (LINEAR, GAUSSIAN), progress=_steps, counter="steps", vjp=True),
     Method("tds", tds, "TDS", "Wu et al., NeurIPS 2023 (twisting: Pi-GDM's Gaussian likelihood)", TDSSettings,
            "DDIM eta 1, r_t^2 of the prior's variance, a measurement's K samples resampled at ESS < ess_threshold K",
-           (LINEAR, GAUSSIAN), progress=lambda s: s.steps - 1, budget=_own_steps, vjp=True, particles=True),
-    Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023", DiffPIRSettings, "", (LINEAR, GAUSSIAN),
-           progress=_steps, budget=_own_steps),
+           (LINEAR, GAUSSIAN), progress=lambda s: s.steps - 1, counter="steps", vjp=True, particles=True),
+    Method("diffpir", diffpir, "DiffPIR", "Zhu et al., CVPRW 2023", DiffPIRSettings, "", (LINEAR, GAUSSIAN, VP_PRIOR),
+           progress=_steps, counter="steps"),
     Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)", DAPSSettings,
            "the paper's DAPS-1K is 200 levels x 5 ODE steps", (GAUSSIAN,), progress=lambda s: s.levels,
-           budget=_daps, presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
+           counter="levels", presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
-           PnPADMMSettings, "", (LINEAR,), sampler=False, budget=_iterations),
+           PnPADMMSettings, "", (LINEAR,), sampler=False, counter="iters"),
     Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM", ADMMTVSettings, "", (LINEAR, IMAGES),
            sampler=False),
     Method("hio", hio, "HIO", "Fienup, 1982", HIOSettings, "HIO then final_er ER steps; the best restart by residual",
@@ -319,7 +342,7 @@ def reconstruct(method: str | Method, prior, op, y: torch.Tensor, noise, setting
         network runs with (its device is where y, op and prior must already be).
     """
     m = method if isinstance(method, Method) else get_method(method)
-    m.check(op, noise)
+    m.check(op, noise, prior)
     settings = m.settings() if settings is None else m.check_settings(settings)
     if callback is not None and m.progress is None:
         raise DPSError(f"method {m.name} reports no progress (it is not a stepwise sampler); record progress "

@@ -7,7 +7,7 @@ p(x_0 | x_t) ~ N(x0_hat, r_t^2 I) as in Pi-GDM, the twisting function is
 
     p~_t(y | x_t) = N(y; A x0_hat(x_t), r_t^2 A A^T + sigma_y^2 I)                      (Pi-GDM Eq. 7-8)
 
-with r_t^2 = s^2 (1 - abar_t) / (abar_t s^2 + 1 - abar_t) (:meth:`~dps.diffusion.denoiser.Prior.x0_variance`),
+with r_t^2 = s^2 (1 - abar_t) / (abar_t s^2 + 1 - abar_t) = s^2 sigma_t^2 / (s^2 + sigma_t^2) (:meth:`~dps.diffusion.denoiser.Prior.x0_variance`),
 the variance of x_0 given x_t were the prior Gaussian with its per-coordinate variance s^2
 (``Prior.data_variance``: computed by the analytic priors, 1 for a network prior, which gives Pi-GDM's
 1 - abar_t). On the GMM benchmark s^2 is what makes TDS work (with Pi-GDM's 1 - abar_t it stays far from the
@@ -36,14 +36,13 @@ measurement's resampling draws from a generator seeded by its first sample's gen
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..diffusion.denoiser import Prior
-from ..diffusion.schedule import respace
-from ..diffusion.steps import ddim_noise_std, ddim_step, randn
+from ..diffusion.grid import GridSpec
+from ..diffusion.steps import ddim_grid_std, ddim_grid_step, randn
 from ..errors import DPSError, check_float, check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
@@ -55,11 +54,12 @@ __all__ = ["tds", "TDSSettings", "systematic_resample", "effective_sample_size"]
 
 @dataclass(frozen=True)
 class TDSSettings:
-    """TDS's settings: ``steps`` guided DDIM steps (eta 1); a measurement's K particles are resampled when
-    their effective sample size falls below ``ess_threshold`` K."""
+    """TDS's settings: ``steps`` guided DDIM steps (eta 1) on ``grid`` (default: the model's own); a
+    measurement's K particles are resampled when their effective sample size falls below ``ess_threshold`` K."""
 
     steps: int = 100
     ess_threshold: float = 0.5
+    grid: GridSpec = GridSpec()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "tds steps", 2, 100_000))
@@ -102,17 +102,16 @@ def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
     if K < 1 or n % K:
         raise DPSError(f"TDS needs the batch ({n}) to be a multiple of num_samples ({K})")
     B = n // K
-    schedule = respace(prior.schedule, steps)
+    grid = settings.grid.build(prior, steps)
     sigma_y2 = floored_variance(noise)
     resample_gens = _group_generators(generators, B, K)
     guard = DivergenceGuard(prior)
-    x = randn((n, *prior.event_shape), generators, y.device, y.dtype)
+    x = randn((n, *prior.event_shape), generators, y.device, y.dtype) * grid.start_std()
 
     def twisted(x: torch.Tensor, i: int):
-        t = torch.full((n,), int(schedule.timesteps[i]), dtype=torch.long, device=y.device)
-        abar = float(schedule.alphas_cumprod[i])
-        x0, g, log_twist = pigdm_likelihood(prior, op, y, x, t, abar, sigma_y2, prior.x0_variance(abar))
-        x0_guided = prior.clip_x0(x0 + (1.0 - abar) / math.sqrt(abar) * g)
+        abar = float(grid.alphas_cumprod[i])  # VP-equivalent: x0_variance's r_t^2 in sigma terms
+        x0, g, log_twist = pigdm_likelihood(prior, op, y, x, grid, i, sigma_y2, prior.x0_variance(abar))
+        x0_guided = prior.clip_x0(x0 + grid.sigma(i) ** 2 * grid.scale(i) * g)
         return prior.clip_x0(x0), x0_guided, log_twist
 
     def resample(log_w: torch.Tensor, threshold: float, *tensors: torch.Tensor):
@@ -127,22 +126,23 @@ def tds(prior: Prior, op: LinearOperator, y: torch.Tensor, noise: NoiseModel, ge
         return [lw.reshape(-1)] + [v[flat] for v in tensors]
 
     with frozen_parameters(prior), torch.enable_grad():
-        i = len(schedule) - 1
+        i = len(grid) - 1
         x0, x0_guided, log_twist = twisted(x, i)
         log_w = log_twist.clone()  # w_T = p~_T(y | x_T)
-        for i in reversed(range(1, len(schedule))):
+        for i in reversed(range(1, len(grid))):
             log_w, x, x0, x0_guided, log_twist = resample(log_w, ess_threshold, x, x0, x0_guided, log_twist)
             with torch.no_grad():
-                s = ddim_noise_std(schedule, i, 1.0)
-                mean_q = ddim_step(x, x0_guided, schedule, i, torch.zeros_like(x), 1.0)
-                mean_p = ddim_step(x, x0, schedule, i, torch.zeros_like(x), 1.0)
+                s = grid.scale(i - 1) * ddim_grid_std(grid, i, 1.0)  # the iterate's noise std
+                mean_q = ddim_grid_step(x, x0_guided, grid, i, torch.zeros_like(x), 1.0)
+                mean_p = ddim_grid_step(x, x0, grid, i, torch.zeros_like(x), 1.0)
                 x_new = mean_q + s * randn(x.shape, generators, x.device, x.dtype)
                 log_p_over_q = ((x_new - mean_q).pow(2) - (x_new - mean_p).pow(2)).flatten(1).sum(1) / (2 * s * s)
             x0, x0_guided, new_twist = twisted(x_new, i - 1)
             log_w = log_w + log_p_over_q + new_twist - log_twist
             x, log_twist = x_new, new_twist
-            guard.check(x, i - 1, int(schedule.timesteps[i - 1]), "TDS's guidance is unstable for this problem")
+            guard.check(x, i - 1, grid.where(i - 1), "TDS's guidance is unstable for this problem", grid.level_std(i - 1))
             if callback is not None:
-                callback({"i": i - 1, "t": int(schedule.timesteps[i - 1]), "x": x.clone(), "x0": x0_guided.clone()})
+                callback({"i": i - 1, "t": grid.timestep(i - 1), "sigma": grid.sigma(i - 1), "x": x.clone(),
+                          "x0": x0_guided.clone()})
         _, x0_guided = resample(log_w, float("inf"), x0_guided)  # always, by the final weights
     return prior.clip_data(prior.to_data(x0_guided.detach()))
