@@ -100,6 +100,26 @@ def network_options(fn):
                              "[default: fp32, or a run.json's]")(fn)
 
 
+def grid_options(fn):
+    """--grid, --rho, --sigma-min, --sigma-max: the noise-level grid of the methods that take one."""
+    from .diffusion.grid import GRID_KINDS
+
+    fn = click.option("--sigma-max", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+                      help="the grid's highest noise level (edm, ve; clamped to the model's)")(fn)
+    fn = click.option("--sigma-min", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+                      help="the grid's lowest noise level (edm, ve; clamped to the model's)")(fn)
+    fn = click.option("--rho", type=click.FloatRange(0, min_open=True), default=None, metavar="RHO",
+                      help="the edm grid's exponent  [default: 7]")(fn)
+    return click.option("--grid", type=click.Choice(list(GRID_KINDS)), default=None,
+                        help="noise levels of the methods that take a grid (dps, pigdm, tds, daps): vp = the VP "
+                             "model's respaced training steps, edm = EDM's rho grid, ve = the geometric grid  "
+                             "[default: the model's own; daps: edm]")(fn)
+
+
+def _grid(grid, rho, sigma_min, sigma_max) -> dict:
+    return {"grid": grid, "rho": rho, "sigma_min": sigma_min, "sigma_max": sigma_max}
+
+
 def _execution(device, precision=None, checkpointing=None, compile_network=None):
     """The Execution of a command: its device chosen once, here."""
     from .execution import Execution
@@ -279,11 +299,12 @@ def train_classifier_cmd(out, epochs, seed, device) -> None:
               help="record x0_hat at this many evenly spaced steps (progress/; shown by dps figure)")
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
+@grid_options
 @network_options
 @device_option
 def solve(task_name, inputs, measurements, operator_file, out, method, method_preset, model, model_config, steps, nfe,
           samples, seed, noise, preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames,
-          kernel_wizard, precision, checkpointing, compile_network, device) -> None:
+          kernel_wizard, grid, rho, sigma_min, sigma_max, precision, checkpointing, compile_network, device) -> None:
     """A reconstruction method (DPS by default) on your images or measurements, into a reproducible run folder.
 
     \b
@@ -301,7 +322,8 @@ def solve(task_name, inputs, measurements, operator_file, out, method, method_pr
     overrides = Overrides(noise=noise, operator=operator, select=select, step_rule=step_rule, preset=preset,
                           step_size=zeta, steps=steps, method=method, method_preset=method_preset, nfe=nfe,
                           model=model, model_config=model_config, seed=seed, samples=samples, device=device,
-                          precision=precision, checkpointing=checkpointing, compile=compile_network)
+                          precision=precision, checkpointing=checkpointing, compile=compile_network,
+                          **_grid(grid, rho, sigma_min, sigma_max))
     spec = resolve(task_name, overrides)
     record = run_solve(spec, out, images=list(inputs) or None, measurements=list(measurements) or None,
                        operator_file=operator_file, batch_size=batch_size, resize=resize,
@@ -415,10 +437,12 @@ def bench_prior(model, n, steps, seed, grid, as_json, device) -> None:
                    "table); methods without a network keep their settings")
 @click.option("--method-preset", "method_presets", multiple=True, metavar="METHOD=PRESET",
               help="run METHOD with one of its presets (`dps methods`), e.g. daps=daps-1k; repeatable; not with --nfe")
+@grid_options
 @network_options
 @device_option
 def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples,
-                 nfe, method_presets, precision, checkpointing, compile_network, device) -> None:
+                 nfe, method_presets, grid, rho, sigma_min, sigma_max, precision, checkpointing, compile_network,
+                 device) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable).
 
     Example: dps bench images --methods dps,ddrm --tasks super_resolution,inpainting_box --n 8 --out runs/bench
@@ -430,7 +454,8 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
         raise click.UsageError("--nfe sets each method's steps; leave out --steps")
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, data=data, batch_size=batch_size,
                              overrides=Overrides(steps=steps, preset=preset, nfe=nfe, model=model,
-                                                 model_config=model_config, seed=seed, samples=samples),
+                                                 model_config=model_config, seed=seed, samples=samples,
+                                                 **_grid(grid, rho, sigma_min, sigma_max)),
                              method_presets=_pairs(method_presets, "--method-preset"))
     table = run_bench(settings, out, execution=_execution(device, precision, checkpointing, compile_network))
     if not table:  # a torchrun worker other than rank 0: rank 0 writes the tables
@@ -515,8 +540,13 @@ def _gmm_methods(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--methods", "extra", default="dps", callback=_gmm_methods, metavar="NAMES",
               help="also run comparison methods (those of the method table that apply to a matrix operator with "
                    "Gaussian noise, e.g. dps,ddrm,mcg)")
+@click.option("--parameterization", type=click.Choice(["vp", "ve", "edm"]), default="vp",
+              help="the analytic prior as a VP epsilon network (its linear schedule), a VE score network (sigma "
+                   "0.01 to 100) or an EDM-preconditioned network (sigma 0.002 to 80)")
+@grid_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, extra, as_json) -> None:
+def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, extra, parameterization,
+              grid, rho, sigma_min, sigma_max, as_json) -> None:
     """Sliced Wasserstein distance of DPS (and other methods) to the exact Gaussian-mixture posterior.
 
     Per cell: each method, prior samples ("knows nothing about y") and a second exact sample set (the
@@ -532,7 +562,8 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
         if not as_json:
             click.echo(f"  done {gmm_row(cell, ('dps', *extra, 'prior', 'floor'))}", err=True)
 
-    report = run_gmm_bench(dims, obs_dims, steps_list, seeds, samples, zeta, step_rule, extra, on_cell)
+    report = run_gmm_bench(dims, obs_dims, steps_list, seeds, samples, zeta, step_rule, extra, on_cell,
+                           form=parameterization, grid=_grid(grid, rho, sigma_min, sigma_max))
     click.echo(json.dumps(report, indent=2) if as_json else gmm_markdown(report).rstrip("\n"))
 
 

@@ -1,7 +1,10 @@
 """The Gaussian-mixture posterior benchmark (MCGdiff's, Cardoso et al. 2024).
 
 A 25-component mixture prior in dimension d, a random linear operator (d_y x d) with Gaussian noise,
-and the exact posterior. A sampler is scored by the sliced Wasserstein distance between its samples and
+and the exact posterior. The prior runs in one of three forms (``--parameterization``,
+:func:`~dps.diffusion.forms.in_form`): a VP epsilon network of the linear 1000-step schedule (the default), a VE
+score network or an EDM-preconditioned network, each computed exactly from the mixture, so the samplers
+meet every denoiser adapter; ``--grid`` chooses the noise levels of the methods that take a grid. A sampler is scored by the sliced Wasserstein distance between its samples and
 exact posterior samples; the prior's own samples ("knows nothing about y") and a second exact sample set
 (the metric's noise floor at this sample size) frame the number.
 """
@@ -13,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..diffusion.forms import in_form
 from ..noise import GaussianNoise
 from ..priors.analytic import GaussianMixturePrior
 from ..solvers.dps import DPSConfig
@@ -110,14 +114,14 @@ class CellResult:
         return out
 
 
-def gmm_method_config(method: str, config: DPSConfig):
+def gmm_method_config(method: str, config: DPSConfig, grid: Optional[dict] = None):
     """The benchmark's protocol for a comparison method: its settings at the cell's budget.
 
     Every method spends config.steps network evaluations per sample (its ``Method.at_budget``: DDRM,
     Pi-GDM and DiffPIR that many steps, DAPS levels x ODE steps, PnP-ADMM iterations). MCG takes DPS's
     "paper" step at the cell's zeta' when the DPS run uses rule "paper", else at the paper rule's GMM
     default. DAPS's likelihood is the exact one (tau = sigma_y, its ``tau=None``), as the target is the
-    exact posterior.
+    exact posterior. ``grid`` ({"grid", "rho", "sigma_min", "sigma_max"}) goes to the methods that take one.
     """
     from dataclasses import replace
 
@@ -127,24 +131,39 @@ def gmm_method_config(method: str, config: DPSConfig):
         config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
     m = METHODS[method]
     settings = m.at_budget(config.steps, m.default_settings(config))
-    return replace(settings, tau=None) if method == "daps" else settings
+    settings = replace(settings, tau=None) if method == "daps" else settings
+    return _on_grid(m, settings, grid)
 
 
-def gmm_methods() -> list[str]:
-    """The methods of the method table that apply to the benchmark (a matrix operator, Gaussian noise)."""
+def _on_grid(m, settings, grid: Optional[dict]):
+    grid = grid or {}
+    if not m.takes_grid:
+        return settings
+    return m.with_grid(settings, grid.get("grid"), **{k: grid.get(k) for k in ("rho", "sigma_min", "sigma_max")})
+
+
+def gmm_methods(form: str = "vp") -> list[str]:
+    """The methods of the method table that apply to the benchmark (a matrix operator, Gaussian noise) with the
+    prior in ``form``."""
+    from ..diffusion.forms import in_form
     from ..operators import MatrixOperator
     from ..solvers.methods import METHODS
 
     op, noise = MatrixOperator(torch.eye(2, dtype=torch.float64)), GaussianNoise(0.1)
-    return [name for name, m in METHODS.items() if m.why_not(op, noise) is None]
+    prior = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)),
+                    form)
+    return [name for name, m in METHODS.items() if m.why_not(op, noise, prior) is None]
 
 
 def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000,
-             methods: tuple[str, ...] = ()) -> CellResult:
-    """DPS (and the comparison ``methods``), prior and floor distances to the exact posterior per problem seed."""
+             methods: tuple[str, ...] = (), form: str = "vp", grid: Optional[dict] = None) -> CellResult:
+    """DPS (and the comparison ``methods``), prior and floor distances to the exact posterior per problem seed,
+    with the prior in ``form`` and the methods that take a grid on ``grid``."""
+    from ..diffusion.forms import in_form
     from ..operators import MatrixOperator
-    from ..solvers.methods import reconstruct
+    from ..solvers.methods import METHODS, reconstruct
 
+    config = _on_grid(METHODS["dps"], config, grid)
     out = CellResult([], [], [], {m: [] for m in methods})
     for seed in seeds:
         pb = gmm_problem(d, d_y, seed)
@@ -155,7 +174,8 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         prior_samples = pb.prior.sample(n_samples, g)
         op = MatrixOperator(pb.A)
         noise = GaussianNoise(min(pb.sigma_y, 1.0))
-        samples = reconstruct("dps", pb.prior, op, pb.y[None], noise, config, g, n_samples).x[0]
+        prior = in_form(pb.prior, form)
+        samples = reconstruct("dps", prior, op, pb.y[None], noise, config, g, n_samples).x[0]
 
         def distance(a: torch.Tensor) -> float:
             return sliced_wasserstein(a, exact, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -165,22 +185,34 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         out.floor.append(distance(exact2))
         for m in methods:
             gm = torch.Generator().manual_seed(30_000 + seed)
-            xm = reconstruct(m, pb.prior, op, pb.y[None], noise, gmm_method_config(m, config), gm, n_samples).x[0]
+            xm = reconstruct(m, prior, op, pb.y[None], noise, gmm_method_config(m, config, grid), gm, n_samples).x[0]
             out.others[m].append(distance(xm))
     return out
 
 
 def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, zeta: Optional[float],
-                  step_rule: str, methods: tuple[str, ...] = (), on_cell: Optional[Callable[[dict], None]] = None
-                  ) -> dict:
+                  step_rule: str, methods: tuple[str, ...] = (), on_cell: Optional[Callable[[dict], None]] = None,
+                  form: str = "vp", grid: Optional[dict] = None) -> dict:
     """Every (d, d_y, steps) cell: DPS at ``zeta`` (None: the rule's GMM default) and the comparison
-    ``methods``; ``on_cell(cell)`` is called as each cell finishes. Returns the report (JSON values)."""
+    ``methods``, the prior in ``form``, on ``grid`` ({"grid", "rho", "sigma_min", "sigma_max"}, None values: the
+    method's own); ``on_cell(cell)`` is called as each cell finishes. Returns the report (JSON values)."""
     from ..errors import DPSError
 
-    unknown = set(methods) - set(gmm_methods())
+    unknown = set(methods) - set(gmm_methods(form))
     if unknown:
-        raise DPSError(f"method(s) {', '.join(sorted(unknown))} do not apply to this benchmark or do not exist; "
-                       f"available: {', '.join(gmm_methods())}")
+        raise DPSError(f"method(s) {', '.join(sorted(unknown))} do not apply to this benchmark with the "
+                       f"{form} parameterization or do not exist; available: {', '.join(gmm_methods(form))}")
+    grid = {k: v for k, v in (grid or {}).items() if v is not None}
+    probe = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)),
+                    form)
+    from ..solvers.methods import METHODS
+
+    for name in ("dps", *methods):  # a grid the form cannot take is an error before the first cell
+        for n in steps_list:
+            settings = gmm_method_config(name, DPSConfig(steps=n), grid) if name != "dps" else \
+                _on_grid(METHODS["dps"], DPSConfig(steps=n), grid)
+            if METHODS[name].takes_grid:
+                settings.grid.build(probe, getattr(settings, METHODS[name].counter), origin=f"--steps {n}", who=name)
     if any(d % 2 for d in dims):
         raise DPSError("the benchmark's dimension (--dim) must be even")
     if any(d_y > d for d in dims for d_y in obs_dims):
@@ -192,12 +224,12 @@ def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, 
         for d_y in obs_dims:
             for n in steps_list:
                 cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
-                res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods).summary()
+                res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods, form=form, grid=grid).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
                 if on_cell is not None:
                     on_cell(cells[-1])
     return {"problems": seeds, "samples": n_samples, "step_rule": step_rule, "zeta": zeta,
-            "methods": ["dps", *methods], "cells": cells}
+            "parameterization": form, "grid": grid, "methods": ["dps", *methods], "cells": cells}
 
 
 def gmm_columns(report: dict) -> tuple[str, ...]:
@@ -219,8 +251,10 @@ def gmm_row(c: dict, columns: tuple[str, ...]) -> str:
 
 def gmm_markdown(report: dict) -> str:
     columns = gmm_columns(report)
+    grid = ", ".join(f"{k} {v}" for k, v in report.get("grid", {}).items()) or "each method's own"
     lines = [f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {report['problems']} "
              f"(+-95% interval), {report['samples']} samples, step rule {report['step_rule']!r}, "
-             f"zeta'={report['zeta']}", gmm_header(columns), "|---|---|---|" + "---|" * len(columns)]
+             f"zeta'={report['zeta']}, prior in {report.get('parameterization', 'vp')} form, grid: {grid}",
+             gmm_header(columns), "|---|---|---|" + "---|" * len(columns)]
     lines += [gmm_row(c, columns) for c in report["cells"]]
     return "\n".join(lines) + "\n"

@@ -187,18 +187,20 @@ class GridSpec:
         if self.kind == "ve" and self.rho is not None:
             raise DPSError("rho shapes the edm grid only; leave it out with --grid ve")
 
-    def build(self, prior, n: int, spacing: str = "even", origin: str = "") -> Grid:
+    def build(self, prior, n: int, spacing: str = "even", origin: str = "", who: str = "the sampler") -> Grid:
         """The grid of ``n`` levels for ``prior`` (its own kind and range where this spec names none);
         ``spacing`` respaces a VP grid (:func:`vp_grid`), ``origin`` says where n came from (messages)."""
         kind = self.kind or prior.form
         lo, hi = prior.sigma_range()
         if kind == "vp":
+            if (self.rho, self.sigma_min, self.sigma_max) != (None, None, None):
+                raise DPSError("this model's own grid is its respaced VP training steps, which take no rho, sigma_min "
+                               "or sigma_max; choose --grid edm or ve to set a range")
             if prior.form != "vp":
                 raise DPSError(f"the vp grid is the respaced training steps of a VP model; this model is "
                                f"{prior.form.upper()}: use --grid {prior.form} or edm")
-            check_step_count(n, len(prior.schedule), origin=origin)
+            check_step_count(n, len(prior.schedule), who, origin)
             return vp_grid(prior.schedule, n, spacing)
-        check_step_count(n, 100_000, origin=origin)
         s_min = lo if self.sigma_min is None else min(max(self.sigma_min, lo), hi)
         s_max = hi if self.sigma_max is None else min(max(self.sigma_max, lo), hi)
         if s_min >= s_max:

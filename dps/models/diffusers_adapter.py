@@ -1,10 +1,21 @@
 """Adapter for diffusers ``UNet2DModel`` folders (optional extra: ``pip install 'dps[diffusers]'``).
 
-The diffusion is defined by the folder's DDPM-family scheduler config (``scheduler_config.json``):
-``beta_schedule`` in {linear, scaled_linear, squaredcos_cap_v2} or ``trained_betas``, recomputed here in
-float64; ``prediction_type`` in {epsilon, sample, v_prediction}; ``variance_type`` ``learned_range`` means
-the UNet's second half of channels are guided-diffusion variance values. Images are in [-1, 1] in the
-model (diffusers' convention) and [0, 1] at our API edge.
+The folder's scheduler config (``scheduler_config.json``, its ``_class_name``) says which process the UNet was
+trained on, and so which prior it becomes (:func:`scheduler_form`):
+
+- VP (DDPM-family schedulers, :data:`VP_SCHEDULERS`): ``beta_schedule`` in {linear, scaled_linear,
+  squaredcos_cap_v2} or ``trained_betas``, recomputed here in float64; ``prediction_type`` in {epsilon, sample,
+  v_prediction}; ``variance_type`` ``learned_range`` means the UNet's second half of channels are
+  guided-diffusion variance values. Images in [-1, 1] in the model (diffusers' convention).
+- VE (``ScoreSdeVeScheduler``, score-SDE's NCSN++ models): a UNet with Fourier time embedding, conditioned on
+  sigma, whose output (divided by sigma inside diffusers) is the score; ``sigma_min``/``sigma_max`` from the
+  config (:class:`~dps.diffusion.forms.VEPrior`). Images in [0, 1] in the model, as score-SDE's VE models
+  and diffusers' ScoreSdeVePipeline have them.
+- EDM (``EDMEulerScheduler``, ``EDMDPMSolverMultistepScheduler``): the UNet is EDM's F, called on c_in x with
+  the timestep c_noise = ln(sigma) / 4; ``sigma_min``/``sigma_max``/``sigma_data`` and ``prediction_type``
+  (epsilon or v_prediction) from the config (:class:`~dps.diffusion.forms.EDMPrior`). Images in [-1, 1].
+
+Images are [0, 1] at our API edge in every form.
 
 Accepted layouts: a pipeline folder (``unet/`` and ``scheduler/``), or a UNet folder with its
 ``scheduler_config.json`` beside ``config.json`` or in ``../scheduler/``.
@@ -19,10 +30,11 @@ import torch
 from torch import nn
 
 from ..diffusion.denoiser import NetworkPrior
+from ..diffusion.forms import EDMPrior, VEPrior
 from ..diffusion.schedule import Schedule, cosine_betas, linear_betas
 
 __all__ = ["DiffusersUNet", "load_diffusers", "is_diffusers_folder", "betas_from_scheduler_config", "check_scheduler",
-           "VP_SCHEDULERS"]
+           "scheduler_form", "VP_SCHEDULERS", "SIGMA_SCHEDULERS"]
 
 _PREDICTION = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
 
@@ -33,22 +45,35 @@ VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMu
                  "DPMSolverSinglestepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
                  "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
                  "LMSDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
-#: schedulers of other processes (variance exploding, EDM), which a VP prior would misread
-OTHER_SCHEDULERS = {"ScoreSdeVeScheduler": "variance-exploding (VE)", "KarrasVeScheduler": "variance-exploding (VE)",
-                    "EDMEulerScheduler": "EDM", "EDMDPMSolverMultistepScheduler": "EDM"}
+#: schedulers of models conditioned on sigma, by the form they load as.
+SIGMA_SCHEDULERS = {"ScoreSdeVeScheduler": "ve", "EDMEulerScheduler": "edm", "EDMDPMSolverMultistepScheduler": "edm"}
+#: schedulers this loader recognises but does not read, and why.
+REFUSED_SCHEDULERS = {"KarrasVeScheduler": "a variance-exploding (VE) model with the deprecated Karras-VE pipeline's "
+                                           "own input and output scaling"}
+_EDM_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+
+
+def scheduler_form(sched: dict, source: Path) -> str:
+    """``"vp"``, ``"ve"`` or ``"edm"``: the process of the model whose scheduler config is ``sched``; a ValueError
+    naming the scheduler and what is read for a scheduler this loader does not read."""
+    name = sched.get("_class_name")
+    if name in SIGMA_SCHEDULERS:
+        return SIGMA_SCHEDULERS[name]
+    if name in REFUSED_SCHEDULERS:
+        raise ValueError(f"{source} has a {name}: {REFUSED_SCHEDULERS[name]}, which this loader does not read; it "
+                         f"reads DDPM-family (VP) schedulers, {', '.join(SIGMA_SCHEDULERS)}")
+    if name is not None and name not in VP_SCHEDULERS:
+        raise ValueError(f"{source} has a scheduler {name!r} that this loader does not know; it reads the VP "
+                         f"schedulers {', '.join(VP_SCHEDULERS)} and {', '.join(SIGMA_SCHEDULERS)}")
+    return "vp"
 
 
 def check_scheduler(sched: dict, source: Path) -> None:
-    """A ValueError naming the scheduler and what is supported unless ``sched`` (a scheduler config) is of a
-    variance-preserving (DDPM-family) model."""
-    name = sched.get("_class_name")
-    if name in OTHER_SCHEDULERS:
-        raise ValueError(f"{source} has a {name}: a model of the {OTHER_SCHEDULERS[name]} process, which the "
-                         "diffusers loader does not read (a VP prior would misread it and sample garbage); it reads "
-                         f"DDPM-family models (schedulers {', '.join(VP_SCHEDULERS[:3])}, ...)")
-    if name is not None and name not in VP_SCHEDULERS:
-        raise ValueError(f"{source} has a scheduler {name!r} that this loader does not know; it reads models with a "
-                         f"DDPM-family scheduler: {', '.join(VP_SCHEDULERS)}")
+    """A ValueError naming the scheduler and what is supported unless this loader reads ``sched``."""
+    form = scheduler_form(sched, source)
+    if form == "edm" and sched.get("prediction_type", "epsilon") not in _EDM_PREDICTION:
+        raise ValueError(f"{source}: the EDM scheduler's prediction_type {sched.get('prediction_type')!r} is not "
+                         f"supported; supported: {', '.join(_EDM_PREDICTION)}")
 
 
 class DiffusersUNet(nn.Module):
@@ -120,13 +145,42 @@ def betas_from_scheduler_config(cfg: dict) -> torch.Tensor:
                      "squaredcos_cap_v2, or trained_betas")
 
 
+def _load_unet(unet_dir: Path):
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as exc:
+        raise ImportError("loading diffusers models needs the optional extra", name="diffusers") from exc
+    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
+    size = unet.config.sample_size
+    return unet.eval(), (unet.config.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
+
+
+def _sigma_prior(path: Path, unet_dir: Path, sched: dict, form: str) -> NetworkPrior:
+    """A VE or EDM folder as a :class:`VEPrior` / :class:`EDMPrior` (module docstring)."""
+    if form == "ve":
+        unet, shape = _load_unet(unet_dir)
+        if unet.config.time_embedding_type != "fourier":
+            raise ValueError(f"{path}: a ScoreSdeVeScheduler folder whose UNet has time_embedding_type "
+                             f"{unet.config.time_embedding_type!r}; a VE score network has 'fourier' (its output is "
+                             "divided by sigma), so this UNet's output is not a score")
+        return VEPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.01)), float(sched.get("sigma_max", 1348.0)),
+                       data_range=(0.0, 1.0), event_shape=shape).eval()
+    unet, shape = _load_unet(unet_dir)
+    return EDMPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.002)), float(sched.get("sigma_max", 80.0)),
+                    float(sched.get("sigma_data", 0.5)), _EDM_PREDICTION[sched.get("prediction_type", "epsilon")],
+                    data_range=(-1.0, 1.0), event_shape=shape).eval()
+
+
 def load_diffusers(path: Union[str, Path]) -> NetworkPrior:
-    """Load a local diffusers ``UNet2DModel`` folder as a prior (nothing is downloaded)."""
+    """Load a local diffusers ``UNet2DModel`` folder as a prior of its scheduler's form (nothing is downloaded)."""
     path = Path(path)
     unet_dir = _unet_dir(path)
     if not is_diffusers_folder(path):
         raise ValueError(f"{path} is not a diffusers UNet2DModel folder (config.json with _class_name UNet2DModel)")
     sched = _scheduler_config(path, unet_dir)
+    form = scheduler_form(sched, path)
+    if form != "vp":
+        return _sigma_prior(path, unet_dir, sched, form)
     prediction = sched.get("prediction_type", "epsilon")
     if prediction not in _PREDICTION:
         raise ValueError(f"{path}: the scheduler's prediction_type {prediction!r} is not supported; supported: "
@@ -135,19 +189,12 @@ def load_diffusers(path: Union[str, Path]) -> NetworkPrior:
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"{path}: the scheduler's variance_type {variance!r} is not supported; supported: "
                          f"{', '.join(VARIANCE_TYPES)}")
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as exc:
-        raise ImportError("loading diffusers models needs the optional extra", name="diffusers") from exc
-    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
-    unet.eval()
+    unet, shape = _load_unet(unet_dir)
     betas = betas_from_scheduler_config(sched)
     schedule = Schedule(betas=betas, timesteps=torch.arange(len(betas), dtype=torch.int64))
-    size = unet.config.sample_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
     learn_sigma = variance == "learned_range"
     if learn_sigma and unet.config.out_channels != 2 * unet.config.in_channels:
         raise ValueError("variance_type learned_range needs out_channels = 2 * in_channels")
     prior = NetworkPrior(DiffusersUNet(unet), schedule, prediction=_PREDICTION[prediction], learn_sigma=learn_sigma,
-                         data_range=(-1.0, 1.0), event_shape=(unet.config.in_channels, *size))
+                         data_range=(-1.0, 1.0), event_shape=shape)
     return prior.eval()

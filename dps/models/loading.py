@@ -10,7 +10,9 @@ Sources, tried in this order:
 * a name: ``"digits"`` / ``"default"`` (the embedded model shipped in the package);
 * a directory with a diffusers ``UNet2DModel`` (``config.json`` with ``"_class_name": "UNet2DModel"``,
   or a pipeline folder with ``unet/`` and ``scheduler/``): needs the optional ``diffusers`` extra;
-* a ``.safetensors`` file written by ``dps train`` (the UNet config and schedule are in its metadata);
+* a ``.safetensors`` file of our UNet, written by ``dps train`` or :func:`save_unet_safetensors` (the UNet
+  config and the diffusion are in its metadata: a VP schedule, or ``form`` ``edm`` / ``ve`` with the sigma
+  range, for a network a user trained or converted in EDM's preconditioning or as a VE score network);
 * a raw guided-diffusion state dict (``ffhq_10m.pt``, ``imagenet256.pt``), loaded with
   ``torch.load(weights_only=True)``; its config comes from ``config`` or is inferred (see
   :func:`infer_unet_config`).
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from ..diffusion.denoiser import NetworkPrior
+from ..diffusion.forms import EDMPrior, VEPrior
 from ..diffusion.schedule import Schedule, make_schedule
 from .unet import UNetConfig, UNetModel
 
@@ -227,15 +230,29 @@ def load_guided_diffusion(path: Union[str, Path], config: ConfigLike = None,
 
 
 # ----------------------------------------------------------------------------------------------- safetensors
+#: what a ``form`` in a dps UNet file's metadata means, and the metadata keys (with defaults) it reads.
+UNET_FORMS = {"vp": "an epsilon network of the VP schedule named by `schedule` and `T`",
+              "edm": "EDM's F, called on (c_in x, c_noise); `sigma_min` (0.002), `sigma_max` (80), `sigma_data` (0.5), "
+                     "`prediction` (epsilon or v)",
+              "ve": "a VE score network s(x, sigma); `sigma_min` (0.01), `sigma_max` (100)"}
+
+
 def save_unet_safetensors(path: Union[str, Path], net: UNetModel, schedule_name: str = "linear", T: int = 1000,
-                          extra: Optional[Mapping[str, str]] = None) -> None:
-    """Write the weights and, in the metadata, the UNet config and the diffusion; atomically."""
+                          extra: Optional[Mapping[str, str]] = None, form: str = "vp", **sigmas: float) -> None:
+    """Write the weights and, in the metadata, the UNet config and the diffusion; atomically.
+
+    :param form: ``"vp"`` (an epsilon network of the schedule ``schedule_name``, ``T`` steps), ``"edm"`` or
+        ``"ve"`` (:data:`UNET_FORMS`), with ``sigmas``: sigma_min, sigma_max (and sigma_data for edm)."""
     from safetensors.torch import save_file
 
     from ..utils import atomic_path
 
-    meta = {"format": "dps-unet", "unet_config": json.dumps(net.config.to_dict()),
-            "schedule": schedule_name, "T": str(T), "prediction": "epsilon", "data_range": "-1,1", **(extra or {})}
+    if form not in UNET_FORMS:
+        raise ValueError(f"unknown form {form!r}; choose one of {', '.join(UNET_FORMS)}")
+    diffusion = {"schedule": schedule_name, "T": str(T), "prediction": "epsilon"} if form == "vp" else \
+        {"form": form, **{k: repr(float(v)) for k, v in sigmas.items()}}
+    meta = {"format": "dps-unet", "unet_config": json.dumps(net.config.to_dict()), **diffusion, "data_range": "-1,1",
+            **(extra or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -252,9 +269,38 @@ def load_unet_safetensors(path: Union[str, Path], map_location: str = "cpu") -> 
     check_state_dict(net, state_dict, source=str(path))
     net.load_state_dict(state_dict, strict=True)
     lo, hi = (float(v) for v in meta.get("data_range", "-1,1").split(","))
-    prior = _prior_from_unet(net, make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000))), (lo, hi))
+    form = meta.get("form", "vp")
+    if form not in UNET_FORMS:
+        raise CheckpointMismatchError(f"{path}: metadata form {form!r} is not one of {', '.join(UNET_FORMS)}")
+    if form == "vp":
+        prior = _prior_from_unet(net, make_schedule(meta.get("schedule", "linear"), int(meta.get("T", 1000))), (lo, hi))
+    else:
+        prior = _sigma_prior(path, net, meta, form, (lo, hi))
     prior.metadata = meta
     return prior
+
+
+def _sigma_prior(path, net: UNetModel, meta: Mapping[str, str], form: str, data_range) -> NetworkPrior:
+    """An EDM or VE prior from a dps UNet file's metadata (:data:`UNET_FORMS`)."""
+    def number(key: str, default: float) -> float:
+        try:
+            return float(meta.get(key, default))
+        except ValueError:
+            raise CheckpointMismatchError(f"{path}: metadata {key}={meta[key]!r} is not a number") from None
+
+    cfg = net.config
+    if cfg.learn_sigma:
+        raise CheckpointMismatchError(f"{path}: a {form.upper()} network has no learned variance (learn_sigma is a VP "
+                                      "network's output); write it with learn_sigma false")
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    if form == "edm":
+        prediction = meta.get("prediction", "epsilon")
+        if prediction not in ("epsilon", "v"):
+            raise CheckpointMismatchError(f"{path}: metadata prediction {prediction!r} is not epsilon or v")
+        return EDMPrior(net, number("sigma_min", 0.002), number("sigma_max", 80.0), number("sigma_data", 0.5),
+                        prediction, data_range=data_range, event_shape=shape).eval()
+    return VEPrior(net, number("sigma_min", 0.01), number("sigma_max", 100.0), data_range=data_range,
+                   event_shape=shape).eval()
 
 
 # ----------------------------------------------------------------------------------------------- entry point

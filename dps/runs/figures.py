@@ -22,6 +22,7 @@ from ..errors import DPSError
 from ..utils import atomic_write
 from .folder import read_json
 from .layout import BenchLayout, GalleryLayout, SolveLayout, layout_of
+from .spec import settings_from_record
 
 __all__ = ["grid_figure", "solve_figure", "bench_figure", "gallery_figure", "figure_for", "method_title"]
 
@@ -112,7 +113,7 @@ def solve_figure(layout: SolveLayout, out: Optional[Path] = None, max_images: in
     strips = [torch.load(layout.progress(n), weights_only=True) for n in names if layout.progress(n).exists()]
     if strips and method in METHODS and METHODS[method].progress is not None:
         m = METHODS[method]
-        steps = m.progress(m.settings(**settings["method_settings"]))
+        steps = m.progress(settings_from_record(m, settings["method_settings"]))
         shown = sorted(frame_steps(steps, strips[0].shape[0]), reverse=True)
         path = out.with_name(out.stem + "_progress.png")
         grid_figure([[to_hwc(f) for f in s] for s in strips], [f"x0_hat, step {i}" for i in shown],

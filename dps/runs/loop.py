@@ -187,12 +187,19 @@ class Job:
         return job
 
     def check_steps(self) -> None:
-        """A DPSError, naming where the count came from, when the method's ``steps`` do not fit the prior's
-        schedule (1 to T steps of the T the model was trained with)."""
-        steps, schedule = getattr(self.settings, "steps", None), getattr(self.prior, "schedule", None)
-        if steps is None or schedule is None:
+        """A DPSError, naming where the count came from, when the method's steps do not fit the prior: on a VP
+        grid 1 to T steps of the T the model was trained with; a grid the model cannot take (a vp grid of a
+        VE model, a range outside the model's) is refused here too, before any folder is made."""
+        grid = getattr(self.settings, "grid", None)
+        counter = self.method.counter
+        steps = getattr(self.settings, counter, None) if counter else getattr(self.settings, "steps", None)
+        if steps is None:
             return
-        check_step_count(steps, len(schedule), self.method.name, self.spec.steps_from)
+        if grid is not None:
+            grid.build(self.prior, steps, getattr(self.settings, "spacing", "even"), self.spec.steps_from,
+                       self.method.name)
+        elif getattr(self.prior, "schedule", None) is not None:
+            check_step_count(steps, len(self.prior.schedule), self.method.name, self.spec.steps_from)
 
     @property
     def device(self) -> torch.device:
@@ -200,7 +207,7 @@ class Job:
 
     def why_not(self) -> Optional[str]:
         """None when the method applies to the task's operator and noise, else the reason."""
-        return self.method.why_not(self.op, self.noise)
+        return self.method.why_not(self.op, self.noise, self.prior)
 
     def check_frames(self, frames: int) -> None:
         """A DPSError when ``frames`` > 0 progress frames are asked of a method that reports no progress."""

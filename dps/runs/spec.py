@@ -22,20 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..diffusion.grid import GridSpec
 from ..errors import DPSError, check_float
 from ..execution import Execution
 from ..io import load_mapping_file
 from ..solvers.methods import Method, get_method
 from ..tasks import Task, load_task, with_step_size
 
-__all__ = ["RunSpec", "Overrides", "resolve", "settings_record"]
+__all__ = ["RunSpec", "Overrides", "resolve", "settings_record", "settings_from_record"]
 
 
 def settings_record(settings: Any) -> dict:
-    """A method's settings dataclass as plain JSON values (a step rule by its name, tuples as lists)."""
+    """A method's settings dataclass as plain JSON values (a step rule by its name, tuples as lists, a grid as a
+    dict)."""
     if hasattr(settings, "to_dict"):
         return settings.to_dict()
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+
+
+def settings_from_record(method: Method, record: dict):
+    """The inverse of :func:`settings_record`: the method's settings from their recorded values."""
+    values = dict(record)
+    if isinstance(values.get("grid"), dict):
+        values["grid"] = GridSpec(**values["grid"])
+    return method.settings(**values)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class RunSpec:
         :param model_config: a guided-diffusion config for a ``.pt`` checkpoint (preset name or file).
     :param seed: the run's seed (:mod:`dps.seeds`); :param samples: posterior samples K per measurement.
     :param execution: device, precision, checkpointing, compile, threads.
+    :param grid: the noise-level grid asked for (``--grid`` and its parameters) over the method's own; the
+        default GridSpec() changes nothing.
     :param steps_from: where the method's step count comes from (an option, a task-file key), for messages.
     """
 
@@ -61,6 +73,7 @@ class RunSpec:
     seed: int = 0
     samples: int = 1
     execution: Execution = field(default_factory=Execution)
+    grid: GridSpec = GridSpec()
     steps_from: str = field(default="", compare=False)
 
     @property
@@ -71,12 +84,15 @@ class RunSpec:
         """The method's settings for this run (module docstring)."""
         m = self.method_entry
         base = m.default_settings(self.task.dps_config(m.step_size) if m.from_task is not None else None)
-        return m.run_settings(base, self.nfe, self.method_preset)
+        g = self.grid
+        return m.with_grid(m.run_settings(base, self.nfe, self.method_preset), g.kind, rho=g.rho,
+                           sigma_min=g.sigma_min, sigma_max=g.sigma_max)
 
     def key(self) -> dict:
         """The plain values a rerun must match to reuse the run's results (execution settings that change
         results by more than rounding are in it; the device and threads are recorded, not compared)."""
-        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config}
+        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config,
+                    "grid": None if self.grid == GridSpec() else dict(self.grid.__dict__)}
         return {"task": self.task.to_dict(), "method": self.method,
                 "method_settings": settings_record(self.method_settings()), "model": self.model,
                 "seed": self.seed, "samples": self.samples,
@@ -99,6 +115,10 @@ class Overrides:
     method: Optional[str] = None
     method_preset: Optional[str] = None
     nfe: Optional[int] = None
+    grid: Optional[str] = None
+    rho: Optional[float] = None
+    sigma_min: Optional[float] = None
+    sigma_max: Optional[float] = None
 
     model: Optional[str] = None
     model_config: Optional[str] = None
@@ -191,7 +211,13 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     if execution is None:
         network = {k: _first(getattr(o, k), prev.get(k)) for k in Execution.NETWORK_DEFAULTS}
         execution = Execution.on(o.device, threads=o.threads, **{k: v for k, v in network.items() if v is not None})
-    return RunSpec(task=_task(source, o), method=method, method_preset=method_preset, nfe=nfe,
+    grid = GridSpec(**prev["grid"]) if isinstance(prev.get("grid"), dict) else GridSpec()
+    if (o.grid, o.rho, o.sigma_min, o.sigma_max) != (None, None, None, None):
+        grid = grid.override(o.grid, o.rho, o.sigma_min, o.sigma_max) if same_method else \
+            GridSpec().override(o.grid, o.rho, o.sigma_min, o.sigma_max)
+    elif not same_method:
+        grid = GridSpec()
+    return RunSpec(task=_task(source, o), method=method, method_preset=method_preset, nfe=nfe, grid=grid,
                    steps_from=_steps_from(source, o, method, method_preset, nfe),
                    model=str(_first(o.model, prev.get("model"), "default")),
                    model_config=_first(o.model_config, prev.get("model_config")),
