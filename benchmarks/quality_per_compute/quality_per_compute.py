@@ -2,6 +2,10 @@
 
     python benchmarks/quality_per_compute/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
         [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."] [--with-rows OLD/rows.json]
+        [--grid vp|edm|ve]
+
+With ``--grid`` the methods that take a noise-level grid run on it (``dps bench images --grid``), and their
+rows are labelled ``METHOD@GRID`` (e.g. ``dps@edm``), so runs on several grids report together (``--with-rows``).
 
 For each budget it runs ``dps bench images --nfe N`` (resumable; one folder per budget, phase retrieval in
 its own folder with the paper's best of 4 samples by residual, the other tasks one sample) on the held-out
@@ -19,12 +23,19 @@ from pathlib import Path
 LINEAR_TASKS = "super_resolution,inpainting_box,inpainting_random,gaussian_blur,motion_blur"
 
 
-def _settings(methods: list[str], tasks: list[str], n: int, seed: int, nfe: int, samples: int):
+def _settings(methods: list[str], tasks: list[str], n: int, seed: int, nfe: int, samples: int, grid=None):
     from dps.runs.bench import BenchSettings
     from dps.runs.spec import Overrides
 
     return BenchSettings(methods=methods, tasks=tasks, n=n,
-                         overrides=Overrides(nfe=nfe, seed=seed, samples=samples, model="default"))
+                         overrides=Overrides(nfe=nfe, seed=seed, samples=samples, model="default", grid=grid))
+
+
+def _label(row: dict, grid) -> dict:
+    from dps.solvers.methods import METHODS
+
+    takes = row["method"] in METHODS and METHODS[row["method"]].takes_grid
+    return {**row, "method": f"{row['method']}@{grid}"} if grid and takes else row
 
 
 def _groups(tasks: list[str]) -> list[tuple[list[str], int, str]]:
@@ -33,7 +44,8 @@ def _groups(tasks: list[str]) -> list[tuple[list[str], int, str]]:
     return [([t for t in tasks if t != "phase_retrieval"], 1, ""), ([t for t in tasks if t == "phase_retrieval"], 4, "_pr")]
 
 
-def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int, note: str) -> list[dict]:
+def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int, note: str,
+        grid=None) -> list[dict]:
     """Every budget in turn; the report is rewritten after each, so an interrupted run leaves one."""
     from dps.runs.bench import run_bench
 
@@ -43,14 +55,15 @@ def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: 
             if not group:
                 continue
             folder = out / f"nfe{nfe}{suffix}"
-            table = run_bench(_settings(methods, group, n, seed, nfe, samples), folder, progress=False)
-            rows += [{**r, "budget": nfe} for r in table["rows"] if r.get("psnr") is not None]
+            table = run_bench(_settings(methods, group, n, seed, nfe, samples, grid), folder, progress=False)
+            rows += [_label({**r, "budget": nfe}, grid) for r in table["rows"] if r.get("psnr") is not None]
             print(f"done nfe={nfe} tasks={','.join(group)}", flush=True)
         write(out, rows, budgets, note)
     return rows
 
 
-def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int) -> list[dict]:
+def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int,
+            grid=None) -> list[dict]:
     """Rows of the (method, task) pairs that an earlier, interrupted run finished (every image written), without
     computing anything: how a long run's finished part is reported before it completes."""
     from dps.execution import Execution
@@ -65,13 +78,14 @@ def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str],
     for nfe in budgets:
         for group, samples, suffix in _groups(tasks):
             layout = BenchLayout(out / f"nfe{nfe}{suffix}")
-            items, labels, _ = _load_data(_settings(methods, group, n, seed, nfe, samples), shape)
+            items, labels, _ = _load_data(_settings(methods, group, n, seed, nfe, samples, grid), shape)
             for m in methods:
                 for t in group:
                     if all(layout.result(m, t, it.name, ".json").exists() for it in items):
-                        one = _settings([m], [t], n, seed, nfe, samples)
+                        one = _settings([m], [t], n, seed, nfe, samples, grid)
                         table = aggregate(layout, bench_specs(one, execution), items, labels, one)
-                        rows += [{**r, "budget": nfe} for r in table["rows"] if r.get("psnr") is not None]
+                        rows += [_label({**r, "budget": nfe}, grid) for r in table["rows"]
+                                 if r.get("psnr") is not None]
     return rows
 
 
@@ -148,17 +162,20 @@ def main() -> None:
     ap.add_argument("--device-note", default="", help="the machine, for the report's header")
     ap.add_argument("--with-rows", type=Path, default=None,
                     help="rows.json of an earlier run (other budgets or methods) to report together with this one")
+    ap.add_argument("--grid", choices=["vp", "edm", "ve"], default=None,
+                    help="the noise-level grid of the methods that take one (default: each method's own)")
     ap.add_argument("--collect", action="store_true",
                     help="compute nothing: report the pairs an interrupted run in --out finished")
     args = ap.parse_args()
     budgets = [int(b) for b in args.nfe.split(",")]
     earlier = json.loads(args.with_rows.read_text()) if args.with_rows else []
     if args.collect:
-        rows = collect(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed)
+        rows = collect(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed,
+                       args.grid)
         write(args.out, rows, budgets, args.device_note)
     else:
         rows = run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed,
-                   args.device_note)
+                   args.device_note, args.grid)
     if earlier:
         rows = earlier + rows
         write(args.out, rows, sorted({r["budget"] for r in rows}), args.device_note)
