@@ -62,7 +62,7 @@ def test_the_pages_have_snippets():
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory, tiny_model_path):
     """A working folder with the files the snippets name: a digit image, a small guided-diffusion .pt that
-    needs image_size and heads, a small diffusers folder, a model of dps train; and small priors that stand in
+    needs image_size and heads, small diffusers folders (VP, VE, EDM), a model of dps train; and small priors that stand in
     for the published checkpoints (their files are 0.4 and 2.2 GB)."""
     from dps.data.digits import digits_split
     from dps.images import save_image
@@ -83,6 +83,15 @@ def stand_ins(tmp_path_factory, tiny_model_path):
                                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     unet.save_pretrained(work / "models" / "ddpm-digits" / "unet")
     diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(work / "models" / "ddpm-digits" / "scheduler")
+    for name, scheduler, fourier in (("ncsnpp-ve", diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0), True),
+                                     ("edm-digits", diffusers.EDMEulerScheduler(), False)):
+        net = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                                    block_out_channels=(32, 32), norm_num_groups=8,
+                                    time_embedding_type="fourier" if fourier else "positional",
+                                    down_block_types=("DownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "UpBlock2D"))
+        net.save_pretrained(work / "models" / name / "unet")
+        scheduler.save_pretrained(work / "models" / name / "scheduler")
     (work / "runs" / "digits").mkdir(parents=True)
     save_unet_safetensors(work / "runs" / "digits" / "model.safetensors", load_model(tiny_model_path).network)
     published = {"models/ffhq_10m.pt", "models/imagenet256.pt"}

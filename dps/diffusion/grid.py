@@ -221,6 +221,9 @@ class GridSpec:
                         sigma_min if sigma_min is not None else (self.sigma_min if keep_range else None),
                         sigma_max if sigma_max is not None else (self.sigma_max if keep_range else None))
 
+    def __str__(self) -> str:
+        return self.describe()
+
     def describe(self) -> str:
         """E.g. ``edm (rho 7, sigma 0.002 to 80)`` or ``the model's own``."""
         if self.kind is None:

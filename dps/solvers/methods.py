@@ -252,7 +252,7 @@ class Method:
 #: name -> method; the one table (order = the order of the paper's tables).
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dps", _dps, "DPS", "Chung et al., ICLR 2023 (Algorithm 1; Poisson: Eq. 19)", DPSConfig,
-           "the task's steps, zeta' and step rule", (), from_task=_dps_from_task, step_size=True, progress=_steps,
+           "the task's steps, zeta' and step rule, the model's own grid", (), from_task=_dps_from_task, step_size=True, progress=_steps,
            counter="steps", vjp=True),
     Method("ddrm", ddrm, "DDRM", "Kawar et al., NeurIPS 2022", DDRMSettings, "",
            (LINEAR, SPECTRAL, GAUSSIAN, VP_PRIOR), progress=_steps, counter="steps"),
