@@ -17,8 +17,7 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps", "subschedule",
-           "ve_sigmas", "edm_timesteps"]
+__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps", "subschedule"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,27 +131,3 @@ def subschedule(schedule: Schedule, keep: list[int]) -> Schedule:
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     betas = 1.0 - abar / abar_prev
     return Schedule(betas=betas, timesteps=schedule.timesteps[keep].clone())
-
-
-def ve_sigmas(schedule: Schedule) -> torch.Tensor:
-    """The variance-exploding noise level of every step, sigma_i = sqrt((1 - abar_i) / abar_i), float64 (N,):
-    x_i / sqrt(abar_i) = x_0 + sigma_i eps."""
-    abar = schedule.alphas_cumprod
-    return ((1 - abar) / abar).sqrt()
-
-
-def edm_timesteps(schedule: Schedule, n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[int]:
-    """n step indices, from high to low noise, whose VE levels follow Karras et al.'s (EDM) polynomial
-    spacing sigma_k = (sigma_max^(1/rho) + k / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, each
-    rounded to the step with the nearest log sigma (the model knows only its own steps). sigma_max and
-    sigma_min are clamped to the schedule's range. Repeats are kept, so the list has exactly n entries."""
-    sig = ve_sigmas(schedule)
-    hi = min(sigma_max, float(sig[-1]))
-    lo = max(min(sigma_min, hi), float(sig[0]))
-    if n == 1:
-        targets = torch.tensor([hi], dtype=torch.float64)
-    else:
-        k = torch.arange(n, dtype=torch.float64) / (n - 1)
-        targets = (hi ** (1 / rho) + k * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    idx = (targets.log()[:, None] - sig.log()[None, :]).abs().argmin(dim=1)
-    return [int(i) for i in idx]

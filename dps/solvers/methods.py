@@ -34,7 +34,6 @@ import torch
 
 from ..errors import CapabilityMissing, DPSError, NotApplicable, check_int
 from .admm import ADMMTVSettings, PnPADMMSettings, admm_tv, pnp_admm
-from ..diffusion.grid import GridSpec
 from .daps import DAPS_PRESETS, DAPSSettings, daps
 from .ddrm import DDRMSettings, ddrm
 from .diffpir import DiffPIRSettings, diffpir
@@ -112,8 +111,6 @@ def _dps_from_task(config: DPSConfig) -> DPSConfig:
 
 
 def _mcg_from_task(c: DPSConfig) -> MCGSettings:
-    if c.grid.kind not in (None, "vp") or c.grid != GridSpec(c.grid.kind):
-        raise DPSError(f"MCG runs on the VP model's own steps only; its task sets the grid {c.grid.describe()}")
     return MCGSettings(steps=c.steps, zeta=c.zeta, reference_steps=c.reference_steps, spacing=c.spacing)
 
 
