@@ -83,6 +83,10 @@ def test_grid_override_keeps_or_drops_what_it_should():
     assert daps.override("vp") == GridSpec("vp")  # the VP grid has none
     assert daps.override(rho=3.0) == GridSpec("edm", 3.0, 0.1, 100.0)
     assert GridSpec("edm", rho=3.0).override("ve") == GridSpec("ve")  # rho is the edm grid's
+    assert GridSpec(rho=3.0).override(sigma_max=10.0) == GridSpec(None, 3.0, None, 10.0)  # the model's own: kept
+    assert GridSpec(rho=3.0).override("edm") == GridSpec("edm", 3.0)
+    with pytest.raises(DPSError, match="rho shapes the edm grid only"):
+        GridSpec(rho=3.0).build(in_form(GaussianPrior(torch.zeros(2, dtype=torch.float64)), "ve"), 5)
 
 
 # ---------------------------------------------------------------------------------------- the grid steps
@@ -367,3 +371,81 @@ def test_bench_gmm_runs_in_each_parameterization(tmp_path):
     res = CliRunner().invoke(main, ["bench", "gmm", "--dim", "2", "--obs-dim", "1", "--steps", "20", "--problems", "1",
                                     "--samples", "200", "--methods", "dps,ddrm", "--parameterization", "ve"])
     assert res.exit_code == 1 and "ddrm" in res.output and "ve parameterization" in res.output
+
+
+def test_ve_and_edm_models_on_the_command_line(tmp_path):
+    """`dps sample` and `dps solve` with VE and EDM diffusers folders: samples are written, DPS solves on the
+    model's own grid and on another, and a method derived for the VP process is refused with its reason."""
+    diffusers = pytest.importorskip("diffusers")
+    from click.testing import CliRunner
+
+    from dps.cli import main
+    from dps.images import save_image
+
+    _tiny_unet(diffusers, fourier=True).save_pretrained(tmp_path / "ve" / "unet")
+    diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0).save_pretrained(tmp_path / "ve" / "scheduler")
+    _tiny_unet(diffusers, fourier=False).save_pretrained(tmp_path / "edm" / "unet")
+    diffusers.EDMEulerScheduler().save_pretrained(tmp_path / "edm" / "scheduler")
+    save_image(torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0)), tmp_path / "in" / "a.png")
+    run = CliRunner().invoke
+    for form in ("ve", "edm"):
+        res = run(main, ["sample", "--model", str(tmp_path / form), "--n", "4", "--steps", "5",
+                         "--out", str(tmp_path / f"{form}.png")])
+        assert res.exit_code == 0, res.output
+        assert torch.isfinite(torch.load(tmp_path / f"{form}.pt", weights_only=True)).all()
+        for grid in ([], ["--grid", "edm", "--sigma-max", "20"]):
+            out = tmp_path / f"solve_{form}_{len(grid)}"
+            res = run(main, ["solve", "--task", "inpainting_random", "--model", str(tmp_path / form), "--steps", "5",
+                             "--input", str(tmp_path / "in"), "--out", str(out), *grid])
+            assert res.exit_code == 0, res.output
+            record = json.loads((out / "run.json").read_text())
+            expected = {"kind": "edm", "rho": None, "sigma_min": None, "sigma_max": 20.0} if grid else None
+            assert record["settings"]["method_settings"].get("grid") == expected  # the default is not written
+    res = run(main, ["solve", "--task", "inpainting_random", "--model", str(tmp_path / "ve"), "--method", "ddrm",
+                     "--input", str(tmp_path / "in"), "--out", str(tmp_path / "ddrm")])
+    assert res.exit_code != 0 and "derived for the VP process" in res.output and "this model is VE" in res.output
+    res = run(main, ["solve", "--task", "inpainting_random", "--model", str(tmp_path / "ve"), "--grid", "vp",
+                     "--input", str(tmp_path / "in"), "--out", str(tmp_path / "vpgrid")])
+    assert res.exit_code == 1 and "use --grid ve or edm" in res.output
+
+
+def test_bench_images_puts_its_methods_on_the_grid_asked_for():
+    from dps.execution import Execution
+    from dps.runs.bench import BenchSettings, bench_specs
+    from dps.runs.spec import Overrides
+
+    specs = bench_specs(BenchSettings(methods=["dps", "daps", "ddrm"], tasks=["super_resolution"], n=1,
+                                      overrides=Overrides(grid="edm", rho=5.0)), Execution())
+    grids = {s.method: getattr(s.method_settings(), "grid", None) for s in specs if s.method != "ddrm"}
+    assert grids == {"dps": GridSpec("edm", 5.0), "daps": GridSpec("edm", 5.0, 0.1, 100.0)}
+    with pytest.raises(DPSError, match="method ddrm runs on the VP model's own respaced steps only"):
+        next(s for s in specs if s.method == "ddrm").method_settings()
+
+
+def test_a_budget_past_the_schedule_is_fine_for_iterations():
+    """PnP-ADMM's iterations are not diffusion steps: --nfe 2000 is 2000 iterations, not a step-count error."""
+    from dps.models.loading import load_model
+    from dps.runs.loop import Job
+    from dps.runs.spec import Overrides, resolve
+
+    job = Job.build(resolve("super_resolution", Overrides(method="pnp_admm", nfe=2000)), load_model("default"))
+    assert job.settings.iters == 2000
+
+
+def test_a_daps_record_of_before_grids_still_reads():
+    from dps.runs.spec import settings_from_record
+
+    old = {"levels": 50, "ode_steps": 2, "langevin_steps": 100, "lr": 0.5, "lr_min_ratio": 0.01, "tau": 0.01,
+           "sigma_max": 100.0, "sigma_min": 0.1}
+    settings = settings_from_record(METHODS["daps"], old)
+    assert settings.grid == GridSpec("edm", sigma_min=0.1, sigma_max=100.0) and settings.levels == 50
+
+
+def test_an_edm_folder_with_a_fourier_unet_is_refused(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from dps import load_model
+
+    _tiny_unet(diffusers, fourier=True).save_pretrained(tmp_path / "m" / "unet")
+    diffusers.EDMEulerScheduler().save_pretrained(tmp_path / "m" / "scheduler")
+    with pytest.raises(ValueError, match="cannot be EDM's F"):
+        load_model(tmp_path / "m")

@@ -97,7 +97,7 @@ def main() -> None:
             continue
         y = noise(op(x), torch.Generator().manual_seed(0))
         base = method.default_settings(task.dps_config(method.step_size) if method.from_task else None)
-        base = method.run_settings(base, args.nfe if method.budget is not None else None)
+        base = method.run_settings(base, args.nfe if method.counter is not None else None)
         for combo in _grid(args.grid):
             settings = _apply(base, combo)
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]

@@ -120,8 +120,12 @@ class Prior(nn.Module):
 
     def timestep_for(self, sigma: torch.Tensor) -> torch.Tensor:
         """The training timestep (B,) long whose sigma_t is nearest to each sigma (B,) in log sigma."""
-        sig = self.training_sigmas().to(sigma.device)
-        return (sigma.double().log()[:, None] - sig.log()[None, :]).abs().argmin(dim=1)
+        source = self.schedule.alphas_cumprod
+        cache = self.__dict__.setdefault("_log_sigma_cache", {})
+        hit = cache.get(sigma.device)
+        if hit is None or hit[0] is not source:  # one copy per device and schedule, not one per step
+            hit = cache[sigma.device] = (source, self.training_sigmas().log().to(sigma.device))
+        return (sigma.double().log()[:, None] - hit[1][None, :]).abs().argmin(dim=1)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> DenoiserOutput:
         """D(x; sigma) for x (B, *event_shape) = x_0 + sigma n and sigma (B,) float64 (module docstring): the VP

@@ -133,7 +133,8 @@ def vp_grid(schedule: Schedule, n: int, spacing: str = "even") -> Grid:
 
 
 def _unscaled(sigmas: torch.Tensor, kind: str) -> Grid:
-    sigmas = torch.unique(sigmas)  # sorted increasing; equal levels (a one-level range) kept once
+    """A grid of levels given from the top (decreasing), scale 1."""
+    sigmas = sigmas.flip(0).contiguous()
     return Grid(sigmas=sigmas, scales=torch.ones_like(sigmas), kind=kind)
 
 
@@ -208,15 +209,18 @@ class GridSpec:
                            f"model knows, [{lo:.4g}, {hi:.4g}]; choose sigma_min and sigma_max inside it")
         if kind == "edm":
             return edm_grid(n, s_min, s_max, 7.0 if self.rho is None else self.rho)
+        if self.rho is not None:
+            raise DPSError("rho shapes the edm grid only, and this model's own grid is ve; choose --grid edm or "
+                           "leave out --rho")
         return ve_grid(n, s_min, s_max)
 
     def override(self, kind: Optional[str] = None, rho: Optional[float] = None, sigma_min: Optional[float] = None,
                  sigma_max: Optional[float] = None) -> "GridSpec":
         """This spec with the given values replacing its own (None: kept). A change of kind keeps the range
-        (not for ``"vp"``, which has none) and drops rho unless the new kind is ``"edm"``."""
+        (not for ``"vp"``, which has none) and rho (not for ``"vp"`` and ``"ve"``, which have none)."""
         new_kind = self.kind if kind is None else kind
         keep_range = new_kind != "vp"
-        keep_rho = new_kind == "edm" and self.kind == "edm"
+        keep_rho = new_kind not in ("vp", "ve")
         return GridSpec(new_kind, rho if rho is not None else (self.rho if keep_rho else None),
                         sigma_min if sigma_min is not None else (self.sigma_min if keep_range else None),
                         sigma_max if sigma_max is not None else (self.sigma_max if keep_range else None))

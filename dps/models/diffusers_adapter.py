@@ -166,6 +166,10 @@ def _sigma_prior(path: Path, unet_dir: Path, sched: dict, form: str) -> NetworkP
         return VEPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.01)), float(sched.get("sigma_max", 1348.0)),
                        data_range=(0.0, 1.0), event_shape=shape).eval()
     unet, shape = _load_unet(unet_dir)
+    if unet.config.time_embedding_type == "fourier":
+        raise ValueError(f"{path}: an EDM scheduler folder whose UNet has Fourier time embedding, which takes the log "
+                         "of its timestep and divides its output by it; EDM's F takes c_noise = ln(sigma) / 4 (negative "
+                         "below sigma 1), so this UNet cannot be EDM's F")
     return EDMPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.002)), float(sched.get("sigma_max", 80.0)),
                     float(sched.get("sigma_data", 0.5)), _EDM_PREDICTION[sched.get("prediction_type", "epsilon")],
                     data_range=(-1.0, 1.0), event_shape=shape).eval()

@@ -238,11 +238,13 @@ UNET_FORMS = {"vp": "an epsilon network of the VP schedule named by `schedule` a
 
 
 def save_unet_safetensors(path: Union[str, Path], net: UNetModel, schedule_name: str = "linear", T: int = 1000,
-                          extra: Optional[Mapping[str, str]] = None, form: str = "vp", **sigmas: float) -> None:
+                          extra: Optional[Mapping[str, str]] = None, form: str = "vp", prediction: str = "epsilon",
+                          **sigmas: float) -> None:
     """Write the weights and, in the metadata, the UNet config and the diffusion; atomically.
 
     :param form: ``"vp"`` (an epsilon network of the schedule ``schedule_name``, ``T`` steps), ``"edm"`` or
-        ``"ve"`` (:data:`UNET_FORMS`), with ``sigmas``: sigma_min, sigma_max (and sigma_data for edm)."""
+        ``"ve"`` (:data:`UNET_FORMS`), with ``sigmas``: sigma_min, sigma_max (and sigma_data for edm).
+    :param prediction: an EDM network's output, ``"epsilon"`` (EDM's F) or ``"v"``."""
     from safetensors.torch import save_file
 
     from ..utils import atomic_path
@@ -250,7 +252,8 @@ def save_unet_safetensors(path: Union[str, Path], net: UNetModel, schedule_name:
     if form not in UNET_FORMS:
         raise ValueError(f"unknown form {form!r}; choose one of {', '.join(UNET_FORMS)}")
     diffusion = {"schedule": schedule_name, "T": str(T), "prediction": "epsilon"} if form == "vp" else \
-        {"form": form, **{k: repr(float(v)) for k, v in sigmas.items()}}
+        {"form": form, **({"prediction": prediction} if form == "edm" else {}),
+         **{k: repr(float(v)) for k, v in sigmas.items()}}
     meta = {"format": "dps-unet", "unet_config": json.dumps(net.config.to_dict()), **diffusion, "data_range": "-1,1",
             **(extra or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}

@@ -72,7 +72,8 @@ def bench_specs(settings: BenchSettings, execution: Execution) -> list[RunSpec]:
         for task in tasks:
             specs.append(resolve(task, Overrides(method=name, method_preset=settings.method_presets.get(name), nfe=nfe,
                                                  model=o.model, model_config=o.model_config, seed=o.seed,
-                                                 samples=o.samples), previous={}, execution=execution))
+                                                 samples=o.samples, grid=o.grid, rho=o.rho, sigma_min=o.sigma_min,
+                                                 sigma_max=o.sigma_max), previous={}, execution=execution))
     return specs
 
 

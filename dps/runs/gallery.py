@@ -82,7 +82,7 @@ def run_gallery(g: Gallery, prior: Prior, progress: bool = True) -> Optional[dic
     layout = g.layout
     jobs = [Job.build(spec, prior) for spec in g.specs]
     for job in jobs:
-        job.method.check(job.op, job.noise)
+        job.method.check(job.op, job.noise, job.prior)
     ctx = setup(jobs[0].device)
     folder = RunFolder(layout.root, layout.record_name, g.settings) if ctx.is_main else contextlib.nullcontext()
     with folder as run:

@@ -190,16 +190,12 @@ class Job:
         """A DPSError, naming where the count came from, when the method's steps do not fit the prior: on a VP
         grid 1 to T steps of the T the model was trained with; a grid the model cannot take (a vp grid of a
         VE model, a range outside the model's) is refused here too, before any folder is made."""
-        grid = getattr(self.settings, "grid", None)
-        counter = self.method.counter
-        steps = getattr(self.settings, counter, None) if counter else getattr(self.settings, "steps", None)
-        if steps is None:
-            return
-        if grid is not None:
-            grid.build(self.prior, steps, getattr(self.settings, "spacing", "even"), self.spec.steps_from,
-                       self.method.name)
-        elif getattr(self.prior, "schedule", None) is not None:
-            check_step_count(steps, len(self.prior.schedule), self.method.name, self.spec.steps_from)
+        m = self.method
+        if m.takes_grid:  # DAPS's levels, the others' steps
+            self.settings.grid.build(self.prior, getattr(self.settings, m.counter),
+                                     getattr(self.settings, "spacing", "even"), self.spec.steps_from, m.name)
+        elif getattr(self.settings, "steps", None) is not None and getattr(self.prior, "schedule", None) is not None:
+            check_step_count(self.settings.steps, len(self.prior.schedule), m.name, self.spec.steps_from)
 
     @property
     def device(self) -> torch.device:

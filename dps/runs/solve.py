@@ -148,7 +148,7 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
         raise DPSError(f"the operator {spec.task.operator['name']} draws its parameters (mask, kernel or latent) at "
                        "random, so a measurement needs the operator that made it: pass --operator RUN/operator.pt")
     job = Job.build(spec, prior, op)
-    job.method.check(job.op, job.noise)
+    job.method.check(job.op, job.noise, job.prior)
     job.check_frames(progress_frames)  # before any folder is made
 
     files = list_images(images) if images is not None else [Path(m) for m in measurements]

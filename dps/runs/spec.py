@@ -34,10 +34,12 @@ __all__ = ["RunSpec", "Overrides", "resolve", "settings_record", "settings_from_
 
 def settings_record(settings: Any) -> dict:
     """A method's settings dataclass as plain JSON values (a step rule by its name, tuples as lists, a grid as a
-    dict)."""
-    if hasattr(settings, "to_dict"):
-        return settings.to_dict()
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    dict, left out when it is the method's default, so records made before grids existed still match)."""
+    record = settings.to_dict() if hasattr(settings, "to_dict") else \
+        {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(settings).items()}
+    if "grid" in record and settings.grid == type(settings)().grid:
+        del record["grid"]
+    return record
 
 
 def settings_from_record(method: Method, record: dict):
@@ -45,6 +47,9 @@ def settings_from_record(method: Method, record: dict):
     values = dict(record)
     if isinstance(values.get("grid"), dict):
         values["grid"] = GridSpec(**values["grid"])
+    if "sigma_min" in values and "grid" not in values and "grid" in {f.name for f in dataclasses.fields(method.settings)}:
+        # a DAPS record of before grids: its annealing range on EDM's grid
+        values["grid"] = GridSpec("edm", sigma_min=values.pop("sigma_min"), sigma_max=values.pop("sigma_max", None))
     return method.settings(**values)
 
 

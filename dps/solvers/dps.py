@@ -8,8 +8,8 @@ forward and one vector-Jacobian product per step):
                ||.||^2_Lambda for Poisson noise (Eq. 19)
 The default grid is the model's own: for a VP model its respaced training steps, where the iterate is the VP
 x_t and this is the paper's Algorithm 1 (a test compares it with stored outputs). On a VE or EDM grid the
-iterate is x_0 + sigma n (s = 1), the ancestral step is the VE reverse step (Song et al. 2021, reverse
-diffusion of the VE SDE, the bridge of x between sigma_i and sigma_{i-1}) and the gradient step is the same,
+iterate is x_0 + sigma n (s = 1), the ancestral step is the VE reverse step (SMLD ancestral sampling, Song et
+al. 2021, App. F: the bridge of x between sigma_i and sigma_{i-1}) and the gradient step is the same,
 taken with respect to that iterate. Rule "paper" then moves the unscaled iterate by zeta' / ||r|| times the
 gradient, a different step from the VP iterate's at the same zeta'; rule "variance" means the same on every
 grid (its weight is the score's in the step), so its zeta' carries over.

@@ -191,8 +191,9 @@ class Method:
         if not self.takes_grid:
             if kind == "vp" and not given:
                 return settings
-            raise DPSError(f"method {self.name} runs on the VP model's own respaced steps only; leave out --grid "
-                           f"(the methods that take a grid: {', '.join(m.name for m in METHODS.values() if m.takes_grid)})")
+            where = "runs on the VP model's own respaced steps only" if self.counter == "steps" else "takes no grid"
+            raise DPSError(f"method {self.name} {where}; leave out --grid, --rho, --sigma-min and --sigma-max (the "
+                           f"methods that take a grid: {', '.join(m.name for m in METHODS.values() if m.takes_grid)})")
         return replace(settings, grid=settings.grid.override(kind, **given))
 
     def run_settings(self, settings, nfe: Optional[int] = None, preset: Optional[str] = None):
