@@ -10,9 +10,12 @@ The default grid is the model's own: for a VP model its respaced training steps,
 x_t and this is the paper's Algorithm 1 (a test compares it with stored outputs). On a VE or EDM grid the
 iterate is x_0 + sigma n (s = 1), the ancestral step is the VE reverse step (SMLD ancestral sampling, Song et
 al. 2021, App. F: the bridge of x between sigma_i and sigma_{i-1}) and the gradient step is the same,
-taken with respect to that iterate. Rule "paper" then moves the unscaled iterate by zeta' / ||r|| times the
-gradient, a different step from the VP iterate's at the same zeta'; rule "variance" means the same on every
-grid (its weight is the score's in the step), so its zeta' carries over.
+taken with respect to that iterate, with the step size that keeps zeta' meaning the same on every grid.
+Rules "paper" and "beta" are steps of the VP iterate: on another grid they are made on the VP-equivalent
+iterate u = x / (s sqrt(1 + sigma^2)) (the VP x_t of the same noise-to-signal ratio), which multiplies zeta_i
+by s_i sqrt(1 + sigma_i^2) s_{i-1} sqrt(1 + sigma_{i-1}^2) for the step of x (1 on a VP grid). Rule "variance"
+is already in the grid's units (its weight is the score's in the step). So a DPS run on any grid with the same
+noise levels and the same noise draws is the same run (tested).
 
 Step-size rules (``step_rule``), zeta' = ``zeta``:
 - ``"paper"``: zeta_i = zeta' / ||y - A(x0_hat)|| (Appendix C.2). For a linear A applied to [0, 1] images,
@@ -85,6 +88,10 @@ class StepRule:
     #: True when zeta_i already shrinks as the step count grows (through beta_i); False makes
     #: :class:`DPSConfig` scale zeta' by sqrt(reference_steps / steps).
     scales_with_steps: bool = False
+    #: True when zeta_i is a step of the VP iterate (rules "paper", "beta"): on another grid it is applied to the
+    #: VP-equivalent iterate (module docstring), so zeta' means the same on every grid. False for a rule whose
+    #: zeta_i is already in the grid's own units ("variance").
+    vp_iterate: bool = True
 
     def __call__(self, zeta: float, residual_norm: torch.Tensor, grid: Grid, i: int, *,
                  kappa: Optional[torch.Tensor] = None, noise_var: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -123,6 +130,7 @@ class VarianceRule(StepRule):
     name = "variance"
     needs_jacobian = True
     scales_with_steps = True
+    vp_iterate = False
 
     def __call__(self, zeta, residual_norm, grid, i, *, kappa=None, noise_var=None):
         if kappa is None or noise_var is None:
@@ -254,6 +262,8 @@ def guidance(config: DPSConfig, sq_norm: torch.Tensor, residual: torch.Tensor, x
     kappa = <g0, J^T g0> / (4 ||r||^2), and uses noise_var (B,), the noise model's variance.
     """
     rule, zeta = config.rule, config.zeta_per_step
+    if rule.vp_iterate and grid.kind != "vp":  # the VP-equivalent iterate's step (module docstring)
+        zeta = zeta * grid.level_std(i) * grid.level_std(i - 1)
     if not rule.needs_jacobian:
         zeta_i = rule(zeta, residual, grid, i)
         (grad,) = torch.autograd.grad((zeta_i * sq_norm).sum(), x)
@@ -326,6 +336,7 @@ def dps_sample(
     callback: Optional[Callable[[dict], None]] = None,
     post_step: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
     advice: Optional[str] = None,
+    grid: Optional[Grid] = None,
 ) -> DPSResult:
     """Draw ``num_samples`` = K posterior samples for each of the B measurements ``y``.
 
@@ -343,13 +354,15 @@ def dps_sample(
         one way for a method built on DPS (MCG's projection) to modify the iterate.
     :param advice: what the divergence guard tells the user to change (default: DPS's zeta'); a method built
         on DPS names its own setting.
+    :param grid: a :class:`~dps.diffusion.grid.Grid` to run on instead of the one ``config.grid`` builds (its
+        length then sets the number of steps).
     :returns: :class:`DPSResult` with x of shape (B, K, *event_shape).
     """
     check_int(num_samples, "num_samples", 1)
     check_measurement(y, operator)
     check_prior_operator(prior, operator)
     y = in_prior_dtype(prior, y)
-    grid = config.grid.build(prior, config.steps, config.spacing)
+    grid = grid if grid is not None else config.grid.build(prior, config.steps, config.spacing)
     B, K = y.shape[0], num_samples
     y_rep = y.repeat_interleave(K, dim=0)
     event_shape = tuple(prior.event_shape)
