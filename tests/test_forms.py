@@ -283,13 +283,17 @@ def test_an_edm_diffusers_folder_matches_diffusers_preconditioning(tmp_path, pre
                                        atol=1e-5)
 
 
-def test_a_ve_folder_whose_unet_is_not_a_score_network_is_refused(tmp_path):
+@pytest.mark.parametrize("scheduler,fourier,message", [
+    ("ScoreSdeVeScheduler", False, "time_embedding_type 'positional'"),  # its output is not a score
+    ("EDMEulerScheduler", True, "cannot be EDM's F"),  # log of a negative c_noise, output divided by it
+])
+def test_a_unet_that_does_not_fit_its_scheduler_is_refused(tmp_path, scheduler, fourier, message):
     diffusers = pytest.importorskip("diffusers")
     from dps import load_model
 
-    _tiny_unet(diffusers, fourier=False).save_pretrained(tmp_path / "m" / "unet")
-    diffusers.ScoreSdeVeScheduler().save_pretrained(tmp_path / "m" / "scheduler")
-    with pytest.raises(ValueError, match="time_embedding_type 'positional'"):
+    _tiny_unet(diffusers, fourier=fourier).save_pretrained(tmp_path / "m" / "unet")
+    getattr(diffusers, scheduler)().save_pretrained(tmp_path / "m" / "scheduler")
+    with pytest.raises(ValueError, match=message):
         load_model(tmp_path / "m")
 
 
@@ -441,14 +445,6 @@ def test_a_daps_record_of_before_grids_still_reads():
     assert settings.grid == GridSpec("edm", sigma_min=0.1, sigma_max=100.0) and settings.levels == 50
 
 
-def test_an_edm_folder_with_a_fourier_unet_is_refused(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    from dps import load_model
-
-    _tiny_unet(diffusers, fourier=True).save_pretrained(tmp_path / "m" / "unet")
-    diffusers.EDMEulerScheduler().save_pretrained(tmp_path / "m" / "scheduler")
-    with pytest.raises(ValueError, match="cannot be EDM's F"):
-        load_model(tmp_path / "m")
 
 
 @pytest.mark.parametrize("rule", ["paper", "beta", "variance"])
