@@ -223,7 +223,8 @@ def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoi
 @click.option("--model", default="default", metavar="MODEL", help=_MODEL_HELP)
 @click.option("--config", default=None, metavar="PRESET|FILE", help="guided-diffusion config of a .pt checkpoint")
 @click.option("--n", type=click.IntRange(1), default=64, metavar="N", help="number of samples")
-@click.option("--steps", type=click.IntRange(1, 1000), default=250, metavar="N", help="reverse steps (respaced)")
+@click.option("--steps", type=click.IntRange(1), default=250, metavar="N",
+              help="reverse steps: the length of the model's own grid (a VP model's training steps respaced)")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm")
 @click.option("--eta", type=click.FloatRange(0, 1), default=0.0, metavar="ETA", help="DDIM eta")
 @click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
@@ -555,11 +556,13 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
     from .bench.gmm import gmm_header, gmm_markdown, gmm_row, run_gmm_bench
 
     seeds = list(range(first_seed, first_seed + problems))
-    if not as_json:
-        click.echo(f"  cells as they finish: {gmm_header(('dps', *extra, 'prior', 'floor'))}", err=True)
+    shown = []
 
     def on_cell(cell: dict) -> None:  # each cell's numbers as it finishes, so a long run's finished cells are kept
         if not as_json:
+            if not shown:
+                click.echo(f"  cells as they finish: {gmm_header(('dps', *extra, 'prior', 'floor'))}", err=True)
+                shown.append(True)
             click.echo(f"  done {gmm_row(cell, ('dps', *extra, 'prior', 'floor'))}", err=True)
 
     report = run_gmm_bench(dims, obs_dims, steps_list, seeds, samples, zeta, step_rule, extra, on_cell,

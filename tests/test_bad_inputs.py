@@ -331,7 +331,7 @@ CASES = [
          "method ddrm runs on the VP model's own respaced steps only; leave out --grid", _one_image,
          after=_absent("out")),
     Case("grid-range-outside-the-model", SOLVE + " --grid edm --sigma-min 500 --sigma-max 900 --input {d}/in "
-         "--out {d}/out", 1, "lies outside the noise levels the model knows", _one_image, after=_absent("out")),
+         "--out {d}/out", 1, "leaves no range inside the noise levels the model knows", _one_image, after=_absent("out")),
     Case("vp-grid-with-a-range", SOLVE + " --grid vp --rho 3 --input {d}/in --out {d}/out", 1,
          "the vp grid is the model's own respaced steps: it takes no rho", _one_image, after=_absent("out")),
     Case("diffusers-unknown-scheduler", "sample --model {d}/m --out {d}/s.png", 1, "'MyScheduler' that this loader",

@@ -67,7 +67,7 @@ def test_grid_spec_builds_within_what_the_model_knows():
     assert GridSpec().build(ve_prior, 7).kind == "ve"
     with pytest.raises(DPSError, match="respaced training steps of a VP model; this model is VE"):
         GridSpec("vp").build(ve_prior, 7)
-    with pytest.raises(DPSError, match="outside the noise levels the model knows"):
+    with pytest.raises(DPSError, match="leaves no range inside the noise levels the model knows, 0.01 to 157.4"):
         GridSpec("edm", sigma_min=500.0, sigma_max=900.0).build(vp, 10)
     with pytest.raises(DPSError, match="takes no rho, sigma_min or sigma_max"):
         GridSpec("vp", rho=3.0)
@@ -348,7 +348,7 @@ def test_the_grid_is_part_of_a_runs_settings():
     spec = resolve("super_resolution", Overrides(grid="edm", rho=5.0))
     settings = spec.method_settings()
     assert settings.grid == GridSpec("edm", rho=5.0)
-    assert spec.key()["grid"] == {"kind": "edm", "rho": 5.0, "sigma_min": None, "sigma_max": None}
+    assert spec.key()["method_settings"]["grid"] == {"kind": "edm", "rho": 5.0, "sigma_min": None, "sigma_max": None}
     assert settings_from_record(spec.method_entry, json.loads(json.dumps(settings_record(settings)))) == settings
     again = resolve("super_resolution", Overrides(), previous=json.loads(json.dumps(spec.key())))
     assert again.method_settings().grid == settings.grid  # a run.json's grid is kept on a rerun
@@ -403,8 +403,10 @@ def test_ve_and_edm_models_on_the_command_line(tmp_path):
                              "--input", str(tmp_path / "in"), "--out", str(out), *grid])
             assert res.exit_code == 0, res.output
             record = json.loads((out / "run.json").read_text())
-            expected = {"kind": "edm", "rho": None, "sigma_min": None, "sigma_max": 20.0} if grid else None
-            assert record["settings"]["method_settings"].get("grid") == expected  # the default is not written
+            lo, hi = {"ve": (0.01, 50.0), "edm": (0.002, 80.0)}[form]
+            expected = {"kind": "edm", "rho": 7.0, "sigma_min": lo, "sigma_max": 20.0} if grid else \
+                {"kind": form, "rho": 7.0 if form == "edm" else None, "sigma_min": lo, "sigma_max": hi}
+            assert record["settings"]["method_settings"]["grid"] == expected  # the grid as it ran
     res = run(main, ["solve", "--task", "inpainting_random", "--model", str(tmp_path / "ve"), "--method", "ddrm",
                      "--input", str(tmp_path / "in"), "--out", str(tmp_path / "ddrm")])
     assert res.exit_code != 0 and "derived for the VP process" in res.output and "this model is VE" in res.output
@@ -464,3 +466,79 @@ def test_dps_on_two_grids_of_the_same_levels_is_the_same_run(rule):
                        generator=[torch.Generator().manual_seed(k) for k in range(4)], x_T=z * g.start_std(),
                        grid=g).x for g in (vp, flat)]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=1e-8)
+
+
+def test_a_solve_records_the_grid_as_it_ran(tmp_path):
+    """Two requests that mean the same grid are the same run (a rerun resumes); the record holds the resolved
+    grid (kind, rho, clamped range), which `--task run.json` takes up; another grid is refused."""
+    from click.testing import CliRunner
+
+    from dps.cli import main
+    from dps.data.digits import digits_split
+    from dps.images import save_image
+
+    save_image(digits_split("held_out")[0][0], tmp_path / "in" / "d.png")
+    base = ["solve", "--task", "super_resolution", "--steps", "3", "--input", str(tmp_path / "in"), "--out",
+            str(tmp_path / "run")]
+    run = CliRunner().invoke
+    assert run(main, base + ["--grid", "edm"]).exit_code == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    grid = record["settings"]["method_settings"]["grid"]
+    assert grid["kind"] == "edm" and grid["rho"] == 7.0
+    assert grid["sigma_max"] == pytest.approx(157.4, abs=0.1)  # EDM's 80 would be inside; the model's own top
+    same = run(main, base + ["--grid", "edm", "--rho", "7", "--sigma-max", "1000"])  # the same grid, clamped
+    assert same.exit_code == 0, same.output
+    other = run(main, base + ["--grid", "ve"])
+    assert other.exit_code == 1 and "method_settings" in other.output
+    again = run(main, ["solve", "--task", str(tmp_path / "run" / "run.json"), "--input", str(tmp_path / "in"), "--out",
+                       str(tmp_path / "run2")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "run2" / "run.json").read_text())["settings"]["method_settings"]["grid"] == grid
+    assert run(main, base[:-1] + [str(tmp_path / "vp"), "--grid", "vp"]).exit_code == 0
+    assert "grid" not in json.loads((tmp_path / "vp" / "run.json").read_text())["settings"]["method_settings"]
+
+
+def test_a_bench_folder_refuses_another_grid(tmp_path):
+    from click.testing import CliRunner
+
+    from dps.cli import main
+
+    base = ["bench", "images", "--methods", "dps", "--tasks", "super_resolution", "--n", "1", "--steps", "2", "--out",
+            str(tmp_path / "b")]
+    assert CliRunner().invoke(main, base + ["--grid", "edm"]).exit_code == 0
+    res = CliRunner().invoke(main, base + ["--grid", "ve"])
+    assert res.exit_code == 1 and "grid" in res.output
+
+
+def test_bench_gmm_refuses_a_grid_for_a_method_that_takes_none():
+    from dps.bench.gmm import run_gmm_bench
+
+    with pytest.raises(DPSError, match="method ddrm runs on the VP model's own respaced steps only"):
+        run_gmm_bench([2], [1], [5], [0], 50, None, "variance", ("ddrm",), grid={"grid": "edm"})
+    with pytest.raises(DPSError, match="derived for the VP process.*use a method that takes any model"):
+        run_gmm_bench([2], [1], [5], [0], 50, None, "variance", ("ddrm",), form="ve")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"_class_name": None}, "no _class_name but noise levels"),
+    ({"sigma_max": "big"}, "sigma_max='big', not a number"),
+    ({"sigma_min": -1.0}, "sigma_min=-1.0; it must be positive"),
+    ({"sigma_min": 60.0}, "sigma_min 60.0 >= sigma_max 50.0"),
+])
+def test_a_ve_scheduler_config_with_bad_noise_levels_names_the_key(tmp_path, change, message):
+    diffusers = pytest.importorskip("diffusers")
+    from dps import load_model
+
+    _tiny_unet(diffusers, fourier=True).save_pretrained(tmp_path / "m" / "unet")
+    diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=50.0).save_pretrained(tmp_path / "m" / "scheduler")
+    path = tmp_path / "m" / "scheduler" / "scheduler_config.json"
+    cfg = {**json.loads(path.read_text()), **change}
+    path.write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "m")
+
+
+def test_sigma_priors_need_their_sample_shape():
+    with pytest.raises(ValueError, match="needs event_shape"):
+        VEPrior(torch.nn.Identity(), 0.01, 50.0)
+    assert VEPrior(torch.nn.Identity(), 0.01, 50.0, event_shape=(1, 4, 4)).data_bounds == (0.0, 1.0)

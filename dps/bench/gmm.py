@@ -136,9 +136,8 @@ def gmm_method_config(method: str, config: DPSConfig, grid: Optional[dict] = Non
 
 
 def _on_grid(m, settings, grid: Optional[dict]):
+    """``settings`` on ``grid`` (a DPSError for a method that takes none, as on the command line)."""
     grid = grid or {}
-    if not m.takes_grid:
-        return settings
     return m.with_grid(settings, grid.get("grid"), **{k: grid.get(k) for k in ("rho", "sigma_min", "sigma_max")})
 
 
@@ -200,8 +199,15 @@ def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, 
 
     unknown = set(methods) - set(gmm_methods(form))
     if unknown:
-        raise DPSError(f"method(s) {', '.join(sorted(unknown))} do not apply to this benchmark with the "
-                       f"{form} parameterization or do not exist; available: {', '.join(gmm_methods(form))}")
+        from ..operators import MatrixOperator
+        from ..solvers.methods import METHODS as TABLE
+
+        probe_op = MatrixOperator(torch.eye(2, dtype=torch.float64))
+        probe_prior = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64),
+                                                   torch.zeros(1, 2, dtype=torch.float64)), form)
+        reasons = [TABLE[m].why_not(probe_op, GaussianNoise(0.1), probe_prior) if m in TABLE else f"no method {m!r}"
+                   for m in sorted(unknown)]
+        raise DPSError(f"{'; '.join(reasons)} (the {form} parameterization); available: {', '.join(gmm_methods(form))}")
     grid = {k: v for k, v in (grid or {}).items() if v is not None}
     probe = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)),
                     form)

@@ -51,6 +51,9 @@ class SigmaPrior(NetworkPrior):
         super().__init__(network, None, "epsilon", False, data_range, event_shape)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        if event_shape is None:
+            raise ValueError(f"{type(self).__name__} needs event_shape, the shape of one sample, e.g. (3, 256, 256)")
+        self.event_shape = tuple(event_shape)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def sigma_range(self) -> tuple[float, float]:
@@ -74,9 +77,15 @@ class SigmaPrior(NetworkPrior):
 
 
 class VEPrior(SigmaPrior):
-    """A VE score network ``network(x, sigma)`` (module docstring): D(x; sigma) = x + sigma^2 s(x, sigma)."""
+    """A VE score network ``network(x, sigma)`` (module docstring): D(x; sigma) = x + sigma^2 s(x, sigma).
+    Its images are in [0, 1] by default (``data_range``), as score-SDE's VE models have them."""
 
     form = "ve"
+
+    def __init__(self, network: nn.Module, sigma_min: float, sigma_max: float,
+                 data_range: Optional[tuple[float, float]] = (0.0, 1.0),
+                 event_shape: Optional[tuple[int, ...]] = None) -> None:
+        super().__init__(network, sigma_min, sigma_max, data_range, event_shape)
 
     def x0_of(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         score = self._net(x, sigma.to(x.dtype))

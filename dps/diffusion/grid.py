@@ -205,8 +205,10 @@ class GridSpec:
         s_min = lo if self.sigma_min is None else min(max(self.sigma_min, lo), hi)
         s_max = hi if self.sigma_max is None else min(max(self.sigma_max, lo), hi)
         if s_min >= s_max:
-            raise DPSError(f"the grid's range [{self.sigma_min}, {self.sigma_max}] lies outside the noise levels the "
-                           f"model knows, [{lo:.4g}, {hi:.4g}]; choose sigma_min and sigma_max inside it")
+            asked = ", ".join(f"{k} {v:g}" for k, v in (("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max))
+                              if v is not None)
+            raise DPSError(f"the grid asks for {asked}, which leaves no range inside the noise levels the model "
+                           f"knows, {lo:.4g} to {hi:.4g}: choose sigma_min below sigma_max, both inside it")
         if kind == "edm":
             return edm_grid(n, s_min, s_max, 7.0 if self.rho is None else self.rho)
         if self.rho is not None:
@@ -227,6 +229,19 @@ class GridSpec:
 
     def __str__(self) -> str:
         return self.describe()
+
+    def resolved(self, prior) -> "GridSpec":
+        """The spec of the grid that runs on ``prior``: its kind, rho and range made explicit (the range clamped),
+        so two requests that mean the same grid are equal (run records compare them). The model's own VP steps
+        stay ``GridSpec()``."""
+        kind = self.kind or prior.form
+        self.build(prior, 2)  # every refusal first
+        if kind == "vp":
+            return GridSpec()
+        lo, hi = prior.sigma_range()
+        s_min = lo if self.sigma_min is None else min(max(self.sigma_min, lo), hi)
+        s_max = hi if self.sigma_max is None else min(max(self.sigma_max, lo), hi)
+        return GridSpec(kind, (7.0 if self.rho is None else self.rho) if kind == "edm" else None, s_min, s_max)
 
     def describe(self) -> str:
         """E.g. ``edm (rho 7, sigma 0.002 to 80)`` or ``the model's own``."""

@@ -57,6 +57,9 @@ def scheduler_form(sched: dict, source: Path) -> str:
     """``"vp"``, ``"ve"`` or ``"edm"``: the process of the model whose scheduler config is ``sched``; a ValueError
     naming the scheduler and what is read for a scheduler this loader does not read."""
     name = sched.get("_class_name")
+    if name is None and {"sigma_min", "sigma_max", "sigma_data"} & set(sched):
+        raise ValueError(f"{source} has no _class_name but noise levels (sigma_min, sigma_max) of a VE or EDM "
+                         f"scheduler; add the scheduler's \"_class_name\" ({', '.join(SIGMA_SCHEDULERS)}) to say which")
     if name in SIGMA_SCHEDULERS:
         return SIGMA_SCHEDULERS[name]
     if name in REFUSED_SCHEDULERS:
@@ -155,24 +158,44 @@ def _load_unet(unet_dir: Path):
     return unet.eval(), (unet.config.in_channels, *((size, size) if isinstance(size, int) else tuple(size)))
 
 
+def _levels(path: Path, sched: dict, defaults: dict) -> dict:
+    """The scheduler's positive noise levels (``defaults``: key -> default), sigma_min < sigma_max, or a ValueError
+    naming the file and the key."""
+    where = f"{path}: scheduler_config.json"
+    out = {}
+    for key, default in defaults.items():
+        value = sched.get(key, default)
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} has {key}={value!r}, not a number") from None
+        if not out[key] > 0:
+            raise ValueError(f"{where} has {key}={value!r}; it must be positive")
+    if out["sigma_min"] >= out["sigma_max"]:
+        raise ValueError(f"{where} has sigma_min {out['sigma_min']} >= sigma_max {out['sigma_max']}")
+    return out
+
+
 def _sigma_prior(path: Path, unet_dir: Path, sched: dict, form: str) -> NetworkPrior:
     """A VE or EDM folder as a :class:`VEPrior` / :class:`EDMPrior` (module docstring)."""
     if form == "ve":
+        levels = _levels(path, sched, {"sigma_min": 0.01, "sigma_max": 1348.0})
         unet, shape = _load_unet(unet_dir)
         if unet.config.time_embedding_type != "fourier":
             raise ValueError(f"{path}: a ScoreSdeVeScheduler folder whose UNet has time_embedding_type "
                              f"{unet.config.time_embedding_type!r}; a VE score network has 'fourier' (its output is "
                              "divided by sigma), so this UNet's output is not a score")
-        return VEPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.01)), float(sched.get("sigma_max", 1348.0)),
-                       data_range=(0.0, 1.0), event_shape=shape).eval()
+        return VEPrior(DiffusersUNet(unet), levels["sigma_min"], levels["sigma_max"], data_range=(0.0, 1.0),
+                       event_shape=shape).eval()
+    levels = _levels(path, sched, {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5})
     unet, shape = _load_unet(unet_dir)
     if unet.config.time_embedding_type == "fourier":
         raise ValueError(f"{path}: an EDM scheduler folder whose UNet has Fourier time embedding, which takes the log "
                          "of its timestep and divides its output by it; EDM's F takes c_noise = ln(sigma) / 4 (negative "
                          "below sigma 1), so this UNet cannot be EDM's F")
-    return EDMPrior(DiffusersUNet(unet), float(sched.get("sigma_min", 0.002)), float(sched.get("sigma_max", 80.0)),
-                    float(sched.get("sigma_data", 0.5)), _EDM_PREDICTION[sched.get("prediction_type", "epsilon")],
-                    data_range=(-1.0, 1.0), event_shape=shape).eval()
+    return EDMPrior(DiffusersUNet(unet), levels["sigma_min"], levels["sigma_max"], levels["sigma_data"],
+                    _EDM_PREDICTION[sched.get("prediction_type", "epsilon")], data_range=(-1.0, 1.0),
+                    event_shape=shape).eval()
 
 
 def load_diffusers(path: Union[str, Path]) -> NetworkPrior:

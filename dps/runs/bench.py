@@ -139,7 +139,9 @@ def bench_key(settings: BenchSettings, specs: Sequence[RunSpec], names: Sequence
     o, first = settings.overrides, specs[0]
     key = {"images": list(names), "steps": o.steps, "seed": first.seed, "model": first.model, "data": settings.data,
            "tasks": {s.task.name: s.task.to_dict() for s in specs}}
+    grid = {"grid": o.grid, "rho": o.rho, "sigma_min": o.sigma_min, "sigma_max": o.sigma_max}
     optional = {"samples": first.samples if first.samples != 1 else None, "nfe": o.nfe,
+                "grid": grid if any(v is not None for v in grid.values()) else None,
                 "method_presets": dict(settings.method_presets) or None, "model_config": first.model_config}
     return {**key, **{k: v for k, v in optional.items() if v is not None}, **first.execution.network_settings()}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
@@ -181,9 +181,12 @@ class Job:
             raise DPSError(f"{spec.task.source}: {exc}" if spec.task.source else str(exc)) from None
         if tuple(op.in_shape) != shape:
             raise DPSError(f"the operator expects images {list(op.in_shape)}, the model makes {list(shape)}")
+        settings = spec.method_settings()
         job = cls(spec, prior.to(device), op.to(device), spec.task.noise_model(), spec.method_entry,
-                  spec.method_settings(), _model_id(spec.model))
+                  settings, _model_id(spec.model))
         job.check_steps()
+        if job.method.takes_grid:  # the grid as it runs on this prior (records compare what ran, not the request)
+            job.settings = replace(settings, grid=settings.grid.resolved(job.prior))
         return job
 
     def check_steps(self) -> None:

@@ -160,7 +160,8 @@ def run_solve(spec: RunSpec, out: Path, images: Optional[Sequence[Path]] = None,
     if not items:  # nothing to solve: say why before any folder is made
         raise DPSError(f"none of the {len(files)} input(s) can be used: " + " | ".join(failed))
 
-    key = {**spec.key(), "image_shape": list(prior.event_shape), "operator": operator_digest(job.op)}
+    key = {**spec.key(), "method_settings": settings_record(job.settings), "image_shape": list(prior.event_shape),
+           "operator": operator_digest(job.op)}
     initial = {"method_settings": settings_record(job.settings), "noise": repr(job.noise),
                "operator": {"name": job.op.name, "config": job.op.config},
                "seeds": {"operator": spec.seed, **{k: v for k, v in FORMULAS.items() if k != "operator"}},

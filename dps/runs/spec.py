@@ -65,7 +65,8 @@ class RunSpec:
     :param seed: the run's seed (:mod:`dps.seeds`); :param samples: posterior samples K per measurement.
     :param execution: device, precision, checkpointing, compile, threads.
     :param grid: the noise-level grid asked for (``--grid`` and its parameters) over the method's own; the
-        default GridSpec() changes nothing.
+        default GridSpec() changes nothing. Runs record the grid as it ran (:meth:`GridSpec.resolved`) in the
+        method's settings, which a rerun from the ``run.json`` takes up.
     :param steps_from: where the method's step count comes from (an option, a task-file key), for messages.
     """
 
@@ -96,8 +97,7 @@ class RunSpec:
     def key(self) -> dict:
         """The plain values a rerun must match to reuse the run's results (execution settings that change
         results by more than rounding are in it; the device and threads are recorded, not compared)."""
-        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config,
-                    "grid": None if self.grid == GridSpec() else dict(self.grid.__dict__)}
+        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config}
         return {"task": self.task.to_dict(), "method": self.method,
                 "method_settings": settings_record(self.method_settings()), "model": self.model,
                 "seed": self.seed, "samples": self.samples,
@@ -216,7 +216,8 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     if execution is None:
         network = {k: _first(getattr(o, k), prev.get(k)) for k in Execution.NETWORK_DEFAULTS}
         execution = Execution.on(o.device, threads=o.threads, **{k: v for k, v in network.items() if v is not None})
-    grid = GridSpec(**prev["grid"]) if isinstance(prev.get("grid"), dict) else GridSpec()
+    recorded = (prev.get("method_settings") or {}).get("grid") if isinstance(prev.get("method_settings"), dict) else None
+    grid = GridSpec(**recorded) if isinstance(recorded, dict) else GridSpec()  # a run.json's grid, as it ran
     if (o.grid, o.rho, o.sigma_min, o.sigma_max) != (None, None, None, None):
         grid = grid.override(o.grid, o.rho, o.sigma_min, o.sigma_max) if same_method else \
             GridSpec().override(o.grid, o.rho, o.sigma_min, o.sigma_max)

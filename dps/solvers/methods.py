@@ -86,8 +86,10 @@ def _images(op, noise, prior=None) -> Optional[str]:
 
 def _vp_prior(op, noise, prior=None) -> Optional[str]:
     form = getattr(prior, "form", "vp")
+    others = ", ".join(m.name for m in METHODS.values() if VP_PRIOR not in m.requires and m.counter is not None)
     return None if form == "vp" else \
-        f"it is derived for the VP process (its steps use the training schedule's abar_t); this model is {form.upper()}"
+        f"it is derived for the VP process (its steps use the training schedule's abar_t); this model is " \
+        f"{form.upper()}: use a method that takes any model ({others})"
 
 
 LINEAR = Requirement("linear operator", _linear)
@@ -226,10 +228,13 @@ class Method:
 
     def advice(self, settings) -> str:
         """What to change when a run with ``settings`` diverges (the divergence guards' advice)."""
+        grid = getattr(settings, "grid", None)
+        low = grid.sigma_min if grid is not None and grid.sigma_min is not None and grid.sigma_min >= 1 else None
+        coarse = f"; or the grid stops at sigma {low:g}, whose noise the result keeps: lower --sigma-min" if low else ""
         if self.step_size:
             return (f"{self.title}'s step size zeta'={settings.zeta} is too large for this problem: lower it "
-                    "(dps solve --step-size, or zeta in the dps block of a task file)")
-        return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)})"
+                    f"(dps solve --step-size, or zeta in the dps block of a task file){coarse}")
+        return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)}){coarse}"
 
     def why_not(self, op, noise, prior=None) -> Optional[str]:
         """None when the method applies to (op, noise, prior), else the reason (one sentence); ``prior`` None
