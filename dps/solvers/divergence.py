@@ -80,6 +80,7 @@ class DivergenceGuard:
         self.every = every
         self._worst: Optional[torch.Tensor] = None
         self._seen = 0
+        self._scaled = False  # whether an iterate of an unscaled grid was checked (the message's wording)
 
     @property
     def worst(self) -> float:
@@ -91,7 +92,7 @@ class DivergenceGuard:
         ``scale`` = s sqrt(1 + sigma^2) of x's level on a grid whose iterate is not the VP x_t
         (x = s (x_0 + sigma n): rho is then RMS(x) / (scale (R + 1)); 1 on a VP grid)."""
         rho = iterate_ratio(x, self.radius).max() / scale
-        self._scaled = getattr(self, "_scaled", False) or scale != 1.0
+        self._scaled = self._scaled or scale != 1.0
         self._worst = rho if self._worst is None else torch.maximum(self._worst, rho)  # NaN propagates
         self._seen += 1
         every = self.every or (1 if x.device.type == "cpu" else 20)
@@ -102,7 +103,7 @@ class DivergenceGuard:
             return
         state = "is not finite" if not math.isfinite(worst) else \
             f"is {worst:.3g} times the size the prior allows at its noise level (the guard stops at {self.limit:g} " \
-            "times)" if getattr(self, "_scaled", False) else \
+            "times)" if self._scaled else \
             f"has RMS {worst * (self.radius + 1):.3g}, {worst:.3g} times the {self.radius + 1:g} the prior allows " \
             f"(the guard stops at {self.limit:g} times)"
         place = t if isinstance(t, str) else f"t={t}"
