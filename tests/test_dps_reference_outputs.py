@@ -77,8 +77,8 @@ def cases() -> dict[str, torch.Tensor]:
 
 
 #: Rule "paper" divides by the residual norm, and on the mixture its path passes points where rounding is
-#: amplified: a one-ulp change of x_T alone moves the stored implementation's output by up to 2.2e-9, and a
-#: rewrite rounds differently at every step. Its case is checked step by step instead: the first
+#: amplified: a one-ulp change of x_T alone moves the stored implementation's output by up to 2.2e-9
+#: (``python benchmarks/grids/checks.py``), and a rewrite rounds differently at every step. Its case is checked step by step instead: the first
 #: ``PAPER_STRICT_STEPS`` iterates to 1e-11 (an algorithmic change moves the very first one by far more), every
 #: later one and the output to PAPER_LOOSE relative to the largest value.
 PAPER_STRICT_STEPS = 20

@@ -37,7 +37,7 @@ import torch
 from ..errors import DPSError, check_float
 from .schedule import Schedule, check_step_count, respace
 
-__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "grid_markdown", "denoise_on"]
+__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "denoise_on"]
 
 #: the grid kinds (``--grid``) and what each is.
 GRID_KINDS: dict[str, str] = {
@@ -251,8 +251,3 @@ class GridSpec:
         if self.sigma_min is not None or self.sigma_max is not None:
             parts.append(f"sigma {self.sigma_min or 'min'} to {self.sigma_max or 'max'}")
         return self.kind + (f" ({', '.join(parts)})" if parts else "")
-
-
-def grid_markdown() -> str:
-    """The grid kinds as a Markdown list (documentation)."""
-    return "\n".join(f"- `{k}`: {v}" for k, v in GRID_KINDS.items()) + "\n"
