@@ -517,11 +517,13 @@ def _even_list(ctx: click.Context, param: click.Parameter, value: str) -> list[i
 def _gmm_methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
     from .bench.gmm import gmm_methods
 
-    extra = tuple(m for m in value.split(",") if m.strip() and m.strip() != "dps")
-    unknown = sorted(set(extra) - set(gmm_methods()))
+    if value is None:
+        return None
+    extra = tuple(m.strip() for m in value.split(",") if m.strip() and m.strip() != "dps")
+    unknown = sorted(set(extra) - set(gmm_methods(latent_dim=2)))  # every method the benchmark can run
     if unknown:
         raise click.BadParameter(f"method(s) {', '.join(unknown)} do not apply to this benchmark or do not exist; "
-                                 f"available: {', '.join(gmm_methods())}")
+                                 f"available: {', '.join(gmm_methods(latent_dim=2))} (the latent ones with --latent-dim)")
     return extra
 
 
@@ -538,23 +540,28 @@ def _gmm_methods(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               help="zeta' (default: the documented GMM default of the step rule)")
 @click.option("--step-rule", type=click.Choice(list(STEP_RULES)), default="variance",
               help="DPS step-size rule; 'paper' is Appendix C.2's zeta'/||r||")
-@click.option("--methods", "extra", default="dps", callback=_gmm_methods, metavar="NAMES",
+@click.option("--methods", "extra", default=None, callback=_gmm_methods, metavar="NAMES",
               help="also run comparison methods (those of the method table that apply to a matrix operator with "
-                   "Gaussian noise, e.g. dps,ddrm,mcg)")
+                   "Gaussian noise, e.g. dps,ddrm,mcg)  [default: dps; with --latent-dim, dps and every latent method]")
+@click.option("--latent-dim", type=click.IntRange(2), default=None, metavar="D",
+              help="latent problems: z from the mixture in D dimensions (even, below --dim), x = W z + b with a known "
+                   "linear decoder; latent methods sample z, pixel methods x, both against the exact posterior of x")
 @click.option("--parameterization", type=click.Choice(["vp", "ve", "edm"]), default="vp",
               help="the analytic prior as a VP epsilon network (its linear schedule), a VE score network (sigma "
                    "0.01 to 100) or an EDM-preconditioned network (sigma 0.002 to 80)")
 @grid_options
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, extra, parameterization,
-              grid, rho, sigma_min, sigma_max, as_json) -> None:
+def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, step_rule, extra, latent_dim,
+              parameterization, grid, rho, sigma_min, sigma_max, as_json) -> None:
     """Sliced Wasserstein distance of DPS (and other methods) to the exact Gaussian-mixture posterior.
 
     Per cell: each method, prior samples ("knows nothing about y") and a second exact sample set (the
     floor). The analytic prior runs in float64 on the CPU.
     """
-    from .bench.gmm import gmm_header, gmm_markdown, gmm_row, run_gmm_bench
+    from .bench.gmm import gmm_header, gmm_markdown, gmm_row, latent_methods, run_gmm_bench
 
+    if extra is None:
+        extra = tuple(latent_methods(parameterization)) if latent_dim is not None else ()
     seeds = list(range(first_seed, first_seed + problems))
     shown = []
 
@@ -566,7 +573,7 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
             click.echo(f"  done {gmm_row(cell, ('dps', *extra, 'prior', 'floor'))}", err=True)
 
     report = run_gmm_bench(dims, obs_dims, steps_list, seeds, samples, zeta, step_rule, extra, on_cell,
-                           form=parameterization, grid=_grid(grid, rho, sigma_min, sigma_max))
+                           form=parameterization, grid=_grid(grid, rho, sigma_min, sigma_max), latent_dim=latent_dim)
     click.echo(json.dumps(report, indent=2) if as_json else gmm_markdown(report).rstrip("\n"))
 
 

@@ -17,8 +17,9 @@ from typing import Callable, Optional
 import torch
 
 from ..diffusion.forms import in_form
+from ..errors import Diverged
 from ..noise import GaussianNoise
-from ..priors.analytic import GaussianMixturePrior
+from ..priors.analytic import GaussianMixturePrior, LinearImageMixturePrior
 from ..solvers.dps import DPSConfig
 
 #: The documented zeta' of each step rule on this benchmark (one value for every cell and step count;
@@ -33,7 +34,7 @@ GMM_DEFAULT_RULE = "variance"
 
 __all__ = ["GMM_DEFAULT_ZETA", "GMM_REFERENCE_STEPS", "GMM_DEFAULT_RULE", "GMMProblem", "gmm_problem",
            "sliced_wasserstein", "run_cell", "CellResult", "gmm_methods", "gmm_method_config", "run_gmm_bench",
-           "gmm_markdown", "gmm_row", "gmm_header", "gmm_columns"]
+           "gmm_markdown", "gmm_row", "gmm_header", "gmm_columns", "gmm_latent_problem", "latent_methods"]
 
 
 @dataclass
@@ -45,9 +46,19 @@ class GMMProblem:
     sigma_y: float
     x_star: torch.Tensor
     y: torch.Tensor
+    latent: Optional[GaussianMixturePrior] = None
 
     def posterior(self):
         return self.prior.posterior(self.A, self.sigma_y, self.y)
+
+    def latent_model(self, form: str = "vp"):
+        """For a latent problem: the latent mixture in ``form`` with the known linear decoder x = W z + b and its
+        exact left inverse as the encoder (a :class:`~dps.diffusion.latent.LatentPrior` over x (d,))."""
+        from ..diffusion.latent import LatentPrior, LinearDecoder, LinearEncoder
+
+        W, b = self.prior.W, self.prior.b
+        return LatentPrior(in_form(self.latent, form), LinearDecoder(W, b), LinearEncoder(W, b), self.prior.event_shape,
+                           data_range=None)
 
 
 def mixture_means(d: int) -> torch.Tensor:
@@ -73,6 +84,31 @@ def gmm_problem(d: int, d_y: int, seed: int) -> GMMProblem:
     x_star = prior.means[k[0]] + torch.randn(1, d, generator=g, dtype=torch.float64)[0]
     y = A @ x_star + sigma_y * torch.randn(d_y, generator=g, dtype=torch.float64)
     return GMMProblem(prior=prior, A=A, sigma_y=sigma_y, x_star=x_star, y=y)
+
+
+def gmm_latent_problem(d: int, latent_dim: int, d_y: int, seed: int) -> GMMProblem:
+    """The latent problem: z from the canonical mixture in ``latent_dim`` = D dimensions, x = W z + b with W (d, D)
+    of full column rank (entries N(0, 1 / D)) and b ~ N(0, I); A, sigma_y and y drawn as :func:`gmm_problem` draws
+    them for x. All draws from one float64 generator in the order: weights, W, b, A, s, sigma_y, component, z*, noise."""
+    if latent_dim >= d:
+        raise ValueError(f"the latent dimension ({latent_dim}) must be below the dimension ({d})")
+    g = torch.Generator().manual_seed(seed)
+    zw = torch.randn(25, generator=g, dtype=torch.float64)
+    w = zw**2 / (zw**2).sum()
+    W = torch.randn(d, latent_dim, generator=g, dtype=torch.float64) / math.sqrt(latent_dim)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    A0 = torch.randn(d_y, d, generator=g, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(A0, full_matrices=False)
+    s = torch.sort(torch.rand(d_y, generator=g, dtype=torch.float64), descending=True).values
+    A = U @ torch.diag(s) @ Vh[:d_y]
+    sigma_y = float(torch.rand(1, generator=g, dtype=torch.float64) * s.max())
+    latent = GaussianMixturePrior(w, mixture_means(latent_dim))
+    k = torch.multinomial(w, 1, generator=g)
+    z_star = latent.means[k[0]] + torch.randn(1, latent_dim, generator=g, dtype=torch.float64)[0]
+    x_star = W @ z_star + b
+    y = A @ x_star + sigma_y * torch.randn(d_y, generator=g, dtype=torch.float64)
+    return GMMProblem(prior=LinearImageMixturePrior(latent, W, b), A=A, sigma_y=sigma_y, x_star=x_star, y=y,
+                      latent=latent)
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_directions: int = 100,
@@ -106,8 +142,10 @@ class CellResult:
     def summary(self) -> dict[str, dict[str, float]]:
         def stats(v: list[float]) -> dict[str, float | None]:
             t = torch.tensor(v, dtype=torch.float64)
-            half = 1.96 * float(t.std()) / math.sqrt(len(v)) if len(v) > 1 else None  # None: one problem
-            return {"mean": float(t.mean()), "ci95": half}
+            t, diverged = t[~t.isnan()], int(t.isnan().sum())  # diverged problems (nan) are counted, not averaged
+            half = 1.96 * float(t.std()) / math.sqrt(len(t)) if len(t) > 1 else None  # None: one problem
+            return {"mean": float(t.mean()) if len(t) else None, "ci95": half, **({"diverged": diverged} if diverged
+                                                                                  else {})}
 
         out = {"dps": stats(self.dps), "prior": stats(self.prior), "floor": stats(self.floor)}
         out.update({k: stats(v) for k, v in self.others.items()})
@@ -130,8 +168,9 @@ def gmm_method_config(method: str, config: DPSConfig, grid: Optional[dict] = Non
     if method == "mcg" and config.rule.name != "paper":
         config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
     m = METHODS[method]
-    settings = m.at_budget(config.steps, m.default_settings(config))
-    settings = replace(settings, tau=None) if method == "daps" else settings
+    base = config if m.settings is DPSConfig else m.default_settings(config)  # latent DPS: the cell's DPS settings
+    settings = m.at_budget(config.steps, base)
+    settings = replace(settings, tau=None) if hasattr(settings, "tau") else settings  # DAPS's: the exact likelihood
     return _on_grid(m, settings, grid)
 
 
@@ -141,23 +180,43 @@ def _on_grid(m, settings, grid: Optional[dict]):
     return m.with_grid(settings, grid.get("grid"), **{k: grid.get(k) for k in ("rho", "sigma_min", "sigma_max")})
 
 
-def gmm_methods(form: str = "vp") -> list[str]:
-    """The methods of the method table that apply to the benchmark (a matrix operator, Gaussian noise) with the
-    prior in ``form``."""
-    from ..diffusion.forms import in_form
+def _probe(form: str, latent_dim: Optional[int] = None):
+    """A one-component problem of the benchmark's kind (operator, noise, prior and, for ``latent_dim``, the latent
+    model) for checking which methods apply."""
     from ..operators import MatrixOperator
+
+    d = 2 if latent_dim is None else 4
+    op, noise = MatrixOperator(torch.eye(d, dtype=torch.float64)), GaussianNoise(0.1)
+    if latent_dim is None:
+        return op, noise, in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64),
+                                                       torch.zeros(1, 2, dtype=torch.float64)), form), None
+    pb = gmm_latent_problem(4, 2, 1, 0)
+    return op, noise, in_form(pb.prior, form), pb.latent_model(form)
+
+
+def gmm_methods(form: str = "vp", latent_dim: Optional[int] = None) -> list[str]:
+    """The methods of the method table that apply to the benchmark (a matrix operator, Gaussian noise) with the
+    prior in ``form``; with ``latent_dim``, the latent methods on the latent model too."""
     from ..solvers.methods import METHODS
 
-    op, noise = MatrixOperator(torch.eye(2, dtype=torch.float64)), GaussianNoise(0.1)
-    prior = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)),
-                    form)
-    return [name for name, m in METHODS.items() if m.why_not(op, noise, prior) is None]
+    op, noise, prior, latent = _probe(form, latent_dim)
+    return [name for name, m in METHODS.items()
+            if m.why_not(op, noise, latent if m.latent and latent is not None else prior) is None]
+
+
+def latent_methods(form: str = "vp") -> list[str]:
+    """The latent methods that apply to the latent benchmark (``--latent-dim``'s default comparison)."""
+    from ..solvers.methods import METHODS
+
+    return [m for m in gmm_methods(form, 2) if METHODS[m].latent]
 
 
 def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000,
-             methods: tuple[str, ...] = (), form: str = "vp", grid: Optional[dict] = None) -> CellResult:
+             methods: tuple[str, ...] = (), form: str = "vp", grid: Optional[dict] = None,
+             latent_dim: Optional[int] = None) -> CellResult:
     """DPS (and the comparison ``methods``), prior and floor distances to the exact posterior per problem seed,
-    with the prior in ``form`` and the methods that take a grid on ``grid``."""
+    with the prior in ``form`` and the methods that take a grid on ``grid``. With ``latent_dim`` the problems are
+    :func:`gmm_latent_problem`'s: pixel methods see the exact prior of x, latent methods the latent model."""
     from ..diffusion.forms import in_form
     from ..operators import MatrixOperator
     from ..solvers.methods import METHODS, reconstruct
@@ -165,7 +224,7 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
     config = _on_grid(METHODS["dps"], config, grid)
     out = CellResult([], [], [], {m: [] for m in methods})
     for seed in seeds:
-        pb = gmm_problem(d, d_y, seed)
+        pb = gmm_problem(d, d_y, seed) if latent_dim is None else gmm_latent_problem(d, latent_dim, d_y, seed)
         post = pb.posterior()
         g = torch.Generator().manual_seed(10_000 + seed)
         exact = post.sample(n_samples, g)
@@ -184,33 +243,39 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         out.floor.append(distance(exact2))
         for m in methods:
             gm = torch.Generator().manual_seed(30_000 + seed)
-            xm = reconstruct(m, prior, op, pb.y[None], noise, gmm_method_config(m, config, grid), gm, n_samples).x[0]
+            model = pb.latent_model(form) if METHODS[m].latent else prior
+            try:
+                xm = reconstruct(m, model, op, pb.y[None], noise, gmm_method_config(m, config, grid), gm, n_samples).x[0]
+            except Diverged:  # a comparison method that diverges on a problem scores nan there, the rest still run
+                out.others[m].append(math.nan)
+                continue
             out.others[m].append(distance(xm))
     return out
 
 
 def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, zeta: Optional[float],
                   step_rule: str, methods: tuple[str, ...] = (), on_cell: Optional[Callable[[dict], None]] = None,
-                  form: str = "vp", grid: Optional[dict] = None) -> dict:
+                  form: str = "vp", grid: Optional[dict] = None, latent_dim: Optional[int] = None) -> dict:
     """Every (d, d_y, steps) cell: DPS at ``zeta`` (None: the rule's GMM default) and the comparison
     ``methods``, the prior in ``form``, on ``grid`` ({"grid", "rho", "sigma_min", "sigma_max"}, None values: the
     method's own); ``on_cell(cell)`` is called as each cell finishes. Returns the report (JSON values)."""
     from ..errors import DPSError
 
-    unknown = set(methods) - set(gmm_methods(form))
+    if latent_dim is not None and (any(latent_dim >= d for d in dims) or latent_dim < 2 or latent_dim % 2):
+        raise DPSError(f"--latent-dim {latent_dim} must be even, at least 2 and below every --dim "
+                       f"({', '.join(map(str, dims))})")
+    unknown = set(methods) - set(gmm_methods(form, latent_dim))
     if unknown:
-        from ..operators import MatrixOperator
         from ..solvers.methods import METHODS as TABLE
 
-        probe_op = MatrixOperator(torch.eye(2, dtype=torch.float64))
-        probe_prior = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64),
-                                                   torch.zeros(1, 2, dtype=torch.float64)), form)
-        reasons = [TABLE[m].why_not(probe_op, GaussianNoise(0.1), probe_prior) if m in TABLE else f"no method {m!r}"
-                   for m in sorted(unknown)]
-        raise DPSError(f"{'; '.join(reasons)} (the {form} parameterization); available: {', '.join(gmm_methods(form))}")
+        probe_op, noise, probe_prior, probe_latent = _probe(form, latent_dim)
+        reasons = [(f"{m} samples latents: it needs --latent-dim" if TABLE[m].latent and probe_latent is None else
+                    TABLE[m].why_not(probe_op, noise, probe_latent if TABLE[m].latent else probe_prior)) if m in TABLE
+                   else f"no method {m!r}" for m in sorted(unknown)]
+        raise DPSError(f"{'; '.join(reasons)} (the {form} parameterization); available: "
+                       f"{', '.join(gmm_methods(form, latent_dim))}")
     grid = {k: v for k, v in (grid or {}).items() if v is not None}
-    probe = in_form(GaussianMixturePrior(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)),
-                    form)
+    _, _, probe, probe_latent = _probe(form, latent_dim)
     from ..solvers.methods import METHODS
 
     for name in ("dps", *methods):  # a grid the form cannot take is an error before the first cell
@@ -218,7 +283,7 @@ def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, 
             settings = gmm_method_config(name, DPSConfig(steps=n), grid) if name != "dps" else \
                 _on_grid(METHODS["dps"], DPSConfig(steps=n), grid)
             if METHODS[name].takes_grid:
-                settings.grid.build(probe, getattr(settings, METHODS[name].counter), origin=f"--steps {n}", who=name)
+                settings.grid.build(probe_latent.latent if METHODS[name].latent else probe, getattr(settings, METHODS[name].counter), origin=f"--steps {n}", who=name)
     if any(d % 2 for d in dims):
         raise DPSError("the benchmark's dimension (--dim) must be even")
     if any(d_y > d for d in dims for d_y in obs_dims):
@@ -230,12 +295,14 @@ def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, 
         for d_y in obs_dims:
             for n in steps_list:
                 cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
-                res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods, form=form, grid=grid).summary()
+                res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods, form=form, grid=grid,
+                               latent_dim=latent_dim).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
                 if on_cell is not None:
                     on_cell(cells[-1])
     return {"problems": seeds, "samples": n_samples, "step_rule": step_rule, "zeta": zeta,
-            "parameterization": form, "grid": grid, "methods": ["dps", *methods], "cells": cells}
+            "parameterization": form, "grid": grid, "latent_dim": latent_dim, "methods": ["dps", *methods],
+            "cells": cells}
 
 
 def gmm_columns(report: dict) -> tuple[str, ...]:
@@ -249,9 +316,14 @@ def gmm_header(columns: tuple[str, ...]) -> str:
 
 
 def gmm_row(c: dict, columns: tuple[str, ...]) -> str:
-    """One cell as a markdown table row: d, d_y, steps, then mean +- 95% interval per column."""
-    cell = " | ".join(f"{c[k]['mean']:.3f}" + ("" if c[k]["ci95"] is None else f" +- {c[k]['ci95']:.3f}")
-                      for k in columns)
+    """One cell as a markdown table row: d, d_y, steps, then mean +- 95% interval per column (over the problems
+    where the method did not diverge; their count follows)."""
+    def text(v: dict) -> str:
+        mean = "-" if v["mean"] is None else f"{v['mean']:.3f}"
+        return mean + ("" if v["ci95"] is None else f" +- {v['ci95']:.3f}") + \
+            (f" ({v['diverged']} diverged)" if v.get("diverged") else "")
+
+    cell = " | ".join(text(c[k]) for k in columns)
     return f"| {c['dim']} | {c['obs_dim']} | {c['steps']} | {cell} |"
 
 
@@ -260,7 +332,8 @@ def gmm_markdown(report: dict) -> str:
     grid = ", ".join(f"{k} {v}" for k, v in report.get("grid", {}).items()) or "each method's own"
     lines = [f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {report['problems']} "
              f"(+-95% interval), {report['samples']} samples, step rule {report['step_rule']!r}, "
-             f"zeta'={report['zeta']}, prior in {report.get('parameterization', 'vp')} form, grid: {grid}",
+             f"zeta'={report['zeta']}, prior in {report.get('parameterization', 'vp')} form, grid: {grid}"
+             + (f", latents of dimension {report['latent_dim']} with a linear decoder" if report.get("latent_dim") else ""),
              gmm_header(columns), "|---|---|---|" + "---|" * len(columns)]
     lines += [gmm_row(c, columns) for c in report["cells"]]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,8 @@ import torch
 from ..diffusion.denoiser import DenoiserOutput, Prior, bcast, tweedie_x0
 from ..diffusion.schedule import Schedule, make_schedule
 
-__all__ = ["GaussianPrior", "GaussianMixturePrior", "GaussianPosterior", "MixturePosterior"]
+__all__ = ["GaussianPrior", "GaussianMixturePrior", "GaussianPosterior", "MixturePosterior", "LinearImageMixturePrior",
+           "LinearImagePosterior"]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -191,3 +192,84 @@ class GaussianMixturePrior(Prior):
         log_norm = -0.5 * (maha + torch.logdet(S) + d_y * math.log(2 * math.pi))
         logw = self.weights.log() + log_norm
         return MixturePosterior(weights=torch.softmax(logw, 0), means=means, cov=C, event_shape=self.event_shape)
+
+
+class LinearImageMixturePrior(Prior):
+    """x_0 = W z + b with z ~ sum_k w_k N(mu_k, I) in D dimensions and W (d, D) of full column rank: the image of a
+    latent mixture under a known linear decoder (the exact-posterior benchmark of latent methods), a prior on
+    x (d,) whose covariance W W^T is singular.
+
+    Its exact denoiser: with W = U S V^T (thin SVD), x = x_0 + sigma n carries z through u = S^-1 U^T (x - b) =
+    z + sigma S^-1 n' only (the rest of x is noise), so in the rotated latent z' = V^T z (components N(V^T mu_k, I))
+    every coordinate j is independent given the component:
+        E[z'_j | u', k] = m_kj + (u'_j - m_kj) / (1 + sigma^2 / s_j^2),
+        r_k ∝ w_k exp(-sum_j (u'_j - m_kj)^2 / (2 (1 + sigma^2 / s_j^2))),
+    and D(x; sigma) = W V E[z' | u'] + b.
+    """
+
+    def __init__(self, latent: GaussianMixturePrior, W: torch.Tensor, b: torch.Tensor,
+                 schedule: Schedule | None = None) -> None:
+        super().__init__()
+        if W.ndim != 2 or W.shape[1] != latent.means.shape[1] or b.shape != (W.shape[0],):
+            raise ValueError("W must be (d, D) for a latent mixture in D dimensions and b (d,)")
+        self.schedule = schedule if schedule is not None else make_schedule("linear")
+        self.latent = latent
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        if float(S.min()) <= 1e-8 * float(S.max()):
+            raise ValueError("W must have full column rank")
+        self.register_buffer("W", W.clone())
+        self.register_buffer("b", b.clone())
+        self.register_buffer("U", U)
+        self.register_buffer("S", S)
+        self.register_buffer("V", Vh.T)
+        self.event_shape = (W.shape[0],)
+        z = latent.sample(4096, torch.Generator().manual_seed(0)).to(W.dtype)
+        self.data_variance = float((z @ W.T).var(0).mean())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> DenoiserOutput:
+        abar = self.abar(t)
+        a = bcast(abar, x)
+        sigma = ((1 - abar) / abar).sqrt()
+        x0 = self.exact_denoise(x / a.sqrt(), sigma)
+        return DenoiserOutput(eps=(x - a.sqrt() * x0) / (1 - a).sqrt(), x0=x0)
+
+    def exact_denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma) for x (B, d), sigma (B,) (class docstring)."""
+        W, b, U, S, V = (t.to(x) for t in (self.W, self.b, self.U, self.S, self.V))
+        up = ((x - b) @ U) / S  # (B, D): u' = S^-1 U^T (x - b) = z' + sigma S^-1 n', z' = V^T z
+        m = self.latent.means.to(x) @ V  # (K, D)
+        v = 1.0 + sigma.to(x)[:, None] ** 2 / S[None] ** 2  # (B, D) variance of u' - m_k per coordinate
+        diff = up[:, None, :] - m[None]  # (B, K, D)
+        logits = self.latent.weights.to(x).log() - 0.5 * (diff ** 2 / v[:, None, :]).sum(-1)
+        r = torch.softmax(logits, dim=1)
+        zp = (r[..., None] * (m[None] + diff / v[:, None, :])).sum(1)
+        return (zp @ V.T) @ W.T + b
+
+    def score_sigma(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """grad log p_sigma(x) = (D(x; sigma) - x) / sigma^2 (Tweedie)."""
+        return (self.exact_denoise(x, sigma) - x) / bcast(sigma.to(x), x) ** 2
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.latent.sample(n, generator).to(self.W) @ self.W.T + self.b
+
+    def model_radius(self) -> float:
+        return float(self.latent.model_radius() * self.S.max() + self.b.abs().max())
+
+    def posterior(self, A: torch.Tensor, sigma_y: float, y: torch.Tensor) -> "LinearImagePosterior":
+        """Exact p(x | y) for y = A x + sigma_y n: the latent posterior for the operator A W and y - A b, pushed
+        through x = W z + b."""
+        A = A.to(self.W.dtype)
+        post = self.latent.posterior(A @ self.W, sigma_y, y.reshape(-1).to(A.dtype) - A @ self.b)
+        return LinearImagePosterior(post, self.W, self.b)
+
+
+@dataclass
+class LinearImagePosterior:
+    """The law of W z + b for z from a :class:`MixturePosterior` (``latent``)."""
+
+    latent: MixturePosterior
+    W: torch.Tensor
+    b: torch.Tensor
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.latent.sample(n, generator) @ self.W.T + self.b

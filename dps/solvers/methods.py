@@ -38,6 +38,11 @@ from .daps import DAPS_PRESETS, DAPSSettings, daps
 from .ddrm import DDRMSettings, ddrm
 from .diffpir import DiffPIRSettings, diffpir
 from .divergence import check_residual
+from .latent import is_latent
+from .latent_daps import LatentDAPSSettings, latent_daps
+from .latent_dps import latent_dps
+from .psld import PSLDSettings, psld
+from .resample import ReSampleSettings, resample
 from .dps import DPSConfig, at_steps, check_measurement, check_prior_operator, dps_sample, in_prior_dtype
 from .phase import ERSettings, HIOSettings, er, hio, oss
 from .pigdm import PiGDMSettings, pigdm
@@ -100,6 +105,22 @@ IMAGES = Requirement("image operator", _images)
 VP_PRIOR = Requirement("VP model", _vp_prior)
 
 
+def _latent_vp(op, noise, prior=None) -> Optional[str]:
+    form = getattr(getattr(prior, "latent", None), "form", "vp")
+    return None if form == "vp" else \
+        f"its steps use the latent model's VP schedule (abar_t); this latent model is {form.upper()}: use latent_dps " \
+        "or latent_daps"
+
+
+def _encoder(op, noise, prior=None) -> Optional[str]:
+    return None if prior is None or getattr(prior, "encoder", None) is not None else \
+        "it encodes images and this latent model has no encoder: use latent_dps or latent_daps"
+
+
+LATENT_VP = Requirement("latent VP model", _latent_vp)
+ENCODER = Requirement("encoder", _encoder)
+
+
 def _dps(prior, op, y, noise, generators, settings: DPSConfig, callback=None) -> torch.Tensor:
     return dps_sample(prior, op, y, noise, settings, generator=generators, callback=callback).x[:, 0]
 
@@ -142,6 +163,8 @@ class Method:
     :param particles: True when the K samples of one measurement are one interacting particle system
         (sequential Monte Carlo): :func:`reconstruct` then passes ``num_samples`` = K to the function, and a
         sample depends on the other samples of its measurement (never on other measurements).
+    :param latent: True for the methods that sample the latents of a latent model
+        (:class:`~dps.diffusion.latent.LatentPrior`); the other network methods take pixel models only.
     """
 
     name: str
@@ -159,6 +182,7 @@ class Method:
     vjp: bool = False
     presets: dict = field(default_factory=dict, hash=False)
     particles: bool = False
+    latent: bool = False
 
     def default_settings(self, task_config: Optional[DPSConfig] = None):
         """The settings of a run on a task whose ``dps`` block is ``task_config`` (methods that follow the task),
@@ -239,6 +263,11 @@ class Method:
     def why_not(self, op, noise, prior=None) -> Optional[str]:
         """None when the method applies to (op, noise, prior), else the reason (one sentence); ``prior`` None
         checks the operator and the noise only."""
+        if prior is not None and self.counter is not None and is_latent(prior) != self.latent:
+            names = ", ".join(m.name for m in METHODS.values() if m.latent == is_latent(prior) and m.counter)
+            what = "latents: it needs a latent model (digits-latent, a Stable Diffusion or LDM folder)" if self.latent \
+                else "pixels and this model is a latent model"
+            return f"{self.name} does not apply: it samples {what}; use {names}"
         for req in self.requires:
             reason = req.check(op, noise, prior)
             if reason is not None:
@@ -275,6 +304,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("daps", daps, "DAPS", "Zhang et al., 2024 (arXiv:2407.01521)", DAPSSettings,
            "the paper's DAPS-1K is 200 levels x 5 ODE steps", (GAUSSIAN,), progress=lambda s: s.levels,
            counter="levels", presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
+    Method("latent_dps", latent_dps, "Latent DPS", "Chung et al., ICLR 2023, on latents (the baseline of Rout et al. "
+           "2023)", DPSConfig, "1000 steps, zeta' 1 (rule paper): PSLD's measurement weight for Stable Diffusion",
+           (), progress=_steps, counter="steps", vjp=True, latent=True),
+    Method("psld", psld, "PSLD", "Rout et al., NeurIPS 2023", PSLDSettings,
+           "DDIM; the authors' Stable Diffusion weights (omega 1 on [-1, 1] residuals = 2 here)",
+           (LINEAR, GAUSSIAN, LATENT_VP, ENCODER), progress=_steps, counter="steps", vjp=True, latent=True),
+    Method("resample", resample, "ReSample", "Song et al., ICLR 2024", ReSampleSettings,
+           "the authors' code's settings; AdamW data consistency stops at sigma_y^2",
+           (GAUSSIAN, LATENT_VP, ENCODER), progress=_steps, counter="steps", vjp=True, latent=True),
+    Method("latent_daps", latent_daps, "Latent DAPS", "Zhang et al., 2024 (arXiv:2407.01521), latent variant",
+           LatentDAPSSettings, "the authors' latent grid (50 levels x 2 ODE steps, sigma 10 to 0.1)", (GAUSSIAN,),
+           progress=lambda s: s.levels, counter="levels", latent=True),
     Method("pnp_admm", pnp_admm, "PnP-ADMM", "Chan et al., 2016 (denoiser: the prior's Tweedie denoiser)",
            PnPADMMSettings, "", (LINEAR,), sampler=False, counter="iters"),
     Method("admm_tv", admm_tv, "ADMM-TV", "anisotropic TV, ADMM", ADMMTVSettings, "", (LINEAR, IMAGES),
@@ -298,7 +339,7 @@ def methods_markdown() -> str:
     rows = ["| name | method | source | settings | applies to | samples | progress |",
             "|---|---|---|---|---|---|---|"]
     for m in METHODS.values():
-        needs = ", ".join(r.name for r in m.requires) or "any operator and noise"
+        needs = ", ".join(["latent model"] * m.latent + [r.name for r in m.requires]) or "any operator and noise"
         kind = ("posterior samples (the K of a measurement interact)" if m.particles else "posterior samples") \
             if m.sampler else "point estimate"
         presets = "; presets: " + ", ".join(f"`{k}` ({', '.join(f'{n} {v}' for n, v in p.items())})"

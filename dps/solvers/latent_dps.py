@@ -1,0 +1,39 @@
+"""Latent DPS: DPS (Chung et al., ICLR 2023, Algorithm 1) on the latents of a latent diffusion model, with the
+data fit's gradient taken through the decoder (the baseline of PSLD, Rout et al. 2023, and ReSample, Song et al.
+2024).
+
+At each step i of the latent model's grid, with z0_hat = D_z(z_i; sigma_i) the latent denoiser's estimate,
+
+    z_{i-1} = step(z_i, z0_hat) - zeta_i grad_{z_i} ||y - A(to_data(D(z0_hat)))||^2,
+
+step DPS's ancestral (or DDIM) step on the latents and zeta_i DPS's step rule (:mod:`dps.solvers.dps`): it is
+:func:`~dps.solvers.dps.dps_sample` on the latent prior with the operator A_z = A o to_data o D
+(:class:`~dps.solvers.latent.DecodedOperator`). The result is the decoded last estimate.
+
+Defaults (:data:`LATENT_DPS_DEFAULTS`): 1000 steps, rule "paper" with zeta' = 1 (data units), which is PSLD's
+measurement weight omega = 1 for Stable Diffusion in its code (its norm of a [-1, 1] residual; rule "paper"'s
+step zeta' grad ||r||^2 / ||r|| = 2 zeta' grad ||r||, and a data-unit residual is half a [-1, 1] one).
+"""
+from __future__ import annotations
+
+from ..diffusion.latent import LatentPrior
+from ..noise import NoiseModel
+from .dps import DPSConfig, dps_sample, frozen_parameters
+from .latent import DecodedOperator, decoded, decoding_callback
+
+__all__ = ["latent_dps", "LATENT_DPS_DEFAULTS"]
+
+#: Latent DPS's own defaults (module docstring); a task's ``dps`` block (tuned for pixel models) is not used.
+LATENT_DPS_DEFAULTS = DPSConfig(steps=1000, zeta=1.0, step_rule="paper")
+
+
+def latent_dps(prior: LatentPrior, op, y, noise: NoiseModel, generators, settings: DPSConfig = LATENT_DPS_DEFAULTS,
+               callback=None):
+    """Latent DPS (module docstring): x (B, *event_shape) in data space."""
+    A_z = DecodedOperator(op, prior)
+    advice = (f"latent DPS's step size zeta'={settings.zeta} is too large for this problem: lower it "
+              "(dps solve --step-size)")
+    with frozen_parameters(prior):
+        res = dps_sample(prior.latent, A_z, y, noise, settings, generator=generators,
+                         callback=decoding_callback(prior, callback), advice=advice)
+    return decoded(prior, res.x[:, 0])
