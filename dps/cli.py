@@ -116,6 +116,16 @@ def grid_options(fn):
                              "[default: the model's own; daps: edm]")(fn)
 
 
+def prompt_options(fn):
+    """--prompt, --guidance-scale: the text condition of a text-conditioned latent model (Stable Diffusion)."""
+    fn = click.option("--guidance-scale", type=click.FloatRange(0), default=None, metavar="W",
+                      help="classifier-free guidance scale of the prompt (1: the prompt's branch alone)  [default: 1, "
+                           "or a run.json's]")(fn)
+    return click.option("--prompt", default=None, metavar="TEXT",
+                        help="prompt of a text-conditioned latent model  [default: the empty prompt, or a "
+                             "run.json's]")(fn)
+
+
 def _grid(grid, rho, sigma_min, sigma_max) -> dict:
     return {"grid": grid, "rho": rho, "sigma_min": sigma_min, "sigma_max": sigma_max}
 
@@ -301,11 +311,13 @@ def train_classifier_cmd(out, epochs, seed, device) -> None:
 @click.option("--kernel-wizard", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="GOPRO_wVAE.pth: nonlinear_blur then uses the KernelWizard blur of the paper")
 @grid_options
+@prompt_options
 @network_options
 @device_option
 def solve(task_name, inputs, measurements, operator_file, out, method, method_preset, model, model_config, steps, nfe,
           samples, seed, noise, preset, zeta, step_rule, select, batch_size, resize, convert_channels, progress_frames,
-          kernel_wizard, grid, rho, sigma_min, sigma_max, precision, checkpointing, compile_network, device) -> None:
+          kernel_wizard, grid, rho, sigma_min, sigma_max, prompt, guidance_scale, precision, checkpointing,
+          compile_network, device) -> None:
     """A reconstruction method (DPS by default) on your images or measurements, into a reproducible run folder.
 
     \b
@@ -322,7 +334,8 @@ def solve(task_name, inputs, measurements, operator_file, out, method, method_pr
     operator = kernel_wizard_operator(task_name, kernel_wizard) if kernel_wizard is not None else None
     overrides = Overrides(noise=noise, operator=operator, select=select, step_rule=step_rule, preset=preset,
                           step_size=zeta, steps=steps, method=method, method_preset=method_preset, nfe=nfe,
-                          model=model, model_config=model_config, seed=seed, samples=samples, device=device,
+                          model=model, model_config=model_config, prompt=prompt, guidance_scale=guidance_scale,
+                          seed=seed, samples=samples, device=device,
                           precision=precision, checkpointing=checkpointing, compile=compile_network,
                           **_grid(grid, rho, sigma_min, sigma_max))
     spec = resolve(task_name, overrides)
@@ -439,11 +452,12 @@ def bench_prior(model, n, steps, seed, grid, as_json, device) -> None:
 @click.option("--method-preset", "method_presets", multiple=True, metavar="METHOD=PRESET",
               help="run METHOD with one of its presets (`dps methods`), e.g. daps=daps-1k; repeatable; not with --nfe")
 @grid_options
+@prompt_options
 @network_options
 @device_option
 def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed, batch_size, preset, samples,
-                 nfe, method_presets, grid, rho, sigma_min, sigma_max, precision, checkpointing, compile_network,
-                 device) -> None:
+                 nfe, method_presets, grid, rho, sigma_min, sigma_max, prompt, guidance_scale, precision, checkpointing,
+                 compile_network, device) -> None:
     """Methods x tasks over N images; per-image results and the paper's table layout (resumable).
 
     Example: dps bench images --methods dps,ddrm --tasks super_resolution,inpainting_box --n 8 --out runs/bench
@@ -456,6 +470,7 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
     settings = BenchSettings(methods=methods.split(","), tasks=tasks.split(","), n=n, data=data, batch_size=batch_size,
                              overrides=Overrides(steps=steps, preset=preset, nfe=nfe, model=model,
                                                  model_config=model_config, seed=seed, samples=samples,
+                                                 prompt=prompt, guidance_scale=guidance_scale,
                                                  **_grid(grid, rho, sigma_min, sigma_max)),
                              method_presets=_pairs(method_presets, "--method-preset"))
     table = run_bench(settings, out, execution=_execution(device, precision, checkpointing, compile_network))

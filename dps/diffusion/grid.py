@@ -117,6 +117,11 @@ class Grid:
         return self.level_std(len(self) - 1)
 
 
+def _noise_model(prior):
+    """The prior whose noise levels a grid spans: a latent model's latent prior, else the prior itself."""
+    return prior.latent if getattr(prior, "form", None) == "latent" else prior
+
+
 def denoise_on(prior, x: torch.Tensor, grid: Grid, i: int):
     """The prior's D(x_i / s_i; sigma_i) for the iterate x (B, *event_shape) at step i of ``grid``
     (a :class:`~dps.diffusion.denoiser.DenoiserOutput`; gradients flow to x)."""
@@ -191,6 +196,7 @@ class GridSpec:
     def build(self, prior, n: int, spacing: str = "even", origin: str = "", who: str = "the sampler") -> Grid:
         """The grid of ``n`` levels for ``prior`` (its own kind and range where this spec names none);
         ``spacing`` respaces a VP grid (:func:`vp_grid`), ``origin`` says where n came from (messages)."""
+        prior = _noise_model(prior)
         kind = self.kind or prior.form
         lo, hi = prior.sigma_range()
         if kind == "vp":
@@ -234,6 +240,7 @@ class GridSpec:
         """The spec of the grid that runs on ``prior``: its kind, rho and range made explicit (the range clamped),
         so two requests that mean the same grid are equal (run records compare them). The model's own VP steps
         stay ``GridSpec()``."""
+        prior = _noise_model(prior)
         kind = self.kind or prior.form
         self.build(prior, 2)  # every refusal first
         if kind == "vp":

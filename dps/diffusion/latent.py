@@ -15,7 +15,8 @@ model (Rombach et al., CVPR 2022; Stable Diffusion). It holds
 Measurements stay in data space, y = A(to_data(D(z_0))) + n. Only the methods of the method table marked for
 latent models run on it (they work on z and decode once at the end); pixel-space methods refuse it. Its
 :meth:`running` (precision, checkpointing, compile) applies to the latent network, and the evaluation counter
-counts the latent network's rows (with classifier-free guidance, two per evaluation).
+counts evaluations of the latent denoiser (one per evaluation with or without classifier-free guidance, whose
+evaluation runs the text-conditioned UNet on two rows).
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ GUIDED_DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: Models embedded in the package (name -> file under ``dps/assets``).
-EMBEDDED_MODELS = {"digits": "digits_unet.safetensors", "default": "digits_unet.safetensors"}
+EMBEDDED_MODELS = {"digits": "digits_unet.safetensors", "default": "digits_unet.safetensors",
+                   "digits-latent": "digits_latent.safetensors"}
 
 
 def model_advice(name: str, event_shape) -> str:
@@ -336,6 +337,13 @@ def model_identity(path_or_name: Union[str, Path]) -> str:
     return _IDENTITIES[stamp]
 
 
+def _load_safetensors(path: Path):
+    """Our UNet file, or our latent model file (format ``dps-latent``)."""
+    from .latent_files import is_latent_file, load_latent_safetensors
+
+    return load_latent_safetensors(path) if is_latent_file(path) else load_unet_safetensors(path)
+
+
 def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
                device: Union[str, torch.device, None] = None) -> NetworkPrior:
     """Load a prior from a name, a diffusers folder, a ``.safetensors`` file or a guided-diffusion ``.pt``.
@@ -356,7 +364,7 @@ def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
         path = _ASSETS / EMBEDDED_MODELS[key]
         if not path.is_file():
             raise FileNotFoundError(f"embedded model file {path} is missing from this installation")
-        prior = load_unet_safetensors(path)
+        prior = _load_safetensors(path)
     else:
         path = Path(key)
         if not path.exists():
@@ -364,13 +372,18 @@ def load_model(path_or_name: Union[str, Path], config: ConfigLike = None,
                 f"no model at {path}; give a file or folder, or one of the embedded names: {', '.join(EMBEDDED_MODELS)}")
         if path.is_dir():
             from .diffusers_adapter import is_diffusers_folder, load_diffusers
+            from .latent_diffusers import is_latent_pipeline, load_latent_pipeline
 
-            if not is_diffusers_folder(path):
+            if is_latent_pipeline(path):
+                prior = load_latent_pipeline(path)
+            elif not is_diffusers_folder(path):
                 raise ValueError(f"{path} is a folder but not a diffusers UNet2DModel folder "
-                                 "(expected config.json with _class_name UNet2DModel, or unet/ and scheduler/)")
-            prior = load_diffusers(path)
+                                 "(expected config.json with _class_name UNet2DModel, or unet/ and scheduler/) nor a "
+                                 "latent pipeline (unet/ with vae/ or vqvae/)")
+            else:
+                prior = load_diffusers(path)
         elif path.suffix == ".safetensors":
-            prior = load_unet_safetensors(path)
+            prior = _load_safetensors(path)
         else:
             prior = load_guided_diffusion(path, config)
     return prior.to(device) if device is not None else prior

@@ -71,7 +71,8 @@ def bench_specs(settings: BenchSettings, execution: Execution) -> list[RunSpec]:
         nfe = o.nfe if method.counter is not None else None
         for task in tasks:
             specs.append(resolve(task, Overrides(method=name, method_preset=settings.method_presets.get(name), nfe=nfe,
-                                                 model=o.model, model_config=o.model_config, seed=o.seed,
+                                                 model=o.model, model_config=o.model_config, prompt=o.prompt,
+                                                 guidance_scale=o.guidance_scale, seed=o.seed,
                                                  samples=o.samples, grid=o.grid, rho=o.rho, sigma_min=o.sigma_min,
                                                  sigma_max=o.sigma_max), previous={}, execution=execution))
     return specs
@@ -142,7 +143,9 @@ def bench_key(settings: BenchSettings, specs: Sequence[RunSpec], names: Sequence
     grid = {"grid": o.grid, "rho": o.rho, "sigma_min": o.sigma_min, "sigma_max": o.sigma_max}
     optional = {"samples": first.samples if first.samples != 1 else None, "nfe": o.nfe,
                 "grid": grid if any(v is not None for v in grid.values()) else None,
-                "method_presets": dict(settings.method_presets) or None, "model_config": first.model_config}
+                "method_presets": dict(settings.method_presets) or None, "model_config": first.model_config,
+                "prompt": first.prompt or None, "guidance_scale": None if first.guidance_scale == 1.0 else
+                first.guidance_scale}
     return {**key, **{k: v for k, v in optional.items() if v is not None}, **first.execution.network_settings()}
 
 
@@ -151,6 +154,7 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
     """Run every pair into ``out`` and write the tables; returns the table (empty on torchrun ranks > 0)."""
     from ..models.loading import load_model
     from .figures import bench_figure
+    from .solve import conditioned
     from .tables import aggregate, table_files
 
     execution = execution or Execution.on(settings.overrides.device)
@@ -159,6 +163,7 @@ def run_bench(settings: BenchSettings, out: Path, prior: Optional[Prior] = None,
     layout = BenchLayout(Path(out))
     prior = prior if prior is not None else load_model(specs[0].model, specs[0].model_config,
                                                        device=execution.torch_device)
+    prior = conditioned(prior, specs[0])
     items, labels, failed = _load_data(settings, tuple(prior.event_shape))
     jobs = [Job.build(spec, prior) for spec in specs]
     # rank 0 holds the folder (lock, settings) for the whole group; the others wait for it

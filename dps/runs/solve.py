@@ -33,7 +33,7 @@ from .loop import (Item, ItemResult, Job, Progress, digest_bytes, load_measureme
                    recompute_note, run_items, why_stale, file_digests)
 from .spec import RunSpec, settings_record
 
-__all__ = ["run_solve", "SomeInputsFailed", "load_prior"]
+__all__ = ["run_solve", "SomeInputsFailed", "load_prior", "conditioned"]
 
 
 class SomeInputsFailed(DPSError):
@@ -41,10 +41,20 @@ class SomeInputsFailed(DPSError):
 
 
 def load_prior(spec: RunSpec) -> Prior:
-    """The spec's model on its device."""
+    """The spec's model on its device, with its prompt and guidance scale (text-conditioned latent models)."""
     from ..models.loading import load_model
 
-    return load_model(spec.model, spec.model_config, device=spec.execution.torch_device)
+    return conditioned(load_model(spec.model, spec.model_config, device=spec.execution.torch_device), spec)
+
+
+def conditioned(prior: Prior, spec: RunSpec) -> Prior:
+    """``prior`` with the spec's prompt and guidance scale; a one-line error where the model takes no prompt."""
+    if getattr(prior, "form", None) == "latent":
+        return prior.condition(spec.prompt, spec.guidance_scale)
+    if spec.prompt or spec.guidance_scale != 1.0:
+        raise DPSError(f"the model {spec.model} is not a text-conditioned latent model: it takes no prompt or guidance "
+                       "scale; leave out --prompt and --guidance-scale")
+    return prior
 
 
 def save_tensor(t: torch.Tensor, path: Path) -> None:

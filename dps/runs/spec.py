@@ -67,6 +67,8 @@ class RunSpec:
     :param grid: the noise-level grid asked for (``--grid`` and its parameters) over the method's own; the
         default GridSpec() changes nothing. Runs record the grid as it ran (:meth:`GridSpec.resolved`) in the
         method's settings, which a rerun from the ``run.json`` takes up.
+    :param prompt: the prompt of a text-conditioned latent model ("" for none); :param guidance_scale: its
+        classifier-free guidance scale (1: the prompt's branch alone). Both are recorded when not the defaults.
     :param steps_from: where the method's step count comes from (an option, a task-file key), for messages.
     """
 
@@ -80,6 +82,8 @@ class RunSpec:
     samples: int = 1
     execution: Execution = field(default_factory=Execution)
     grid: GridSpec = GridSpec()
+    prompt: str = ""
+    guidance_scale: float = 1.0
     steps_from: str = field(default="", compare=False)
 
     @property
@@ -97,7 +101,9 @@ class RunSpec:
     def key(self) -> dict:
         """The plain values a rerun must match to reuse the run's results (execution settings that change
         results by more than rounding are in it; the device and threads are recorded, not compared)."""
-        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config}
+        optional = {"method_preset": self.method_preset, "nfe": self.nfe, "model_config": self.model_config,
+                    "prompt": self.prompt or None, "guidance_scale": None if self.guidance_scale == 1.0 else
+                    self.guidance_scale}
         return {"task": self.task.to_dict(), "method": self.method,
                 "method_settings": settings_record(self.method_settings()), "model": self.model,
                 "seed": self.seed, "samples": self.samples,
@@ -127,6 +133,8 @@ class Overrides:
 
     model: Optional[str] = None
     model_config: Optional[str] = None
+    prompt: Optional[str] = None
+    guidance_scale: Optional[float] = None
     seed: Optional[int] = None
     samples: Optional[int] = None
 
@@ -190,6 +198,11 @@ def _steps_from(source, o: Overrides, method: str, method_preset: Optional[str],
     return f"the task {source}'s steps; set it with --steps"
 
 
+def _guidance(value) -> float:
+    """A guidance scale, checked: a number >= 0."""
+    return check_float(value, "--guidance-scale", 0.0)
+
+
 def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
             previous: Optional[dict] = None, execution: Optional[Execution] = None) -> RunSpec:
     """The run specification of a task source (a preset name, a task file, a ``run.json`` or a Task) with the
@@ -227,5 +240,7 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
                    steps_from=_steps_from(source, o, method, method_preset, nfe),
                    model=str(_first(o.model, prev.get("model"), "default")),
                    model_config=_first(o.model_config, prev.get("model_config")),
+                   prompt=str(_first(o.prompt, prev.get("prompt"), "")),
+                   guidance_scale=_guidance(_first(o.guidance_scale, prev.get("guidance_scale"), 1.0)),
                    seed=int(_first(o.seed, prev.get("seed"), 0)), samples=int(_first(o.samples, prev.get("samples"), 1)),
                    execution=execution)

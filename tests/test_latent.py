@@ -1,0 +1,229 @@
+"""Latent diffusion: the latent prior, the latent methods of the method table, the exact-posterior latent benchmark
+and the loaders of Stable Diffusion and LDM folders (tiny random ones written here)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dps.bench.gmm import gmm_latent_problem, latent_methods, run_cell, sliced_wasserstein
+from dps.errors import DPSError
+from dps.noise import GaussianNoise
+from dps.operators import MatrixOperator
+from dps.solvers.dps import DPSConfig
+from dps.solvers.methods import METHODS, reconstruct
+from dps.solvers.psld import PSLDSettings
+
+LATENT = [name for name, m in METHODS.items() if m.latent]
+
+
+def test_the_method_table_has_the_latent_methods():
+    assert set(LATENT) == {"latent_dps", "psld", "resample", "latent_daps"}
+
+
+def test_the_linear_image_prior_denoiser_is_tweedie_of_its_exact_density():
+    """D(x; sigma) = x + sigma^2 grad log p_sigma(x), p_sigma = sum_k w_k N(W mu_k + b, W W^T + sigma^2 I),
+    the density written out independently of the class's rotated-latent formula."""
+    pb = gmm_latent_problem(6, 2, 1, 3)
+    p = pb.prior
+    x = p.sample(4, torch.Generator().manual_seed(0)) + torch.randn(4, 6, generator=torch.Generator().manual_seed(1),
+                                                                   dtype=torch.float64)
+    for sigma in (0.1, 1.0, 7.0):
+        cov = p.W @ p.W.T + sigma ** 2 * torch.eye(6, dtype=torch.float64)
+        means = pb.latent.means @ p.W.T + p.b
+
+        def log_density(v):
+            comps = torch.distributions.MultivariateNormal(means, covariance_matrix=cov)
+            return torch.logsumexp(pb.latent.weights.log() + comps.log_prob(v[:, None, :]), dim=1).sum()
+
+        xr = x.clone().requires_grad_(True)
+        (score,) = torch.autograd.grad(log_density(xr), xr)
+        exact = p.exact_denoise(x, torch.full((4,), sigma, dtype=torch.float64))
+        torch.testing.assert_close(exact, x + sigma ** 2 * score, rtol=1e-9, atol=1e-9)
+
+
+def test_the_latent_problem_posterior_lives_on_the_decoder_image():
+    pb = gmm_latent_problem(8, 4, 2, 0)
+    x = pb.posterior().sample(50, torch.Generator().manual_seed(0))
+    z = pb.latent_model().encode(x)
+    torch.testing.assert_close(pb.latent_model().decode(z), x)
+
+
+def test_psld_without_gluing_is_latent_dps_with_ddim():
+    """PSLD's measurement term omega ||r|| is DPS's rule 'paper' at zeta' = omega / 2 (grad ||r||^2 = 2 ||r|| grad
+    ||r||); with gamma = 0 the two methods make the same samples."""
+    pb = gmm_latent_problem(8, 4, 2, 0)
+    op, noise = MatrixOperator(pb.A), GaussianNoise(pb.sigma_y)
+    a = reconstruct("psld", pb.latent_model(), op, pb.y[None], noise, PSLDSettings(steps=30, omega=0.5, gamma=0.0),
+                    torch.Generator().manual_seed(0), 3).x
+    b = reconstruct("latent_dps", pb.latent_model(), op, pb.y[None], noise,
+                    DPSConfig(steps=30, zeta=0.25, sampler="ddim"), torch.Generator().manual_seed(0), 3).x
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+    c = reconstruct("psld", pb.latent_model(), op, pb.y[None], noise, PSLDSettings(steps=30, omega=0.5, gamma=0.1),
+                    torch.Generator().manual_seed(0), 3).x
+    assert (a - c).abs().max() > 1e-3  # the gluing term acts
+
+
+@pytest.mark.parametrize("method, ratio", [("latent_dps", 0.5), ("latent_daps", 0.7)])
+def test_latent_methods_approach_the_exact_posterior(method, ratio):
+    """On a latent problem the sampler's distance to the exact posterior is well below the prior's (a sampler that
+    ignored y would sit at the prior's)."""
+    cfg = DPSConfig(steps=100, zeta=4.0, step_rule="variance", reference_steps=100)
+    r = run_cell(8, 2, cfg, [0], n_samples=300, methods=(method,), latent_dim=4).summary()
+    assert r[method]["mean"] < ratio * r["prior"]["mean"]
+
+
+def test_every_method_states_which_models_it_takes():
+    pb = gmm_latent_problem(8, 4, 2, 0)
+    op, noise = MatrixOperator(pb.A), GaussianNoise(pb.sigma_y)
+    for name, m in METHODS.items():
+        if m.counter is None:
+            continue
+        on_latent, on_pixels = m.why_not(op, noise, pb.latent_model()), m.why_not(op, noise, pb.prior)
+        if m.latent:
+            assert on_latent is None and "needs a latent model" in on_pixels
+        else:
+            assert "latent model" in on_latent and ("latent_dps" in on_latent)
+
+
+def test_the_benchmark_default_runs_every_latent_method(tmp_path):
+    from click.testing import CliRunner
+
+    from dps.cli import main
+
+    res = CliRunner().invoke(main, ["bench", "gmm", "--dim", "8", "--latent-dim", "4", "--obs-dim", "2", "--steps",
+                                    "10", "--problems", "1", "--samples", "50", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["methods"] == ["dps", *latent_methods()] and report["latent_dim"] == 4
+    bad = CliRunner().invoke(main, ["bench", "gmm", "--dim", "8", "--latent-dim", "8"])
+    assert bad.exit_code != 0 and "--latent-dim 8 must be even, at least 2 and below every --dim" in bad.output
+    pixel = CliRunner().invoke(main, ["bench", "gmm", "--methods", "psld", "--steps", "5"])
+    assert pixel.exit_code != 0 and "psld samples latents: it needs --latent-dim" in pixel.output
+
+
+# ------------------------------------------------------------------------------------------- diffusers folders
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from latent_folders import write_tiny_stable_diffusion
+
+    return write_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "sd")
+
+
+@pytest.fixture(scope="module")
+def ldm_folder(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from latent_folders import write_tiny_ldm
+
+    return write_tiny_ldm(tmp_path_factory.mktemp("ldm") / "ldm")
+
+
+def test_a_stable_diffusion_folder_loads_as_a_latent_prior(sd_folder):
+    from dps import load_model
+
+    p = load_model(sd_folder)
+    assert p.form == "latent" and p.conditional and p.scaling_factor == 0.18215
+    assert p.event_shape == (3, 8, 8) and p.latent_shape == (4, 4, 4)
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = p.decode(z)
+        assert x.shape == (2, 3, 8, 8)
+        vae = p.decoder.vae
+        torch.testing.assert_close(x, vae.decode(z / 0.18215).sample)
+        torch.testing.assert_close(p.encode(x), 0.18215 * vae.encode(x).latent_dist.mean)
+
+
+def test_classifier_free_guidance_combines_the_two_branches(sd_folder):
+    from dps import load_model
+
+    p = load_model(sd_folder)
+    net = p.latent.network
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500])
+    empty = net.uncond.clone()
+    p.condition("a cat", 4.0)
+    assert not torch.equal(net.cond, empty)  # the prompt changes the text states
+    with torch.no_grad():
+        unet = net.unet.unet
+        e_u = unet(z, t, encoder_hidden_states=empty.expand(2, -1, -1)).sample
+        e_c = unet(z, t, encoder_hidden_states=net.cond.expand(2, -1, -1)).sample
+        torch.testing.assert_close(net(z, t), e_u + 4.0 * (e_c - e_u), rtol=1e-4, atol=1e-5)
+        p.condition("a cat", 1.0)
+        torch.testing.assert_close(net(z, t), e_c, rtol=1e-4, atol=1e-5)
+    with pytest.raises(DPSError, match="guidance scale"):
+        p.condition("a cat", -1.0)
+
+
+@pytest.mark.parametrize("method", LATENT)
+@pytest.mark.parametrize("which", ["sd", "ldm"])
+def test_each_latent_method_runs_on_stable_diffusion_and_ldm_folders(method, which, sd_folder, ldm_folder):
+    from dps import load_model
+    from dps.tasks import build_operator
+
+    p = load_model(sd_folder if which == "sd" else ldm_folder)
+    if p.conditional:
+        p.condition("a cat", 3.0)
+    op = build_operator({"name": "super_resolution", "factor": 2}, p.event_shape, 0)
+    x = torch.rand(1, *p.event_shape, generator=torch.Generator().manual_seed(0))
+    y = op(x)
+    m = METHODS[method]
+    s = m.at_budget(4, m.settings())
+    s = replace(s, every=2, pixel_iters=3, latent_iters=3) if method == "resample" else s
+    r = reconstruct(method, p, op, y, GaussianNoise(0.05), s, [torch.Generator().manual_seed(k) for k in range(2)], 2)
+    assert r.x.shape == (1, 2, *p.event_shape) and bool(torch.isfinite(r.x).all())
+    assert r.x.min() >= 0 and r.x.max() <= 1
+    assert r.extras["nfe"] >= 4
+    assert not torch.equal(r.x[0, 0], r.x[0, 1])  # two samples from two generators
+
+
+def test_an_unconditional_model_refuses_a_prompt(ldm_folder):
+    from dps import load_model
+
+    p = load_model(ldm_folder)
+    assert not p.conditional and p.scaling_factor == 1.0
+    with pytest.raises(DPSError, match="unconditional"):
+        p.condition("a cat")
+
+
+def test_the_curvature_bound_runs_through_a_decoder_without_forward_mode(sd_folder):
+    """operator_norm_sq of the decoded operator (attention's CPU kernel has no forward-mode rule) against the
+    largest eigenvalue of J^T J from the full Jacobian."""
+    from dps import load_model
+    from dps.solvers.daps import operator_norm_sq
+    from dps.solvers.latent import DecodedOperator
+    from dps.tasks import build_operator
+
+    p = load_model(sd_folder)
+    op = DecodedOperator(build_operator({"name": "super_resolution", "factor": 2}, p.event_shape, 0), p)
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    J = torch.autograd.functional.jacobian(lambda v: op(v.reshape(1, 4, 4, 4)).flatten(), z.flatten())
+    exact = float(torch.linalg.eigvalsh(J.T.double() @ J.double()).max())
+    with torch.enable_grad():
+        est = operator_norm_sq(op, z, 60)
+    assert est == pytest.approx(exact, rel=2e-2)
+
+
+def test_solve_records_the_prompt_and_a_pixel_model_refuses_one(sd_folder, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from dps.cli import main
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(tmp_path / "in" / "a.png")
+    args = ["solve", "--task", "super_resolution", "--model", str(sd_folder), "--method", "latent_dps", "--nfe", "3",
+            "--input", str(tmp_path / "in")]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r"), "--prompt", "a cat", "--guidance-scale", "2"])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "r" / "run.json").read_text())["settings"]
+    assert settings["prompt"] == "a cat" and settings["guidance_scale"] == 2.0
+    other = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "r"), "--prompt", "a dog"])
+    assert other.exit_code != 0 and "prompt" in other.output
+    pixel = CliRunner().invoke(main, ["solve", "--task", "inpainting_box", "--prompt", "a cat", "--input",
+                                      str(tmp_path / "in"), "--out", str(tmp_path / "p")])
+    assert pixel.exit_code != 0 and "takes no prompt" in pixel.output and not (tmp_path / "p").exists()
