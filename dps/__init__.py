@@ -7,6 +7,7 @@ from .diffusion.denoiser import DenoiserOutput, NetworkPrior, Prior
 from .diffusion.schedule import Schedule, make_schedule, respace
 from .diffusion.grid import Grid, GridSpec
 from .diffusion.forms import EDMPrior, VEPrior
+from .diffusion.latent import LatentPrior
 from .noise import GaussianNoise, PoissonNoise
 from .solvers.dps import DPSConfig, DPSResult, dps_sample
 from .models.loading import load_model
@@ -17,5 +18,5 @@ from .solvers.methods import METHODS, Reconstruction, reconstruct
 __version__ = "0.1.0"
 
 __all__ = ["DPSConfig", "DPSError", "DPSResult", "DenoiserOutput", "EDMPrior", "Execution", "GaussianNoise", "Grid",
-           "GridSpec", "METHODS", "NetworkPrior", "VEPrior", "NotApplicable", "PoissonNoise", "Prior", "Reconstruction", "Schedule", "choose_device",
+           "GridSpec", "LatentPrior", "METHODS", "NetworkPrior", "VEPrior", "NotApplicable", "PoissonNoise", "Prior", "Reconstruction", "Schedule", "choose_device",
            "dps_sample", "load_model", "make_schedule", "reconstruct", "respace"]

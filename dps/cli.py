@@ -485,10 +485,11 @@ def bench_images(methods, tasks, n, steps, out, data, model, model_config, seed,
 @click.option("--model", default="default", metavar="MODEL", help=_MODEL_HELP + " (ignored with --arch)")
 @click.option("--config", "model_config", default=None, metavar="PRESET|FILE",
               help="guided-diffusion config of a .pt checkpoint")
-@click.option("--arch", type=click.Choice(["ffhq256", "imagenet256"]), default=None,
-              help="measure this guided-diffusion architecture with random weights instead of --model")
+@click.option("--arch", type=click.Choice(["ffhq256", "imagenet256", "sd15"]), default=None,
+              help="measure this architecture with random weights instead of --model: a guided-diffusion one, or "
+                   "sd15 (Stable Diffusion 1.5's UNet and autoencoder, guidance scale 7.5)")
 @click.option("--image-size", type=click.IntRange(1), default=None, metavar="PX",
-              help="image size of --arch (default: 256; a multiple of 32, the smallest 32)")
+              help="image size of --arch (default: 256, a multiple of 32; sd15: 512, a multiple of 64)")
 @click.option("--batch", type=click.IntRange(1), default=1, metavar="B", help="measurements B per call")
 @click.option("--samples", default="1", callback=_int_list, metavar="K,...", help="samples K per measurement")
 @click.option("--precision", default="fp32", callback=_choice_list(("fp32", "bf16", "fp16"), "precisions"),

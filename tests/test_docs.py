@@ -92,6 +92,9 @@ def stand_ins(tmp_path_factory, tiny_model_path):
                                     up_block_types=("UpBlock2D", "UpBlock2D"))
         net.save_pretrained(work / "models" / name / "unet")
         scheduler.save_pretrained(work / "models" / name / "scheduler")
+    from latent_folders import write_tiny_stable_diffusion
+
+    write_tiny_stable_diffusion(work / "models" / "sd15")  # stands in for Stable Diffusion 1.5's folder
     (work / "runs" / "digits").mkdir(parents=True)
     save_unet_safetensors(work / "runs" / "digits" / "model.safetensors", load_model(tiny_model_path).network)
     published = {"models/ffhq_10m.pt", "models/imagenet256.pt"}

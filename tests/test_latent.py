@@ -3,13 +3,12 @@ and the loaders of Stable Diffusion and LDM folders (tiny random ones written he
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import pytest
 import torch
 
-from dps.bench.gmm import gmm_latent_problem, latent_methods, run_cell, sliced_wasserstein
+from dps.bench.gmm import gmm_latent_problem, latent_methods, run_cell
 from dps.errors import DPSError
 from dps.noise import GaussianNoise
 from dps.operators import MatrixOperator
@@ -227,3 +226,81 @@ def test_solve_records_the_prompt_and_a_pixel_model_refuses_one(sd_folder, tmp_p
     pixel = CliRunner().invoke(main, ["solve", "--task", "inpainting_box", "--prompt", "a cat", "--input",
                                       str(tmp_path / "in"), "--out", str(tmp_path / "p")])
     assert pixel.exit_code != 0 and "takes no prompt" in pixel.output and not (tmp_path / "p").exists()
+
+
+def test_sample_and_speed_run_on_a_latent_model(sd_folder, tmp_path):
+    """dps sample decodes sampled latents; dps bench speed's floor of a latent model includes the decoder's VJP
+    (it costs more than the latent network's forward)."""
+    from click.testing import CliRunner
+
+    from dps.cli import main
+
+    res = CliRunner().invoke(main, ["sample", "--model", str(sd_folder), "--n", "2", "--steps", "3", "--out",
+                                    str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    x = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert x.shape == (2, 3, 8, 8) and x.min() >= 0 and x.max() <= 1
+    res = CliRunner().invoke(main, ["bench", "speed", "--model", str(sd_folder), "--steps", "2", "--repeats", "1",
+                                    "--json", str(tmp_path / "speed.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["latent_shape"] == [4, 4, 4] and report["event_shape"] == [3, 8, 8]
+    row = report["rows"][0]
+    assert row["floor_s"] > row["forward_s"] > 0 and row["dps_step_s"] > 0
+
+
+@pytest.mark.slow  # builds 943M parameters (about 10 s and 4 GB)
+def test_the_sd15_architecture_is_stable_diffusion_sized():
+    """--arch sd15 builds Stable Diffusion 1.5's UNet (859.5M parameters) and autoencoder (83.7M) with random
+    weights, at a small image size here."""
+    pytest.importorskip("diffusers")
+    from dps.bench.speed import random_prior
+
+    p = random_prior("sd15", 64)
+    assert p.event_shape == (3, 64, 64) and p.latent_shape == (4, 8, 8)
+    unet = sum(t.numel() for t in p.latent.parameters())
+    vae = sum(t.numel() for t in p.decoder.parameters())
+    assert round(unet / 1e6, 1) == 859.5 and round(vae / 1e6, 1) == 83.7
+    with pytest.raises(DPSError, match="multiple of 64"):
+        random_prior("sd15", 100)
+
+
+def test_steps_and_step_size_reach_only_the_methods_that_read_them():
+    from dps.runs.spec import Overrides, resolve
+
+    with pytest.raises(DPSError, match="keeps its own settings"):
+        resolve("inpainting_box", Overrides(method="latent_dps", step_size=0.5))
+    with pytest.raises(DPSError, match="keeps its own settings"):
+        resolve("inpainting_box", Overrides(method="ddrm", steps=50))
+    with pytest.raises(DPSError, match="takes no step size"):
+        resolve("inpainting_box", Overrides(method="score_sde", step_size=0.5))
+    assert resolve("inpainting_box", Overrides(method="dps", steps=50, step_size=0.5)).method_settings().zeta == 0.5
+
+
+def test_resample_spends_the_budget_it_is_given():
+    """--nfe N buys ReSample the most steps whose evaluations (one per step, inter_steps per hard-consistency
+    step) fit in N; the counted evaluations are that number."""
+    pb = gmm_latent_problem(8, 4, 2, 0)
+    m = METHODS["resample"]
+    s = replace(m.at_budget(60, m.settings()), pixel_iters=20, latent_iters=20)
+    assert s.evaluations() <= 60 < s.evaluations(s.steps + 1) and s.consistency_steps()
+    r = reconstruct("resample", pb.latent_model(), MatrixOperator(pb.A), pb.y[None], GaussianNoise(pb.sigma_y), s,
+                    torch.Generator().manual_seed(0), 2)
+    assert r.extras["nfe"] == s.evaluations()
+
+
+def test_progress_frames_of_a_latent_method_are_decoded_images(sd_folder, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from dps.cli import main
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8), (20, 130, 90)).save(tmp_path / "in" / "a.png")
+    res = CliRunner().invoke(main, ["solve", "--task", "inpainting_box", "--model", str(sd_folder), "--method", "psld",
+                                    "--nfe", "4", "--progress-frames", "2", "--input", str(tmp_path / "in"), "--out",
+                                    str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    frames = torch.load(tmp_path / "r" / "progress" / "a.pt", weights_only=True)
+    frames = frames["x0"] if isinstance(frames, dict) else frames
+    assert frames.shape[-3:] == (3, 8, 8)

@@ -1,5 +1,6 @@
 """The GPU check: every command once on the device with the embedded model, then the speed of a DPS step of the
-FFHQ architecture at fp32 and bf16 and the implied time of a 1000-step FFHQ image.
+FFHQ architecture at fp32 and bf16 and the implied time of a 1000-step FFHQ image; a latent solve on the embedded
+latent model and the speed and peak memory of a latent DPS step of Stable Diffusion 1.5's architecture at 512 px.
 
     python benchmarks/gpu/check.py --out OUT                      # on a machine with a GPU (a few minutes)
     python benchmarks/gpu/check.py --out OUT --device cpu --quick  # the same checks on the CPU, small sizes
@@ -120,10 +121,32 @@ def main() -> int:
         return "; ".join(f"{row['precision']}: DPS step {1e3 * row['dps_step_s']:.1f} ms, so "
                          f"{1e3 * row['dps_step_s']:.0f} s per 1000-step image" for row in rows)
 
+    def latent() -> str:
+        r = dps("solve", "--task", "inpainting_box", "--input", str(digits), "--out", str(out / "latent"), "--model",
+                "digits-latent", "--method", "psld", "--nfe", "5" if quick else "50", "--device", dev, timeout=300)
+        assert r.returncode == 0, r.stderr[-500:]
+        record = json.loads((out / "latent" / "run.json").read_text())
+        on_device(record, dev)
+        scores = [v["psnr"] for v in record["images"].values()]
+        return f"psld on digits-latent, {len(scores)} images: mean PSNR {sum(scores) / len(scores):.2f} dB"
+
+    def speed_sd15() -> str:
+        size = ["--image-size", "128"] if quick else []  # default 512 px
+        r = dps("bench", "speed", "--arch", "sd15", *size, "--precision", "fp32,fp16", "--measure", "floor,dps_step",
+                "--repeats", "1" if quick else "3", "--steps", "1" if quick else "3", "--json",
+                str(out / "speed_sd15.json"), "--device", dev, timeout=480)
+        assert r.returncode == 0, r.stderr[-500:]
+        (out / "speed_sd15.md").write_text(r.stdout)
+        rows = json.loads((out / "speed_sd15.json").read_text())["rows"]
+        return "; ".join(f"{row['precision']}: latent DPS step {1e3 * row['dps_step_s']:.0f} ms ("
+                         f"{row['dps_step_s'] * 1000:.0f} s per 1000-step image), peak "
+                         f"{(row['dps_mem_bytes'] or 0) / 2**30:.1f} GiB" for row in rows)
+
     checks: list[tuple[str, Callable[[], str]]] = [
         ("dps solve + dps figure", solve), ("dps demo (2 tasks)", demo), ("dps example", example),
         ("dps sample", sample), ("dps train + train-classifier", train), ("dps bench images", bench_images),
-        ("dps bench prior", bench_prior), ("dps bench speed, ffhq256, fp32 and bf16", speed)]
+        ("dps bench prior", bench_prior), ("dps bench speed, ffhq256, fp32 and bf16", speed),
+        ("dps solve, latent (digits-latent, psld)", latent), ("dps bench speed, sd15 at 512 px, fp32 and fp16", speed_sd15)]
     lines = [f"GPU check on {dev}{' (quick)' if quick else ''}", "", "| step | seconds | result |", "|---|---|---|"]
     failed = 0
     for name, check in checks:

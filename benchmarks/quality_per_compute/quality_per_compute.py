@@ -2,10 +2,12 @@
 
     python benchmarks/quality_per_compute/quality_per_compute.py --out out/qpc [--nfe 50,100,250,1000] [--n 8]
         [--methods dps,ddrm,pigdm,diffpir,daps] [--tasks ...] [--device-note "..."] [--with-rows OLD/rows.json]
-        [--grid vp|edm|ve]
+        [--grid vp|edm|ve] [--model digits-latent]
 
 With ``--grid`` the methods that take a noise-level grid run on it (``dps bench images --grid``), and their
 rows are labelled ``METHOD@GRID`` (e.g. ``dps@edm``), so runs on several grids report together (``--with-rows``).
+``--model`` runs another digits model (the latent methods take ``digits-latent``); the measurements are the same
+(the held-out digits, each task's operator and noise from the seed).
 
 For each budget it runs ``dps bench images --nfe N`` (resumable; one folder per budget, phase retrieval in
 its own folder with the paper's best of 4 samples by residual, the other tasks one sample) on the held-out
@@ -23,12 +25,13 @@ from pathlib import Path
 LINEAR_TASKS = "super_resolution,inpainting_box,inpainting_random,gaussian_blur,motion_blur"
 
 
-def _settings(methods: list[str], tasks: list[str], n: int, seed: int, nfe: int, samples: int, grid=None):
+def _settings(methods: list[str], tasks: list[str], n: int, seed: int, nfe: int, samples: int, grid=None,
+              model: str = "default"):
     from dps.runs.bench import BenchSettings
     from dps.runs.spec import Overrides
 
     return BenchSettings(methods=methods, tasks=tasks, n=n,
-                         overrides=Overrides(nfe=nfe, seed=seed, samples=samples, model="default", grid=grid))
+                         overrides=Overrides(nfe=nfe, seed=seed, samples=samples, model=model, grid=grid))
 
 
 def _label(row: dict, grid) -> dict:
@@ -45,7 +48,7 @@ def _groups(tasks: list[str]) -> list[tuple[list[str], int, str]]:
 
 
 def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int, note: str,
-        grid=None) -> list[dict]:
+        grid=None, model: str = "default") -> list[dict]:
     """Every budget in turn; the report is rewritten after each, so an interrupted run leaves one."""
     from dps.runs.bench import run_bench
 
@@ -55,7 +58,7 @@ def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: 
             if not group:
                 continue
             folder = out / f"nfe{nfe}{suffix}"
-            table = run_bench(_settings(methods, group, n, seed, nfe, samples, grid), folder, progress=False)
+            table = run_bench(_settings(methods, group, n, seed, nfe, samples, grid, model), folder, progress=False)
             rows += [_label({**r, "budget": nfe}, grid) for r in table["rows"] if r.get("psnr") is not None]
             print(f"done nfe={nfe} tasks={','.join(group)}", flush=True)
         write(out, rows, budgets, note)
@@ -63,7 +66,7 @@ def run(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: 
 
 
 def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str], n: int, seed: int,
-            grid=None) -> list[dict]:
+            grid=None, model: str = "default") -> list[dict]:
     """Rows of the (method, task) pairs that an earlier, interrupted run finished (every image written), without
     computing anything: how a long run's finished part is reported before it completes."""
     from dps.execution import Execution
@@ -72,17 +75,17 @@ def collect(out: Path, budgets: list[int], methods: list[str], tasks: list[str],
     from dps.runs.layout import BenchLayout
     from dps.runs.tables import aggregate
 
-    shape = tuple(load_model("default").event_shape)
+    shape = tuple(load_model(model).event_shape)
     execution = Execution()  # nothing runs: the tables only read the folders
     rows = []
     for nfe in budgets:
         for group, samples, suffix in _groups(tasks):
             layout = BenchLayout(out / f"nfe{nfe}{suffix}")
-            items, labels, _ = _load_data(_settings(methods, group, n, seed, nfe, samples, grid), shape)
+            items, labels, _ = _load_data(_settings(methods, group, n, seed, nfe, samples, grid, model), shape)
             for m in methods:
                 for t in group:
                     if all(layout.result(m, t, it.name, ".json").exists() for it in items):
-                        one = _settings([m], [t], n, seed, nfe, samples, grid)
+                        one = _settings([m], [t], n, seed, nfe, samples, grid, model)
                         table = aggregate(layout, bench_specs(one, execution), items, labels, one)
                         rows += [_label({**r, "budget": nfe}, grid) for r in table["rows"]
                                  if r.get("psnr") is not None]
@@ -99,8 +102,8 @@ def report(rows: list[dict], budgets: list[int], note: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     get = {(r["method"], r["task"], r["budget"]): r for r in rows}
-    lines = [f"Held-out digits, {rows[0]['n']} images; cells: mean PSNR (dB) / digit accuracy, measured evaluations "
-             f"per sample and seconds per image in the second table. {note}".strip(), ""]
+    lines = [f"Held-out digits, {rows[0]['n']} images; cells: mean PSNR (dB) / SSIM / digit accuracy (measured "
+             f"evaluations per sample, seconds per image). {note}".strip(), ""]
     for task in tasks:
         lines += [f"### {task}", "", "| method | " + " | ".join(f"{b} NFE" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
@@ -108,8 +111,8 @@ def report(rows: list[dict], budgets: list[int], note: str) -> str:
             cells = []
             for b in budgets:
                 r = get.get((m, task, b))
-                cells.append("n/a" if r is None else f"{r['psnr']:.2f} / {r.get('digit_acc', float('nan')):.2f}"
-                             f" ({r['nfe']:.0f}, {r['seconds_per_image']:.2f} s)")
+                cells.append("n/a" if r is None else f"{r['psnr']:.2f} / {r.get('ssim', float('nan')):.3f} / "
+                             f"{r.get('digit_acc', float('nan')):.2f} ({r['nfe']:.0f}, {r['seconds_per_image']:.2f} s)")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         ref = get.get(("dps", task, 1000))
         if ref is not None:
@@ -164,6 +167,7 @@ def main() -> None:
                     help="rows.json of an earlier run (other budgets or methods) to report together with this one")
     ap.add_argument("--grid", choices=["vp", "edm", "ve"], default=None,
                     help="the noise-level grid of the methods that take one (default: each method's own)")
+    ap.add_argument("--model", default="default", help="the digits model (digits-latent for the latent methods)")
     ap.add_argument("--collect", action="store_true",
                     help="compute nothing: report the pairs an interrupted run in --out finished")
     args = ap.parse_args()
@@ -171,11 +175,11 @@ def main() -> None:
     earlier = json.loads(args.with_rows.read_text()) if args.with_rows else []
     if args.collect:
         rows = collect(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed,
-                       args.grid)
+                       args.grid, args.model)
         write(args.out, rows, budgets, args.device_note)
     else:
         rows = run(args.out, budgets, args.methods.split(","), args.tasks.split(","), args.n, args.seed,
-                   args.device_note, args.grid)
+                   args.device_note, args.grid, args.model)
     if earlier:
         rows = earlier + rows
         write(args.out, rows, sorted({r["budget"] for r in rows}), args.device_note)

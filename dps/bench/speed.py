@@ -5,7 +5,8 @@ so drifts of the machine hit all of them alike), medians over the repeats after 
 
 - ``forward``: one network forward of the B*K samples, no graph (the unconditional sampler's cost);
 - ``floor``: forward with a graph to x_t plus one vector-Jacobian product back to x_t: the least a DPS
-  step can cost (Algorithm 1, lines 3-4 and the gradient of line 7);
+  step can cost (Algorithm 1, lines 3-4 and the gradient of line 7); for a latent model the decoder's forward
+  and VJP are part of it (the gradient of a latent method passes through D), and ``dps_step`` is latent DPS's;
 - ``dps_step``: one step of :func:`~dps.solvers.dps.dps_sample` (super-resolution x4, Gaussian noise),
   timed over ``steps`` steps of a whole run and divided by them;
 - ``uncond_step``: one step of the unconditional DDPM sampler, the same way;
@@ -39,7 +40,8 @@ from ..solvers.dps import DPSConfig, dps_sample, frozen_parameters
 from ..solvers.unconditional import sample_prior
 from ..tasks import build_operator
 
-__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "QUANTITIES", "run_speed_command"]
+__all__ = ["SpeedSettings", "run_speed", "speed_markdown", "random_prior", "random_latent_prior", "QUANTITIES",
+           "run_speed_command", "ARCHS", "LATENT_ARCHS"]
 
 
 @dataclass
@@ -62,16 +64,61 @@ class SpeedSettings:
                 for k, p, c, cc in itertools.product(self.samples, self.precision, self.checkpointing, self.compile)]
 
 
+#: latent architectures of ``--arch``: diffusers configs of Stable Diffusion 1.5's UNet and autoencoder (its
+#: text encoder is replaced by fixed random text states of its shape, 77 x 768: a prompt's cost is paid once).
+LATENT_ARCHS = {"sd15": {
+    "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4),
+    "text_states": (77, 768), "scaling_factor": 0.18215}}
+ARCHS = ("ffhq256", "imagenet256", *LATENT_ARCHS)
+
+
+def random_latent_prior(preset: str, image_size: Optional[int] = None, seed: int = 0, guidance_scale: float = 7.5):
+    """A latent architecture (:data:`LATENT_ARCHS`) with random weights at ``image_size`` (default 512; a multiple
+    of 64), with classifier-free guidance at ``guidance_scale`` (two UNet rows per evaluation, as a prompted run)."""
+    from ..diffusion.latent import GuidedNetwork, LatentPrior
+    from ..diffusion.schedule import Schedule
+    from ..models.diffusers_adapter import betas_from_scheduler_config
+    from ..models.latent_diffusers import _ConditionedUNet, _KLDecode, _KLEncode
+
+    try:
+        import diffusers
+    except ImportError as exc:
+        raise DPSError("--arch sd15 needs diffusers: pip install 'dps[diffusers]'") from exc
+    arch = LATENT_ARCHS[preset]
+    size = 512 if image_size is None else int(image_size)
+    if size % 64 or size < 64:
+        raise DPSError(f"--image-size for --arch {preset}: a multiple of 64 (the latents are 1/8 of it, and the UNet "
+                       f"halves them three times), got {size}")
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(**{**arch["unet"], "sample_size": size // 8}).eval()
+    vae = diffusers.AutoencoderKL(**{**arch["vae"], "sample_size": size}).eval()
+    states = torch.randn(1, *arch["text_states"])
+    betas = betas_from_scheduler_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012})
+    network = GuidedNetwork(_ConditionedUNet(unet), states, torch.randn(1, *arch["text_states"]), guidance_scale)
+    latent = NetworkPrior(network, Schedule(betas=betas, timesteps=torch.arange(len(betas))), data_range=None,
+                          event_shape=(4, size // 8, size // 8))
+    return LatentPrior(latent, _KLDecode(vae), _KLEncode(vae), (3, size, size), arch["scaling_factor"]).eval()
+
+
 def random_prior(preset: str, image_size: Optional[int] = None, seed: int = 0) -> NetworkPrior:
     """A guided-diffusion architecture preset (``ffhq256``, ``imagenet256``) with random weights: the speed
     and memory of the published checkpoints without their files. The zero-initialised output layer gets small
-    random weights, so the network's output (and its precision) is not trivially zero."""
+    random weights, so the network's output (and its precision) is not trivially zero. A latent architecture
+    (``sd15``) is :func:`random_latent_prior`'s."""
     from ..diffusion.schedule import make_schedule
     from ..models.loading import GUIDED_DIFFUSION_PRESETS, _prior_from_unet
     from ..models.unet import UNetConfig, UNetModel
 
+    if preset in LATENT_ARCHS:
+        return random_latent_prior(preset, image_size, seed)
     if preset not in GUIDED_DIFFUSION_PRESETS:
-        raise DPSError(f"unknown architecture {preset!r}; choose one of {', '.join(GUIDED_DIFFUSION_PRESETS)}")
+        raise DPSError(f"unknown architecture {preset!r}; choose one of {', '.join(ARCHS)}")
     cfg = dict(GUIDED_DIFFUSION_PRESETS[preset])
     if image_size is not None:  # the same network (its 256-px channel multipliers) at another image size
         mults = UNetConfig.from_dict(cfg).mults()
@@ -154,6 +201,8 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def _quantities(prior: NetworkPrior, row: dict, settings: SpeedSettings, device: torch.device) -> dict[str, Callable]:
     """The four timed callables of a row (each returns nothing of interest)."""
+    if getattr(prior, "form", None) == "latent":
+        return _latent_quantities(prior, row, settings, device)
     n = settings.batch * row["samples"]
     shape = tuple(prior.event_shape)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -179,6 +228,46 @@ def _quantities(prior: NetworkPrior, row: dict, settings: SpeedSettings, device:
     def dps():
         with execution.running(prior):
             dps_sample(prior, op, y, noise, config, num_samples=row["samples"], generator=gen)
+
+    def uncond():
+        with execution.running(prior):
+            sample_prior(prior, n, steps=settings.steps, generator=gen, device=device)
+
+    return {"forward": forward, "floor": floor, "dps_step": dps, "uncond_step": uncond}
+
+
+def _latent_quantities(prior, row: dict, settings: SpeedSettings, device: torch.device) -> dict[str, Callable]:
+    """The timed callables of a latent model: the latent denoiser's forward; the floor, its forward with a graph
+    plus the VJP of D(z0_hat(z)) back to z (the decoder's forward and VJP included: a latent method's gradient
+    passes through it); a latent DPS step; an unconditional latent step (the final decoding spread over the
+    steps)."""
+    from ..solvers.latent_dps import latent_dps
+
+    n = settings.batch * row["samples"]
+    shape, latent = tuple(prior.event_shape), prior.latent
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = torch.randn((n, *prior.latent_shape), generator=gen, device=device)
+    t = torch.full((n,), 500, dtype=torch.long, device=device)
+    v = torch.randn((n, *shape), generator=gen, device=device)
+    op = build_operator({"name": "super_resolution", "factor": 4}, shape, 0).to(device)
+    noise = GaussianNoise(0.025)
+    y = noise(op(torch.rand((settings.batch, *shape), generator=gen, device=device)), gen)
+    config = DPSConfig(steps=settings.steps, zeta=settings.zeta)
+    execution = Execution(device=str(device), precision=row["precision"], checkpointing=row["checkpointing"],
+                          compile=row["compile"])
+
+    def forward():
+        with torch.no_grad(), execution.running(prior):
+            latent(z, t)
+
+    def floor():
+        with frozen_parameters(prior), execution.running(prior), torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            torch.autograd.grad(prior.decode(latent(zg, t).x0), zg, v)
+
+    def dps():
+        with execution.running(prior):
+            latent_dps(prior, op, y.repeat_interleave(row["samples"], dim=0), noise, gen, config)
 
     def uncond():
         with execution.running(prior):
@@ -231,7 +320,7 @@ def run_speed(prior: NetworkPrior, settings: SpeedSettings, device: torch.device
     All rows are timed first, then their memory is measured (on a CPU the memory phase profiles the run,
     which would slow timings). ``progress(report)`` gets the report so far after every
     row of either phase, so an interrupted run leaves what it measured."""
-    if not isinstance(prior, NetworkPrior):
+    if not isinstance(getattr(prior, "latent", prior), NetworkPrior):
         raise DPSError("dps bench speed measures network priors; this prior has no network")
     prior = prior.to(device).eval()
     rows: list[dict] = []
@@ -258,13 +347,14 @@ def _report(prior: NetworkPrior, settings: SpeedSettings, device: torch.device, 
             r["dps_step_per_sample_s"] / base["dps_step_per_sample_s"]
     params = sum(p.numel() for p in prior.parameters())
     return {"device": device_name(device), "model": model_name, "event_shape": list(prior.event_shape),
+            **({"latent_shape": list(prior.latent_shape)} if getattr(prior, "form", None) == "latent" else {}),
             "parameters": params, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "lean_vjp": _lean_vjp(prior), "settings": asdict(settings), "rows": list(rows)}
 
 
 def _lean_vjp(prior: NetworkPrior) -> Optional[bool]:
     """Whether our UNet's lean VJP ran (without --compile) at this image size; None for other networks."""
-    lean_for = getattr(prior.network, "lean_for", None)
+    lean_for = getattr(getattr(prior, "network", None), "lean_for", None)
     return None if lean_for is None else lean_for(*prior.event_shape[-2:])
 
 

@@ -75,6 +75,15 @@ class GuidedNetwork(nn.Module):
         self.register_buffer("uncond", uncond)
         self.guidance_scale = float(guidance_scale)
 
+    @property
+    def use_checkpoint(self) -> bool:
+        """The UNet's gradient checkpointing (``--checkpointing``), where it has the switch."""
+        return bool(getattr(self.unet, "use_checkpoint", False))
+
+    @use_checkpoint.setter
+    def use_checkpoint(self, on: bool) -> None:
+        self.unet.use_checkpoint = on
+
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         B = z.shape[0]
         if self.guidance_scale == 1.0:
@@ -133,8 +142,10 @@ class LatentPrior(Prior):
         return self.text is not None
 
     def condition(self, prompt: str = "", guidance_scale: float = 1.0) -> "LatentPrior":
-        """Set the prompt and the classifier-free guidance scale w >= 0 (text-conditioned models only; an
-        unconditional model takes the empty prompt and w = 1). Returns self."""
+        """Set the prompt and the classifier-free guidance scale w >= 0 in place (text-conditioned models only; an
+        unconditional model takes the empty prompt and w = 1). The prompt is encoded as the model's tokenizer does,
+        cut at its length (77 tokens for CLIP). With the empty prompt both branches are the same, so any w evaluates
+        the network once. Returns self."""
         prompt = "" if prompt is None else str(prompt)
         w = float(guidance_scale)
         if not (w >= 0 and w < float("inf")):
@@ -145,9 +156,9 @@ class LatentPrior(Prior):
                                "--prompt and --guidance-scale")
             return self
         net = self.latent.network
-        states = self.text(prompt).to(net.cond)
-        net.cond = states
-        net.guidance_scale = w
+        net.cond = self.text(prompt).to(net.cond)
+        # the empty prompt's branches are the same network call: any w gives eps(z, empty), computed once
+        net.guidance_scale = w if prompt else 1.0
         self.prompt, self.guidance_scale = prompt, w
         return self
 

@@ -6,8 +6,8 @@ plus a small penalty on ||h||^2 (the role of Stable Diffusion's weak KL term: it
 bounded); the latent diffusion model then sees z = scaling_factor * h, scaling_factor = 1 / std(h) over the
 training images, as Stable Diffusion's latents are scaled (:class:`~dps.diffusion.latent.LatentPrior`).
 
-Architecture, per resolution: Conv3x3 -> SiLU -> Conv3x3 (stride 2 down) in the encoder, nearest upsampling then
-the same in reverse in the decoder; ``channels`` wide, ``latent_channels`` at the bottleneck.
+Architecture, per resolution: Conv3x3 -> SiLU -> Conv4x4 with stride 2 (down) -> SiLU in the encoder; nearest
+upsampling then two Conv3x3 -> SiLU in the decoder; ``channels`` wide, ``latent_channels`` at the bottleneck.
 """
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ ground truth, Figure 1 of the paper), ``metrics.json`` and ``metrics.md`` (a gal
 :mod:`dps.runs.gallery`).
 
 Step sizes are zeta' of the "paper" rule (zeta_i = zeta' / ||y - A(x0_hat)||), chosen for this model and
-32 x 32 images (:data:`DEMO_VARIANTS`); x0_hat is clipped to [-1, 1] as in the authors' code.
+32 x 32 images (:data:`DEMO_VARIANTS`); x0_hat is clipped to [-1, 1] as in the authors' code. With the embedded
+latent model (``--model digits-latent``) the demo runs latent DPS at its own defaults, ``steps`` steps.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -97,8 +99,10 @@ def run_demo(out: Path, model: str = "default", n: int = DEMO_DEFAULTS["n"], sam
                        "images: use dps solve for it")
     images, labels = digits_split("held_out", shape[-1])
     items = [Item(f"heldout{i:03d}", i, x=images[i], digest=digest_tensor(images[i])) for i in range(min(n, len(images)))]
-    specs = [resolve(task, Overrides(model=str(model), seed=seed, samples=samples), previous={}, execution=execution)
-             for _, task in chosen]
+    latent = getattr(prior, "form", None) == "latent"  # a latent model runs latent DPS at its defaults and `steps`
+    method = Overrides(method="latent_dps", nfe=steps) if latent else Overrides()
+    specs = [resolve(task, replace(method, model=str(model), seed=seed, samples=samples), previous={},
+                     execution=execution) for _, task in chosen]
     settings = {"model": str(model), "n": n, "samples": samples, "steps": steps, "seed": seed,
                 **execution.network_settings()}
     layout = GalleryLayout(Path(out), "demo.json")
@@ -108,12 +112,14 @@ def run_demo(out: Path, model: str = "default", n: int = DEMO_DEFAULTS["n"], sam
         return None
     classifier = load_classifier()
     summary = {task.name: {**_metrics(results[task.name], classifier, labels[:len(items)]), "noise": task.noise,
-                           "zeta": task.dps_config().zeta, "seconds": round(float(results[task.name]["seconds"]), 1)}
-               for _, task in chosen}
+                           "zeta": spec.method_settings().zeta, "seconds": round(float(results[task.name]["seconds"]), 1)}
+               for (_, task), spec in zip(chosen, specs)}
     gallery_figure(layout)
-    report = {**settings, "device": execution.device, "images": "held-out digits (never used in training)",
-              "tasks": summary, "figure": "rows: tasks (row r shows held-out image r mod n); columns: measurement | "
-                                          "DPS samples | ground truth"}
+    title = specs[0].method_entry.title
+    report = {**settings, "method": specs[0].method, "device": execution.device,
+              "images": "held-out digits (never used in training)", "tasks": summary,
+              "figure": f"rows: tasks (row r shows held-out image r mod n); columns: measurement | {title} samples | "
+                        "ground truth"}
     from .folder import write_json
 
     write_json(layout.metrics(".json"), report)
@@ -122,9 +128,12 @@ def run_demo(out: Path, model: str = "default", n: int = DEMO_DEFAULTS["n"], sam
 
 
 def metrics_table(report: dict) -> str:
-    head = (f"DPS on {report['n']} held-out digits per task, {report['steps']} steps, "
+    from ..solvers.methods import get_method
+
+    title = get_method(report.get("method", "dps")).title
+    head = (f"{title} on {report['n']} held-out digits per task, {report['steps']} steps, "
             f"model `{report['model']}`, seed {report['seed']}\n\n"
-            "| task | noise | zeta' | PSNR (dB) | SSIM | classifier acc. DPS | classifier acc. naive inverse | "
+            f"| task | noise | zeta' | PSNR (dB) | SSIM | classifier acc. {title} | classifier acc. naive inverse | "
             "PSNR naive (dB) |\n|---|---|---|---|---|---|---|---|\n")
     rows = [f"| {k} | {v['noise']} | {v['zeta']} | {v['psnr']:.2f} | {v['ssim']:.3f} | {v['classifier_acc']:.2f} | "
             f"{v['classifier_acc_naive']:.2f} | {v['psnr_naive']:.2f} |" for k, v in report["tasks"].items()]

@@ -217,7 +217,12 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
         raise DPSError("--nfe sets the method's steps; leave out --steps")
     prev = previous_settings(source) if previous is None else previous
     method = _first(o.method, prev.get("method"), "dps")
-    get_method(method)  # an unknown name is an error before anything else
+    entry = get_method(method)  # an unknown name is an error before anything else
+    if entry.from_task is None and (o.steps is not None or o.step_size is not None):
+        raise DPSError(f"method {method} keeps its own settings (`dps methods`), not the task's steps and step size: "
+                       "leave out --steps and --step-size; --nfe sets its budget")
+    if entry.from_task is not None and not entry.step_size and o.step_size is not None:
+        raise DPSError(f"method {method} takes no step size zeta': leave out --step-size")
     same_method = method == prev.get("method", "dps")
     # a previous run's preset or budget is kept only where the command line changes neither nor the method
     method_preset = o.method_preset

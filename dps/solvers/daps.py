@@ -73,14 +73,21 @@ def operator_norm_sq(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 
 def _jvp(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """J v by forward-mode AD, or by a central difference where a layer has no forward-mode rule (attention's fused
-    CPU kernel in diffusers' autoencoders): (op(x + h v) - op(x - h v)) / (2 h), h = 1e-3 (|x|_max + 1)."""
+    """J v by forward-mode AD; where a layer has no forward-mode rule (fused attention kernels on the CPU, a VQ
+    codebook's distance search), with attention on its plain (math) kernel and by the double-VJP identity
+    J v = d/du <J^T u, v> (reverse mode twice; exact as well)."""
     try:
         return torch.func.jvp(op, (x,), (v,))[1]
     except NotImplementedError:
-        h = 1e-3 * (float(x.abs().max()) + 1.0)
-        with torch.no_grad():
-            return (op(x + h * v) - op(x - h * v)) / (2 * h)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = op(xg)
+            u = torch.zeros_like(out, requires_grad=True)
+            (g,) = torch.autograd.grad(out, xg, u, create_graph=True)
+            (jv,) = torch.autograd.grad(g, u, v)
+        return jv.detach()
 
 
 def langevin_x0(x0_hat: torch.Tensor, r: float, data_grad: Callable[[torch.Tensor], torch.Tensor],

@@ -48,20 +48,28 @@ def decoded(prior, z: torch.Tensor) -> torch.Tensor:
 
 
 def decoding_callback(prior, callback: Optional[Callable[[dict], None]]) -> Optional[Callable[[dict], None]]:
-    """A sampler's per-step callback on latents as one on images: the record's x and x0 decoded to model-space
-    images (one decoder pass each, only when there is a callback); the latents stay as ``z`` and ``z0``."""
+    """A sampler's per-step callback on latents as one on images: the record keeps the latents as ``z`` (the
+    iterate) and ``z0`` (its estimate) and gives ``x0`` = D(z0) and ``x`` = D(z) in model space, each decoded only
+    when the callback reads it (a progress bar reads neither; progress frames read x0 at a few steps)."""
     if callback is None:
         return None
 
     def on_step(record: dict) -> None:
-        with torch.no_grad():
-            callback({**record, "z": record["x"], "z0": record["x0"], "x": prior.decode(record["x"] / _scale(record)),
-                      "x0": prior.decode(record["x0"])})
+        callback(_DecodedRecord(prior, record))
 
     return on_step
 
 
-def _scale(record: dict) -> float:
-    """The iterate's scale s_i (x_i = s_i (x_0 + sigma_i n)), so that a decoded iterate is a noisy image, not a
-    shrunk one; 1 where the record does not say."""
-    return float(record.get("scale", 1.0))
+class _DecodedRecord(dict):
+    """A step record whose ``x`` and ``x0`` are decoded from ``z`` and ``z0`` on first access."""
+
+    def __init__(self, prior, record: dict) -> None:
+        super().__init__({k: v for k, v in record.items() if k not in ("x", "x0")}, z=record["x"], z0=record["x0"])
+        self._prior = prior
+
+    def __missing__(self, key: str):
+        if key not in ("x", "x0"):
+            raise KeyError(key)
+        with torch.no_grad():
+            self[key] = self._prior.decode(self["z" if key == "x" else "z0"])
+        return self[key]

@@ -6,13 +6,15 @@ its data gradient through the decoder (:class:`~dps.solvers.latent.DecodedOperat
 DAPS, so its curvature bound is re-estimated at each level by power iteration through the decoder's Jacobian).
 
 Defaults (:class:`LatentDAPSSettings`): the authors' latent configurations (``configs/sampler/latent_edm_daps.yaml``):
-50 annealing levels on EDM's grid from sigma 10 down to 0.1 and 2 ODE steps per level; the likelihood's tau 0.01.
+50 annealing levels on EDM's grid from sigma 10 down to 0.1 and 2 ODE steps per level; the likelihood's tau 0.005
+in data units, their 0.01 on [-1, 1] images.
 Their latent MCMC is Hamiltonian with per-task step sizes; ours is :mod:`dps.solvers.daps`'s Langevin step with its
 curvature-relative step size (lr 0.5, 50 steps per level).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..diffusion.grid import GridSpec
 from ..diffusion.latent import LatentPrior
@@ -31,6 +33,7 @@ class LatentDAPSSettings(DAPSSettings):
     levels: int = 50
     ode_steps: int = 2
     langevin_steps: int = 50
+    tau: Optional[float] = 0.005
     grid: GridSpec = GridSpec("edm", sigma_min=0.1, sigma_max=10.0)
 
 

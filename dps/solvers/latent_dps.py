@@ -32,7 +32,7 @@ def latent_dps(prior: LatentPrior, op, y, noise: NoiseModel, generators, setting
     """Latent DPS (module docstring): x (B, *event_shape) in data space."""
     A_z = DecodedOperator(op, prior)
     advice = (f"latent DPS's step size zeta'={settings.zeta} is too large for this problem: lower it "
-              "(dps solve --step-size)")
+              "(DPSConfig(zeta=...) in Python)")
     with frozen_parameters(prior):
         res = dps_sample(prior.latent, A_z, y, noise, settings, generator=generators,
                          callback=decoding_callback(prior, callback), advice=advice)

@@ -197,6 +197,8 @@ class Method:
         if self.counter is None:
             raise DPSError(f"method {self.name} runs no network, so it has no --nfe budget; leave out --nfe")
         settings = self.check_settings(settings)
+        if hasattr(settings, "steps_for"):  # a method whose levels cost unequal evaluations (ReSample)
+            return replace(settings, **{self.counter: settings.steps_for(nfe)})
         n = max(1, nfe // getattr(settings, "ode_steps", 1))
         if hasattr(settings, "reference_steps"):
             return at_steps(settings, n)
@@ -311,7 +313,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "DDIM; the authors' Stable Diffusion weights (omega 1 on [-1, 1] residuals = 2 here)",
            (LINEAR, GAUSSIAN, LATENT_VP, ENCODER), progress=_steps, counter="steps", vjp=True, latent=True),
     Method("resample", resample, "ReSample", "Song et al., ICLR 2024", ReSampleSettings,
-           "the authors' code's settings; AdamW data consistency stops at sigma_y^2",
+           "the authors' code's settings; AdamW data consistency stops at sigma_y^2; --nfe counts its extra ODE steps",
            (GAUSSIAN, LATENT_VP, ENCODER), progress=_steps, counter="steps", vjp=True, latent=True),
     Method("latent_daps", latent_daps, "Latent DAPS", "Zhang et al., 2024 (arXiv:2407.01521), latent variant",
            LatentDAPSSettings, "the authors' latent grid (50 levels x 2 ODE steps, sigma 10 to 0.1)", (GAUSSIAN,),

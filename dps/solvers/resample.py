@@ -15,17 +15,24 @@ level. With abar_i = s_i^2 the grid's VP coefficients and z0_hat = D_z(z_i; sigm
      a' = abar_{i-1}, s2 = gamma (1 - a') / (1 - abar_i) (1 - abar_i / a');
 3. otherwise z_{i-1} = z'; after the last step, one more latent optimisation from the result.
 
+A budget of N network evaluations (``--nfe``) buys the most steps whose evaluations, one per step and
+``inter_steps`` per consistency step, fit in N (:meth:`ReSampleSettings.steps_for`); below 15 steps no step has
+hard data consistency (``every`` stays 10) and ReSample is latent DPS with a final latent fit.
+
 Defaults (:class:`ReSampleSettings`) from the authors' code (soominkwon/resample, ``ldm/models/diffusion/ddim.py``):
 500 steps, every 10, gamma 40, 5 intermediate steps, AdamW lr 1e-2 / 2000 iterations in pixel space and 5e-3 / 500
 in latent space, kappa 0.5 (on a [-1, 1] residual; 1 here on a data-unit residual, the same step).
 Where this differs from the code: z0_hat is Tweedie's estimate (the code's DPS step uses
 (z - (1 - abar) eps) / sqrt(abar)); optimisation stops at the noise level sigma_y^2 instead of the code's fixed
-1e-6 (its comments ask for a noise-dependent threshold); and the latent scaling factor is applied on encoding.
+1e-6 (its comments ask for a noise-dependent threshold); each sample has its own residual norm and loss (the code
+one norm over the batch), so samples are independent; the start of the optimisation is the probability-flow
+ODE's estimate on an EDM sub-grid from the step's level (the code: 5 DDIM steps on its timesteps); the encoder is
+the mean of a VAE's posterior (the code samples it); and the latent scaling factor is applied on encoding.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -55,6 +62,19 @@ class ReSampleSettings:
     latent_lr: float = 5e-3
     latent_iters: int = 500
     spacing: str = "even"
+
+    def consistency_steps(self, steps: Optional[int] = None) -> list[int]:
+        """The steps i (counting down from N - 1) with hard data consistency: i % every == 0, 0 < i <= N - N // 3."""
+        n = self.steps if steps is None else steps
+        return [i for i in range(n - 1, 0, -1) if i % self.every == 0 and i <= n - n // 3]
+
+    def evaluations(self, steps: Optional[int] = None) -> int:
+        """Network evaluations per sample at ``steps`` steps: one per step and ``inter_steps`` per consistency step."""
+        return (self.steps if steps is None else steps) + self.inter_steps * len(self.consistency_steps(steps))
+
+    def steps_for(self, nfe: int) -> int:
+        """The most steps whose evaluations fit in ``nfe`` (at least 1): ReSample's budget rule."""
+        return max([n for n in range(1, nfe + 1) if self.evaluations(n) <= nfe] or [1])
 
     def __post_init__(self) -> None:
         for name, lo in (("steps", 1), ("every", 1), ("inter_steps", 1), ("pixel_iters", 0), ("latent_iters", 0)):
@@ -99,6 +119,7 @@ def resample(prior: LatentPrior, op, y: torch.Tensor, noise: NoiseModel, generat
     latent, s = prior.latent, settings
     grid = GridSpec().build(latent, s.steps, s.spacing, who="resample")  # the model's own (VP) steps
     N, B = len(grid), y.shape[0]
+    consistency = set(s.consistency_steps(N))
     target = torch.full((B,), float(noise.typical_sigma) ** 2, dtype=y.dtype, device=y.device)
 
     def mse(x_data: torch.Tensor) -> torch.Tensor:
@@ -121,7 +142,7 @@ def resample(prior: LatentPrior, op, y: torch.Tensor, noise: NoiseModel, generat
             with torch.no_grad():
                 n = torch.zeros_like(z)
                 z_p = ddim_grid_step(z, z0.detach(), grid, i, n, 0.0) - s.kappa * grid.scale(i) ** 2 * grad
-            if i % s.every == 0 and 0 < i <= N - N // 3:
+            if i in consistency:
                 z0_start = pf_ode_x0(latent, z_p / grid.scale(i - 1), grid.sigma(i - 1), s.inter_steps, clip=False)
                 if i >= N // 3:
                     with torch.no_grad():

@@ -20,6 +20,7 @@ def sample_prior(prior: Prior, n: int, steps: int = 250, sampler: str = "ddpm", 
                  clip_x0: Union[str, tuple[float, float], None] = "prior", device=None,
                  grid: GridSpec = GridSpec()) -> torch.Tensor:
     """Draw n samples x_0 ~ p_theta, returned in data space (n, *event_shape), clipped to the prior's data bounds.
+    A latent model (:class:`~dps.diffusion.latent.LatentPrior`) samples its latents, unclipped, and decodes them.
 
     :param steps: reverse steps N (the grid's length; a VP model's training schedule respaced to N with
         guided-diffusion's "even" spacing).
@@ -31,6 +32,9 @@ def sample_prior(prior: Prior, n: int, steps: int = 250, sampler: str = "ddpm", 
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+    if getattr(prior, "form", None) == "latent":  # latents from the latent model (unclipped), then decoded
+        z = sample_prior(prior.latent, n, steps, sampler, eta, generator, variance, None, device, grid)
+        return prior.clip_data(prior.to_data(prior.decode(z)))
     levels = grid.build(prior, steps)
     dtype = torch.get_default_dtype()
     x = randn((n, *prior.event_shape), generator, device, dtype) * levels.start_std()
