@@ -210,7 +210,8 @@ def test_every_method_declares_why_it_does_not_apply():
         "pigdm": {"nonlinear", "phase", "poisson"}, "diffpir": {"nonlinear", "phase", "poisson"}, "daps": {"poisson"},
         "tds": {"nonlinear", "phase", "poisson"},
         "hio": {"motion", "nonlinear", "poisson"}, "er": {"motion", "nonlinear", "poisson"},
-        "oss": {"motion", "nonlinear", "poisson"}}
+        "oss": {"motion", "nonlinear", "poisson"}, "latent_dps": set(), "psld": {"nonlinear", "phase", "poisson"},
+        "resample": {"poisson"}, "latent_daps": {"poisson"}}
     assert set(expected) == set(METHODS)
     for name, method in METHODS.items():
         refused = {c for c, (op, noise) in cases.items() if method.why_not(op, noise) is not None}

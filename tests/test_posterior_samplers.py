@@ -128,6 +128,11 @@ def test_budget_is_what_the_method_spends(gaussian_problem, method):
     """The NFE column is counted by a hook on the prior; the one budget rule spends what it promises, DAPS with
     several ODE steps per level included."""
     prior, op, y, sigma, _ = gaussian_problem
+    if method.latent:  # a latent method: the latent problem of the exact-posterior benchmark
+        from dps.bench.gmm import gmm_latent_problem
+
+        pb = gmm_latent_problem(8, 4, 2, 0)
+        prior, op, y, sigma = pb.latent_model(), MatrixOperator(pb.A), pb.y, pb.sigma_y
     for nfe in (20, 60):
         settings = method.at_budget(nfe, method.default_settings(DPSConfig(zeta=0.1)))
         res = reconstruct(method, prior, op, y[None], GaussianNoise(sigma), settings, torch.Generator().manual_seed(0),
