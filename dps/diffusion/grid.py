@@ -37,7 +37,7 @@ import torch
 from ..errors import DPSError, check_float
 from .schedule import Schedule, check_step_count, respace
 
-__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "denoise_on"]
+__all__ = ["Grid", "GridSpec", "GRID_KINDS", "vp_grid", "edm_grid", "ve_grid", "denoise_on", "noise_model"]
 
 #: the grid kinds (``--grid``) and what each is.
 GRID_KINDS: dict[str, str] = {
@@ -117,7 +117,7 @@ class Grid:
         return self.level_std(len(self) - 1)
 
 
-def _noise_model(prior):
+def noise_model(prior):
     """The prior whose noise levels a grid spans: a latent model's latent prior, else the prior itself."""
     return prior.latent if getattr(prior, "form", None) == "latent" else prior
 
@@ -196,7 +196,7 @@ class GridSpec:
     def build(self, prior, n: int, spacing: str = "even", origin: str = "", who: str = "the sampler") -> Grid:
         """The grid of ``n`` levels for ``prior`` (its own kind and range where this spec names none);
         ``spacing`` respaces a VP grid (:func:`vp_grid`), ``origin`` says where n came from (messages)."""
-        prior = _noise_model(prior)
+        prior = noise_model(prior)
         kind = self.kind or prior.form
         lo, hi = prior.sigma_range()
         if kind == "vp":
@@ -240,7 +240,7 @@ class GridSpec:
         """The spec of the grid that runs on ``prior``: its kind, rho and range made explicit (the range clamped),
         so two requests that mean the same grid are equal (run records compare them). The model's own VP steps
         stay ``GridSpec()``."""
-        prior = _noise_model(prior)
+        prior = noise_model(prior)
         kind = self.kind or prior.form
         self.build(prior, 2)  # every refusal first
         if kind == "vp":

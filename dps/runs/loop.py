@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 
 from ..diffusion.denoiser import Prior
+from ..diffusion.grid import noise_model
 from ..diffusion.schedule import check_step_count
 from ..distributed import Context, set_threads, shard
 from ..errors import Diverged, DPSError
@@ -197,8 +198,9 @@ class Job:
         if m.takes_grid:  # DAPS's levels, the others' steps
             self.settings.grid.build(self.prior, getattr(self.settings, m.counter),
                                      getattr(self.settings, "spacing", "even"), self.spec.steps_from, m.name)
-        elif getattr(self.settings, "steps", None) is not None and getattr(self.prior, "schedule", None) is not None:
-            check_step_count(self.settings.steps, len(self.prior.schedule), m.name, self.spec.steps_from)
+        elif getattr(self.settings, "steps", None) is not None and getattr(noise_model(self.prior), "schedule",
+                                                                            None) is not None:
+            check_step_count(self.settings.steps, len(noise_model(self.prior).schedule), m.name, self.spec.steps_from)
 
     @property
     def device(self) -> torch.device:
