@@ -13,6 +13,7 @@ from dps.errors import DPSError
 from dps.noise import GaussianNoise
 from dps.operators import MatrixOperator
 from dps.solvers.dps import DPSConfig
+from dps.solvers.latent_dps import LatentDPSSettings
 from dps.solvers.methods import METHODS, reconstruct
 from dps.solvers.psld import PSLDSettings
 
@@ -59,7 +60,7 @@ def test_psld_without_gluing_is_latent_dps_with_ddim():
     a = reconstruct("psld", pb.latent_model(), op, pb.y[None], noise, PSLDSettings(steps=30, omega=0.5, gamma=0.0),
                     torch.Generator().manual_seed(0), 3).x
     b = reconstruct("latent_dps", pb.latent_model(), op, pb.y[None], noise,
-                    DPSConfig(steps=30, zeta=0.25, sampler="ddim"), torch.Generator().manual_seed(0), 3).x
+                    LatentDPSSettings(steps=30, zeta=0.25, sampler="ddim"), torch.Generator().manual_seed(0), 3).x
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
     c = reconstruct("psld", pb.latent_model(), op, pb.y[None], noise, PSLDSettings(steps=30, omega=0.5, gamma=0.1),
                     torch.Generator().manual_seed(0), 3).x

@@ -168,7 +168,11 @@ def gmm_method_config(method: str, config: DPSConfig, grid: Optional[dict] = Non
     if method == "mcg" and config.rule.name != "paper":
         config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
     m = METHODS[method]
-    base = config if m.settings is DPSConfig else m.default_settings(config)  # latent DPS: the cell's DPS settings
+    base = m.default_settings(config)
+    if issubclass(m.settings, DPSConfig) and m.from_task is None:  # latent DPS: the cell's DPS settings
+        from dataclasses import fields
+
+        base = m.settings(**{f.name: getattr(config, f.name) for f in fields(DPSConfig)})
     settings = m.at_budget(config.steps, base)
     settings = replace(settings, tau=None) if hasattr(settings, "tau") else settings  # DAPS's: the exact likelihood
     return _on_grid(m, settings, grid)

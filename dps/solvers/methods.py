@@ -40,7 +40,7 @@ from .diffpir import DiffPIRSettings, diffpir
 from .divergence import check_residual
 from .latent import is_latent
 from .latent_daps import LatentDAPSSettings, latent_daps
-from .latent_dps import latent_dps
+from .latent_dps import LatentDPSSettings, latent_dps
 from .psld import PSLDSettings, psld
 from .resample import ReSampleSettings, resample
 from .dps import DPSConfig, at_steps, check_measurement, check_prior_operator, dps_sample, in_prior_dtype
@@ -307,10 +307,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "the paper's DAPS-1K is 200 levels x 5 ODE steps", (GAUSSIAN,), progress=lambda s: s.levels,
            counter="levels", presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
     Method("latent_dps", latent_dps, "Latent DPS", "Chung et al., ICLR 2023, on latents (the baseline of Rout et al. "
-           "2023)", DPSConfig, "1000 steps, zeta' 1 (rule paper): PSLD's measurement weight for Stable Diffusion",
+           "2023)", LatentDPSSettings, "rule paper, zeta' for 1000 steps; tuned on training digits",
            (), progress=_steps, counter="steps", vjp=True, latent=True),
     Method("psld", psld, "PSLD", "Rout et al., NeurIPS 2023", PSLDSettings,
-           "DDIM; the authors' Stable Diffusion weights (omega 1 on [-1, 1] residuals = 2 here)",
+           "DDIM; omega and gamma for 1000 steps, tuned on training digits (the authors' Stable Diffusion weights: "
+           "omega 2 here, gamma 0.1)",
            (LINEAR, GAUSSIAN, LATENT_VP, ENCODER), progress=_steps, counter="steps", vjp=True, latent=True),
     Method("resample", resample, "ReSample", "Song et al., ICLR 2024", ReSampleSettings,
            "the authors' code's settings; AdamW data consistency stops at sigma_y^2; --nfe counts its extra ODE steps",

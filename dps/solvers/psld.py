@@ -18,12 +18,17 @@ Conventions and where they differ from the authors' code (LituRout/PSLD, ``psld.
 - the code adds fresh measurement noise to A x_hat inside the loss and sums the norms over the batch; here the
   residual is y - A x_hat and each sample has its own loss (samples are independent).
 
-Defaults (:class:`PSLDSettings`): the code's Stable Diffusion settings, 1000 DDIM steps, omega 1 (2 in data units)
-and gamma 0.1 (``scripts/inverse.py``; its LDM scripts use omega 0.1 to 0.9).
+Defaults (:class:`PSLDSettings`): 1000 DDIM steps as in the code; omega 0.3 (data units) and gamma 0.03, the best
+of omega 0.1-0.3 x gamma 0.03-0.3 on four training digits and four tasks with the embedded latent model at 100
+evaluations (``benchmarks/latent/``); the code's Stable Diffusion weights, omega 1 (2 in data units) and gamma 0.1
+(``scripts/inverse.py``; its LDM scripts use omega 0.1 to 0.9), diverged there. Both weights are per step of a
+1000-step run: at N steps (``--nfe N``) they are multiplied by sqrt(1000 / N), as DPS's zeta' is (ours; the code
+runs 1000 steps only).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -41,19 +46,30 @@ __all__ = ["psld", "PSLDSettings"]
 @dataclass(frozen=True)
 class PSLDSettings:
     """:param steps: DDIM steps (the latent model's schedule respaced); :param omega: the measurement weight (data
-    units); :param gamma: the gluing weight (latent units); :param eta: DDIM's eta; :param spacing: the respacing."""
+    units); :param gamma: the gluing weight (latent units); :param eta: DDIM's eta; :param spacing: the respacing;
+    :param reference_steps: the step count omega and gamma are given for (None: ``steps``); at N steps both are
+    multiplied by sqrt(reference_steps / N), DPS's rule for zeta' (:func:`~dps.solvers.dps.at_steps`), of which
+    PSLD's measurement term is an instance."""
 
     steps: int = 1000
-    omega: float = 2.0
-    gamma: float = 0.1
+    omega: float = 0.3
+    gamma: float = 0.03
     eta: float = 0.0
     spacing: str = "even"
+    reference_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "psld steps", 1, 100_000))
         object.__setattr__(self, "omega", check_float(self.omega, "psld omega", 0.0))
         object.__setattr__(self, "gamma", check_float(self.gamma, "psld gamma", 0.0))
         object.__setattr__(self, "eta", check_float(self.eta, "psld eta", 0.0, 1.0))
+        if self.reference_steps is not None:
+            object.__setattr__(self, "reference_steps", check_int(self.reference_steps, "psld reference_steps", 1))
+
+    @property
+    def step_scale(self) -> float:
+        """sqrt(reference_steps / steps): the factor of omega and gamma at this step count."""
+        return 1.0 if self.reference_steps is None else (self.reference_steps / self.steps) ** 0.5
 
 
 def psld(prior: LatentPrior, op, y: torch.Tensor, noise: NoiseModel, generators, settings: PSLDSettings = PSLDSettings(),
@@ -74,7 +90,7 @@ def psld(prior: LatentPrior, op, y: torch.Tensor, noise: NoiseModel, generators,
             r = y - op(x_hat)
             x_glue = x_hat + op.damped_pinv(r, delta)
             glue = (prior.encode(prior.from_data(x_glue)) - z0).flatten(1).norm(dim=1)
-            loss = (settings.omega * r.flatten(1).norm(dim=1) + settings.gamma * glue).sum()
+            loss = settings.step_scale * (settings.omega * r.flatten(1).norm(dim=1) + settings.gamma * glue).sum()
             (grad,) = torch.autograd.grad(loss, z)
             with torch.no_grad():
                 n = randn(z.shape, generators, z.device, z.dtype) if i > 0 else torch.zeros_like(z)
