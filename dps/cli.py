@@ -111,7 +111,7 @@ def grid_options(fn):
     fn = click.option("--rho", type=click.FloatRange(0, min_open=True), default=None, metavar="RHO",
                       help="the edm grid's exponent  [default: 7]")(fn)
     return click.option("--grid", type=click.Choice(list(GRID_KINDS)), default=None,
-                        help="noise levels of the methods that take a grid (dps, pigdm, tds, daps): vp = the VP "
+                        help="noise levels of the methods that take a grid (dps, pigdm, tds, daps, latent_dps, latent_daps): vp = the VP "
                              "model's respaced training steps, edm = EDM's rho grid, ve = the geometric grid  "
                              "[default: the model's own; daps: edm]")(fn)
 
@@ -150,7 +150,8 @@ def _pairs(items, option: str) -> dict[str, str]:
 
 
 _TASKS_HELP = f"a shipped task ({', '.join(TASK_NAMES)}) or a task YAML/JSON file (a run.json works)"
-_MODEL_HELP = ("prior: an embedded name (default, digits), a diffusers folder, a .safetensors file of dps train, "
+_MODEL_HELP = ("prior: an embedded name (default, digits, digits-latent), a diffusers folder (a Stable Diffusion or LDM "
+               "folder included), a .safetensors file of dps train, "
                "or a guided-diffusion .pt checkpoint")
 
 

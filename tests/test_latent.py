@@ -273,6 +273,8 @@ def test_steps_and_step_size_reach_only_the_methods_that_read_them():
         resolve("inpainting_box", Overrides(method="latent_dps", step_size=0.5))
     with pytest.raises(DPSError, match="keeps its own settings"):
         resolve("inpainting_box", Overrides(method="ddrm", steps=50))
+    with pytest.raises(DPSError, match="keeps its own settings"):
+        resolve("inpainting_box", Overrides(method="latent_dps", step_rule="beta"))
     with pytest.raises(DPSError, match="takes no step size"):
         resolve("inpainting_box", Overrides(method="score_sde", step_size=0.5))
     assert resolve("inpainting_box", Overrides(method="dps", steps=50, step_size=0.5)).method_settings().zeta == 0.5
@@ -305,3 +307,24 @@ def test_progress_frames_of_a_latent_method_are_decoded_images(sd_folder, tmp_pa
     frames = torch.load(tmp_path / "r" / "progress" / "a.pt", weights_only=True)
     frames = frames["x0"] if isinstance(frames, dict) else frames
     assert frames.shape[-3:] == (3, 8, 8)
+
+
+def test_a_damaged_stable_diffusion_folder_is_a_one_line_error(sd_folder, tmp_path):
+    import shutil
+
+    from dps import load_model
+
+    broken = tmp_path / "sd"
+    shutil.copytree(sd_folder, broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="unet cannot be loaded .*copy the folder again"):
+        load_model(broken)
+
+
+def test_a_guidance_scale_needs_a_prompt(sd_folder):
+    from dps import load_model
+
+    p = load_model(sd_folder)
+    with pytest.raises(DPSError, match="a guidance scale needs a prompt"):
+        p.condition("", 5.0)

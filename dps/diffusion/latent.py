@@ -144,8 +144,8 @@ class LatentPrior(Prior):
     def condition(self, prompt: str = "", guidance_scale: float = 1.0) -> "LatentPrior":
         """Set the prompt and the classifier-free guidance scale w >= 0 in place (text-conditioned models only; an
         unconditional model takes the empty prompt and w = 1). The prompt is encoded as the model's tokenizer does,
-        cut at its length (77 tokens for CLIP). With the empty prompt both branches are the same, so any w evaluates
-        the network once. Returns self."""
+        cut at its length (77 tokens for CLIP). A scale w != 1 needs a prompt (with the empty prompt both branches are
+        the same). Returns self."""
         prompt = "" if prompt is None else str(prompt)
         w = float(guidance_scale)
         if not (w >= 0 and w < float("inf")):
@@ -153,12 +153,14 @@ class LatentPrior(Prior):
         if not self.conditional:
             if prompt or w != 1.0:
                 raise DPSError("this latent model is unconditional: it takes no prompt or guidance scale; leave out "
-                               "--prompt and --guidance-scale")
+                               "--prompt and --guidance-scale (in Python: condition() with no arguments)")
             return self
+        if w != 1.0 and not prompt:
+            raise DPSError("a guidance scale needs a prompt: with the empty prompt both branches of the guidance are "
+                           "the same; give --prompt, or leave out --guidance-scale")
         net = self.latent.network
         net.cond = self.text(prompt).to(net.cond)
-        # the empty prompt's branches are the same network call: any w gives eps(z, empty), computed once
-        net.guidance_scale = w if prompt else 1.0
+        net.guidance_scale = w
         self.prompt, self.guidance_scale = prompt, w
         return self
 

@@ -124,6 +124,29 @@ class _CLIPText:
             return self.text_encoder(ids.to(device))[0]
 
 
+def _pretrained(cls, folder: Path):
+    """``cls.from_pretrained(folder)`` from local files only, in eval mode; a damaged or missing weight file is a
+    one-line ValueError naming the folder."""
+    try:
+        kwargs = {"low_cpu_mem_usage": False} if cls.__module__.startswith("diffusers") else {}
+        return cls.from_pretrained(str(folder), local_files_only=True, **kwargs).eval()
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder} cannot be loaded ({type(exc).__name__}: {first[:200]}); its weight file is damaged, "
+                         "incomplete or missing: copy the folder again") from None
+    except Exception as exc:  # safetensors' SafetensorError and other reader errors
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{folder} holds a damaged safetensors file ({exc}); copy the folder again") from None
+
+
+def _pretrained_tokenizer(cls, folder: Path):
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{folder} is not a readable tokenizer ({type(exc).__name__}); copy the folder again") from None
+
+
 def _schedule(path: Path, unet_dir: Path) -> tuple[Schedule, str]:
     sched = _scheduler_config(path, unet_dir)
     if scheduler_form(sched, path) != "vp":
@@ -158,10 +181,10 @@ def load_latent_pipeline(path: Union[str, Path]) -> LatentPrior:
 
         hf_logging.disable_progress_bar()
 
-        vae = diffusers.AutoencoderKL.from_pretrained(str(path / "vae"), local_files_only=True, low_cpu_mem_usage=False).eval()
-        unet = diffusers.UNet2DConditionModel.from_pretrained(str(path / "unet"), local_files_only=True, low_cpu_mem_usage=False).eval()
-        text = _CLIPText(CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True),
-                         CLIPTextModel.from_pretrained(str(path / "text_encoder"), local_files_only=True))
+        vae = _pretrained(diffusers.AutoencoderKL, path / "vae")
+        unet = _pretrained(diffusers.UNet2DConditionModel, path / "unet")
+        text = _CLIPText(_pretrained_tokenizer(CLIPTokenizer, path / "tokenizer"),
+                         _pretrained(CLIPTextModel, path / "text_encoder"))
         empty = text("")
         if empty.shape[-1] != unet.config.cross_attention_dim:
             raise ValueError(f"{path}: the text encoder's states have {empty.shape[-1]} features, the UNet's "
@@ -175,8 +198,8 @@ def load_latent_pipeline(path: Union[str, Path]) -> LatentPrior:
         if unet_cls != "UNet2DModel":
             raise ValueError(f"{path}/unet is a {unet_cls or 'folder without config.json'}; an LDM folder has a "
                              "UNet2DModel")
-        vq = diffusers.VQModel.from_pretrained(str(path / "vqvae"), local_files_only=True, low_cpu_mem_usage=False).eval()
-        unet = diffusers.UNet2DModel.from_pretrained(str(path / "unet"), local_files_only=True, low_cpu_mem_usage=False).eval()
+        vq = _pretrained(diffusers.VQModel, path / "vqvae")
+        unet = _pretrained(diffusers.UNet2DModel, path / "unet")
         network, text = DiffusersUNet(unet), None
         decoder, encoder = _VQDecode(vq), _VQEncode(vq)
         scaling, shift = 1.0, 0.0

@@ -218,9 +218,9 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     prev = previous_settings(source) if previous is None else previous
     method = _first(o.method, prev.get("method"), "dps")
     entry = get_method(method)  # an unknown name is an error before anything else
-    if entry.from_task is None and (o.steps is not None or o.step_size is not None):
-        raise DPSError(f"method {method} keeps its own settings (`dps methods`), not the task's steps and step size: "
-                       "leave out --steps and --step-size; --nfe sets its budget")
+    if entry.from_task is None and (o.steps is not None or o.step_size is not None or o.step_rule is not None):
+        raise DPSError(f"method {method} keeps its own settings (`dps methods`), not the task's steps, step size and "
+                       "step rule: leave out --steps, --step-size and --step-rule; --nfe sets its budget")
     if entry.from_task is not None and not entry.step_size and o.step_size is not None:
         raise DPSError(f"method {method} takes no step size zeta': leave out --step-size")
     same_method = method == prev.get("method", "dps")
