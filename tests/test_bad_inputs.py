@@ -327,8 +327,18 @@ CASES = [
     Case("diffusers-edm-prediction-type", "sample --model {d}/m --out {d}/s.png", 1,
          "the EDM scheduler's prediction_type 'sample' is not supported; supported: epsilon, v_prediction",
          _scheduler_folder({"_class_name": "EDMEulerScheduler", "prediction_type": "sample"})),
-    Case("grid-on-a-vp-only-method", SOLVE + " --method ddrm --grid edm --input {d}/in --out {d}/out", 1,
+    Case("grid-on-a-vp-only-method", "solve --task inpainting_random --model {model} --nfe 2 --method ddrm --grid edm "
+         "--input {d}/in --out {d}/out", 1,
          "method ddrm runs on the VP model's own respaced steps only; leave out --grid", _one_image,
+         after=_absent("out")),
+    Case("steps-of-a-method-with-its-own-settings", SOLVE + " --method latent_dps --input {d}/in --out {d}/out", 1,
+         "method latent_dps keeps its own settings (`dps methods`), not the task's steps, step size and step rule",
+         _one_image, after=_absent("out")),
+    Case("pixel-method-on-a-latent-model", "solve --task inpainting_box --model digits-latent --nfe 2 --input {d}/in "
+         "--out {d}/out", 1, "dps does not apply: it samples pixels and this model is a latent model; use latent_dps",
+         _one_image, after=_absent("out")),
+    Case("prompt-for-an-unconditional-model", "solve --task inpainting_box --model digits-latent --method psld --nfe 2 "
+         "--prompt cat --input {d}/in --out {d}/out", 1, "this latent model is unconditional", _one_image,
          after=_absent("out")),
     Case("grid-range-outside-the-model", SOLVE + " --grid edm --sigma-min 500 --sigma-max 900 --input {d}/in "
          "--out {d}/out", 1, "leaves no range inside the noise levels the model knows", _one_image, after=_absent("out")),
