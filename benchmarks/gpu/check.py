@@ -131,8 +131,9 @@ def main() -> int:
         return f"psld on digits-latent, {len(scores)} images: mean PSNR {sum(scores) / len(scores):.2f} dB"
 
     def speed_sd15() -> str:
-        size = ["--image-size", "128"] if quick else []  # default 512 px
-        r = dps("bench", "speed", "--arch", "sd15", *size, "--precision", "fp32,fp16", "--measure", "floor,dps_step",
+        size = ["--image-size", "64"] if quick else []  # default 512 px
+        r = dps("bench", "speed", "--arch", "sd15", *size, "--precision", "fp32" if quick else "fp32,fp16",
+                "--measure", "floor,dps_step",
                 "--repeats", "1" if quick else "3", "--steps", "1" if quick else "3", "--json",
                 str(out / "speed_sd15.json"), "--device", dev, timeout=480)
         assert r.returncode == 0, r.stderr[-500:]
