@@ -26,6 +26,7 @@ from dps.metrics import psnr, ssim  # noqa: E402
 from dps.metrics.digits_classifier import load_classifier, prior_quality  # noqa: E402
 from dps.models.loading import load_model  # noqa: E402
 from dps.runs.sampling import draw_samples  # noqa: E402
+from model_card import quality_table  # noqa: E402  (scripts/, this script's folder)
 
 ASSETS = ROOT / "dps" / "assets"
 
@@ -90,7 +91,6 @@ def main(run: Path, n: int = 359, steps: int = 250, seed: int = 0) -> None:
 
 def render(c: dict) -> str:
     q, a, t = c["quality"], c["autoencoder_quality"], c["train"]
-    counts = ", ".join(f"{d}: {k}" for d, k in enumerate(q["class_counts"]))
     loss = "" if c["unet_loss"] is None else (
         f"| latent UNet loss (EMA-smoothed) at step {c['unet_loss']['first'][0]} | {c['unet_loss']['first'][1]:.4f} |\n"
         f"| final latent UNet loss (EMA-smoothed, step {c['unet_loss']['final'][0]}) | {c['unet_loss']['final'][1]:.4f} |\n")
@@ -137,16 +137,7 @@ decoded):
 {c['samples']['n']} unconditional samples ({c['samples']['steps']} DDPM steps, seed {c['samples']['seed']}), scored by the
 embedded digit classifier as `dps bench prior --model digits-latent` does.
 
-| measure | value |
-|---|---|
-| mean classifier confidence (max softmax) | {q['confidence']:.3f} |
-| class evenness (normalised entropy of predicted labels; 1 = uniform) | {q['class_evenness']:.3f} |
-| predicted label counts | {counts} |
-| Frechet distance, samples vs held-out (classifier features) | {q['frechet_samples_vs_held_out']:.2f} |
-| Frechet distance, training vs held-out images (reference level) | {q['frechet_train_vs_held_out']:.2f} |
-| median L2 distance to the nearest training image: samples | {q['nearest_train_l2_samples_median']:.2f} |
-| median L2 distance to the nearest training image: held-out digits | {q['nearest_train_l2_held_out_median']:.2f} |
-| share of samples nearer to a training image than 99% of held-out digits are | {q['samples_closer_than_1st_percentile_of_held_out']:.3f} |
+{quality_table(q)}
 
 ## Limits
 - 32 x 32 grey digits only: a latent model for demos, tests and benchmarks of the latent methods, small enough to

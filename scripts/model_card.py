@@ -78,9 +78,23 @@ def main(run: Path, n: int = 359, steps: int = 250, seed: int = 0) -> None:
     print(render(card))
 
 
+def quality_table(q: dict) -> str:
+    """The card's table of sample quality (classifier, Frechet distance, nearest training images)."""
+    counts = ", ".join(f"{d}: {k}" for d, k in enumerate(q["class_counts"]))
+    return f"""| measure | value |
+|---|---|
+| mean classifier confidence (max softmax) | {q['confidence']:.3f} |
+| class evenness (normalised entropy of predicted labels; 1 = uniform) | {q['class_evenness']:.3f} |
+| predicted label counts | {counts} |
+| Frechet distance, samples vs held-out (classifier features) | {q['frechet_samples_vs_held_out']:.2f} |
+| Frechet distance, training vs held-out images (reference level) | {q['frechet_train_vs_held_out']:.2f} |
+| median L2 distance to the nearest training image: samples | {q['nearest_train_l2_samples_median']:.2f} |
+| median L2 distance to the nearest training image: held-out digits | {q['nearest_train_l2_held_out_median']:.2f} |
+| share of samples nearer to a training image than 99% of held-out digits are | {q['samples_closer_than_1st_percentile_of_held_out']:.3f} |"""
+
+
 def render(c: dict) -> str:
     q, u = c["quality"], c["unet_config"]
-    counts = ", ".join(f"{d}: {k}" for d, k in enumerate(q["class_counts"]))
     return f"""# Model card: `digits_unet.safetensors` (the embedded default prior)
 
 Written by `scripts/model_card.py` from the training run and fresh measurements; the numbers are in
@@ -122,16 +136,7 @@ AdamW lr {c['train_config']['lr']}, EMA {c['train_config']['ema_decay']} with wa
 embedded digit classifier (trained on the training split only; accuracy {c['classifier']['train_acc']:.4f} train,
 {c['classifier']['held_out_acc']:.4f} held-out). Reproduce with `dps bench prior`.
 
-| measure | value |
-|---|---|
-| mean classifier confidence (max softmax) | {q['confidence']:.3f} |
-| class evenness (normalised entropy of predicted labels; 1 = uniform) | {q['class_evenness']:.3f} |
-| predicted label counts | {counts} |
-| Frechet distance, samples vs held-out (classifier features) | {q['frechet_samples_vs_held_out']:.2f} |
-| Frechet distance, training vs held-out images (reference level) | {q['frechet_train_vs_held_out']:.2f} |
-| median L2 distance to the nearest training image: samples | {q['nearest_train_l2_samples_median']:.2f} |
-| median L2 distance to the nearest training image: held-out digits | {q['nearest_train_l2_held_out_median']:.2f} |
-| share of samples nearer to a training image than 99% of held-out digits are | {q['samples_closer_than_1st_percentile_of_held_out']:.3f} |
+{quality_table(q)}
 
 The Frechet distance of the samples is at the level of real digits, and the nearest-neighbour distances
 show whether that comes from copying: samples that were copies of training digits would sit much

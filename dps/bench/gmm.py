@@ -69,16 +69,22 @@ def mixture_means(d: int) -> torch.Tensor:
     return torch.tensor(pairs, dtype=torch.float64).repeat(1, d // 2)
 
 
+def _operator(g: torch.Generator, d_y: int, d: int) -> tuple[torch.Tensor, float]:
+    """A (d_y, d) = U diag(s) V^T with s sorted uniform draws, and sigma_y uniform in (0, max s): the benchmark's
+    operator and noise, drawn from ``g`` in this order (A's Gaussian matrix, s, sigma_y)."""
+    A0 = torch.randn(d_y, d, generator=g, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(A0, full_matrices=False)
+    s = torch.sort(torch.rand(d_y, generator=g, dtype=torch.float64), descending=True).values
+    A = U @ torch.diag(s) @ Vh[:d_y]
+    return A, float(torch.rand(1, generator=g, dtype=torch.float64) * s.max())
+
+
 def gmm_problem(d: int, d_y: int, seed: int) -> GMMProblem:
     """The canonical problem generator: all draws from one float64 generator, in the documented order."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(25, generator=g, dtype=torch.float64)
     w = z**2 / (z**2).sum()
-    A0 = torch.randn(d_y, d, generator=g, dtype=torch.float64)
-    U, _, Vh = torch.linalg.svd(A0, full_matrices=False)
-    s = torch.sort(torch.rand(d_y, generator=g, dtype=torch.float64), descending=True).values
-    A = U @ torch.diag(s) @ Vh[:d_y]
-    sigma_y = float(torch.rand(1, generator=g, dtype=torch.float64) * s.max())
+    A, sigma_y = _operator(g, d_y, d)
     prior = GaussianMixturePrior(w, mixture_means(d))
     k = torch.multinomial(w, 1, generator=g)
     x_star = prior.means[k[0]] + torch.randn(1, d, generator=g, dtype=torch.float64)[0]
@@ -97,11 +103,7 @@ def gmm_latent_problem(d: int, latent_dim: int, d_y: int, seed: int) -> GMMProbl
     w = zw**2 / (zw**2).sum()
     W = torch.randn(d, latent_dim, generator=g, dtype=torch.float64) / math.sqrt(latent_dim)
     b = torch.randn(d, generator=g, dtype=torch.float64)
-    A0 = torch.randn(d_y, d, generator=g, dtype=torch.float64)
-    U, _, Vh = torch.linalg.svd(A0, full_matrices=False)
-    s = torch.sort(torch.rand(d_y, generator=g, dtype=torch.float64), descending=True).values
-    A = U @ torch.diag(s) @ Vh[:d_y]
-    sigma_y = float(torch.rand(1, generator=g, dtype=torch.float64) * s.max())
+    A, sigma_y = _operator(g, d_y, d)
     latent = GaussianMixturePrior(w, mixture_means(latent_dim))
     k = torch.multinomial(w, 1, generator=g)
     z_star = latent.means[k[0]] + torch.randn(1, latent_dim, generator=g, dtype=torch.float64)[0]
