@@ -328,3 +328,12 @@ def test_a_guidance_scale_needs_a_prompt(sd_folder):
     p = load_model(sd_folder)
     with pytest.raises(DPSError, match="a guidance scale needs a prompt"):
         p.condition("", 5.0)
+
+
+@pytest.mark.parametrize("settings", ["PSLDSettings", "ReSampleSettings"])
+def test_an_unknown_spacing_is_refused(settings):
+    from dps.solvers import psld, resample
+
+    cls = getattr(psld, settings, None) or getattr(resample, settings)
+    with pytest.raises(DPSError, match="unknown spacing 'bogus'"):
+        cls(spacing="bogus")

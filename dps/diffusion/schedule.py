@@ -17,7 +17,20 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps", "subschedule"]
+__all__ = ["Schedule", "linear_betas", "cosine_betas", "make_schedule", "respace", "spaced_timesteps", "subschedule",
+           "SPACINGS", "check_spacing"]
+
+#: how a T-step schedule is respaced to fewer steps (:func:`spaced_timesteps`)
+SPACINGS = ("even", "ddim")
+
+
+def check_spacing(spacing: str) -> str:
+    """``spacing`` if it is one of :data:`SPACINGS`, else a one-line DPSError."""
+    if spacing not in SPACINGS:
+        from ..errors import DPSError
+
+        raise DPSError(f"unknown spacing {spacing!r}; use {' or '.join(repr(v) for v in SPACINGS)}")
+    return spacing
 
 
 @dataclass(frozen=True, eq=False)

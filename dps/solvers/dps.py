@@ -67,6 +67,7 @@ from torch import nn
 from ..diffusion.denoiser import Prior
 from ..diffusion.grid import Grid, GridSpec, denoise_on
 from ..diffusion.steps import Generators, ancestral_step, ddim_grid_step, randn
+from ..diffusion.schedule import check_spacing
 from ..errors import DPSError, check_float, check_int
 from ..noise import GaussianNoise, NoiseModel
 from .divergence import DivergenceGuard
@@ -187,8 +188,7 @@ class DPSConfig:
             raise DPSError(f"unknown step_rule {self.step_rule!r}; choose one of {sorted(STEP_RULES)}")
         if self.sampler not in ("ddpm", "ddim"):
             raise DPSError(f"unknown sampler {self.sampler!r}; use 'ddpm' or 'ddim'")
-        if self.spacing not in ("even", "ddim"):
-            raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
+        check_spacing(self.spacing)
         if self.variance not in (None, "fixed_small", "fixed_large", "learned_range"):
             raise DPSError(f"unknown variance {self.variance!r}; use fixed_small, fixed_large or learned_range")
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))

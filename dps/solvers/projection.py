@@ -17,7 +17,8 @@ import torch
 from ..diffusion.denoiser import Prior
 from ..diffusion.schedule import respace
 from ..diffusion.steps import ddpm_step, randn
-from ..errors import DPSError, check_int
+from ..diffusion.schedule import check_spacing
+from ..errors import check_int
 from ..noise import NoiseModel, floored_variance
 from ..operators import LinearOperator
 from .dps import DivergenceGuard, DPSConfig, dps_sample
@@ -55,8 +56,7 @@ class ScoreSDESettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "steps", 1, 100_000))
-        if self.spacing not in ("even", "ddim"):
-            raise DPSError(f"unknown spacing {self.spacing!r}; use 'even' or 'ddim'")
+        check_spacing(self.spacing)
 
 
 def noised_measurement_projection(prior: Prior, op: LinearOperator, y: torch.Tensor, x: torch.Tensor,

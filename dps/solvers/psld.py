@@ -35,6 +35,7 @@ import torch
 from ..diffusion.grid import GridSpec, denoise_on
 from ..diffusion.latent import LatentPrior
 from ..diffusion.steps import ddim_grid_step, randn
+from ..diffusion.schedule import check_spacing
 from ..errors import check_float, check_int
 from ..noise import NoiseModel
 from .dps import DivergenceGuard, frozen_parameters
@@ -63,6 +64,7 @@ class PSLDSettings:
         object.__setattr__(self, "omega", check_float(self.omega, "psld omega", 0.0))
         object.__setattr__(self, "gamma", check_float(self.gamma, "psld gamma", 0.0))
         object.__setattr__(self, "eta", check_float(self.eta, "psld eta", 0.0, 1.0))
+        check_spacing(self.spacing)
         if self.reference_steps is not None:
             object.__setattr__(self, "reference_steps", check_int(self.reference_steps, "psld reference_steps", 1))
 

@@ -39,6 +39,7 @@ import torch
 from ..diffusion.grid import GridSpec, denoise_on
 from ..diffusion.latent import LatentPrior
 from ..diffusion.steps import ddim_grid_step, randn
+from ..diffusion.schedule import check_spacing
 from ..errors import check_float, check_int
 from ..noise import NoiseModel
 from .daps import pf_ode_x0
@@ -82,6 +83,7 @@ class ReSampleSettings:
         for name in ("gamma", "pixel_lr", "latent_lr"):
             object.__setattr__(self, name, check_float(getattr(self, name), f"resample {name}", 0.0, lo_open=True))
         object.__setattr__(self, "kappa", check_float(self.kappa, "resample kappa", 0.0))
+        check_spacing(self.spacing)
 
 
 def hard_consistency(start: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], lr: float, iters: int,
