@@ -495,6 +495,17 @@ def test_a_solve_records_the_grid_as_it_ran(tmp_path):
     assert json.loads((tmp_path / "run2" / "run.json").read_text())["settings"]["method_settings"]["grid"] == grid
     assert run(main, base[:-1] + [str(tmp_path / "vp"), "--grid", "vp"]).exit_code == 0
     assert "grid" not in json.loads((tmp_path / "vp" / "run.json").read_text())["settings"]["method_settings"]
+    # DAPS's own grid is EDM's: its run on the VP steps is recorded as the model's own grid and reruns on them
+    daps = ["solve", "--task", "super_resolution", "--method", "daps", "--nfe", "4", "--grid", "vp", "--input",
+            str(tmp_path / "in"), "--out", str(tmp_path / "daps")]
+    assert run(main, daps).exit_code == 0
+    recorded = json.loads((tmp_path / "daps" / "run.json").read_text())["settings"]["method_settings"]["grid"]
+    assert recorded["kind"] is None
+    again = run(main, ["solve", "--task", str(tmp_path / "daps" / "run.json"), "--input", str(tmp_path / "in"),
+                       "--out", str(tmp_path / "daps2")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "daps2" / "run.json").read_text())["settings"] == \
+        json.loads((tmp_path / "daps" / "run.json").read_text())["settings"]
 
 
 def test_a_bench_folder_refuses_another_grid(tmp_path):

@@ -159,6 +159,21 @@ def test_classifier_free_guidance_combines_the_two_branches(sd_folder):
         p.condition("a cat", -1.0)
 
 
+def test_the_text_encoder_follows_the_prior(sd_folder):
+    """Every module of a text-conditioned prior moves with it (on a GPU the prompt is encoded there): cast to float64,
+    the text encoder is float64 and the prompt's states are those of the float64 encoder."""
+    from dps import load_model
+
+    p = load_model(sd_folder).to(torch.float64)
+    encoder = p.text.text_encoder
+    assert {q.dtype for q in encoder.parameters()} == {torch.float64}
+    p.condition("a cat")
+    ids = p.text.tokenizer(["a cat"], padding="max_length", max_length=p.text.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(p.latent.network.cond, encoder(ids)[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", LATENT)
 @pytest.mark.parametrize("which", ["sd", "ldm"])
 def test_each_latent_method_runs_on_stable_diffusion_and_ldm_folders(method, which, sd_folder, ldm_folder):

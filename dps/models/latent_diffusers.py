@@ -110,13 +110,15 @@ class _ConditionedUNet(nn.Module):
         return self.unet(z, t, encoder_hidden_states=states).sample
 
 
-class _CLIPText:
-    """prompt -> CLIP text states (1, L, E), L the tokenizer's model_max_length (Stable Diffusion's encoding)."""
+class _CLIPText(nn.Module):
+    """prompt -> CLIP text states (1, L, E), L the tokenizer's model_max_length (Stable Diffusion's encoding). A
+    module of the latent prior, so the text encoder follows it to the run's device."""
 
     def __init__(self, tokenizer, text_encoder) -> None:
+        super().__init__()
         self.tokenizer, self.text_encoder = tokenizer, text_encoder.eval().requires_grad_(False)
 
-    def __call__(self, prompt: str) -> torch.Tensor:
+    def forward(self, prompt: str) -> torch.Tensor:
         ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         device = next(self.text_encoder.parameters()).device

@@ -236,6 +236,8 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
         execution = Execution.on(o.device, threads=o.threads, **{k: v for k, v in network.items() if v is not None})
     recorded = (prev.get("method_settings") or {}).get("grid") if isinstance(prev.get("method_settings"), dict) else None
     grid = GridSpec(**recorded) if isinstance(recorded, dict) else GridSpec()  # a run.json's grid, as it ran
+    if isinstance(recorded, dict) and grid.kind is None:  # recorded over a method's other default: the VP steps
+        grid = GridSpec("vp")
     if (o.grid, o.rho, o.sigma_min, o.sigma_max) != (None, None, None, None):
         grid = grid.override(o.grid, o.rho, o.sigma_min, o.sigma_max) if same_method else \
             GridSpec().override(o.grid, o.rho, o.sigma_min, o.sigma_max)
