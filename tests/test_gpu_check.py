@@ -15,6 +15,6 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
                         "--device", "cpu", "--quick"], capture_output=True, text=True, env=env, timeout=600)
     report = (tmp_path / "gpu_check.md").read_text()
     assert r.returncode == 0, report + r.stderr[-2000:]
-    assert report.count("FAILED") == 0 and report.count("\n| dps ") == 10  # every step of the check, latent included
+    assert report.count("FAILED") == 0 and report.count("\n| dps ") == 11  # every step of the check, latent included
     assert "s per 1000-step image" in report and (tmp_path / "speed.json").exists()
     assert "psld on digits-latent" in report and (tmp_path / "speed_sd15.json").exists()

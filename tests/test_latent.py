@@ -352,3 +352,21 @@ def test_an_unknown_spacing_is_refused(settings):
     cls = getattr(psld, settings, None) or getattr(resample, settings)
     with pytest.raises(DPSError, match="unknown spacing 'bogus'"):
         cls(spacing="bogus")
+
+
+def test_latent_weights_stop_growing_below_the_budget_they_were_tuned_at():
+    """Latent DPS's zeta' and PSLD's omega, gamma are given for 1000 steps and scale by sqrt(1000 / N), but below the
+    100 steps they were tuned at the per-step weight stays the 100-step one (larger steps diverge whatever N is)."""
+    from dps.solvers.dps import step_factor
+    from dps.solvers.methods import METHODS
+
+    weight = {"latent_dps": lambda s: s.zeta_per_step, "psld": lambda s: s.step_scale * s.omega}
+    for name, w in weight.items():
+        m = METHODS[name]
+        at = {n: w(m.at_budget(n, m.settings())) for n in (10, 50, 100, 400, 1000)}
+        base = w(m.settings())
+        assert at[1000] == pytest.approx(base)
+        assert at[400] == pytest.approx(base * 10 ** 0.5 / 2)
+        assert at[10] == at[50] == at[100] == pytest.approx(base * 10 ** 0.5)
+    assert step_factor(1000, 20) == pytest.approx(50 ** 0.5) and step_factor(None, 20, 100) == 1.0
+    assert step_factor(50, 20, 100) == 1.0  # given for 50 steps, tuned at more: it never grows

@@ -109,6 +109,17 @@ def main() -> int:
         assert r.returncode == 0, r.stderr[-500:]
         return f"confidence {json.loads(r.stdout)['confidence']:.2f}"
 
+    def bench_gmm() -> str:
+        r = dps("bench", "gmm", "--dim", "8", "--latent-dim", "4", "--obs-dim", "2", "--steps", "20" if quick else "100",
+                "--problems", "1", "--samples", "200", "--methods", "pigdm,latent_dps,latent_daps", "--json", "--device",
+                dev, timeout=300)
+        assert r.returncode == 0, r.stderr[-500:]
+        report = json.loads(r.stdout)
+        on_device(report, dev)
+        cell = report["cells"][0]
+        return "sliced W1: " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in cell.items()
+                                          if isinstance(v, dict) and "mean" in v)
+
     def speed() -> str:
         size = ["--image-size", "64"] if quick else []
         r = dps("bench", "speed", "--arch", "ffhq256", *size, "--precision", "fp32,bf16", "--measure", "floor,dps_step",
@@ -146,7 +157,8 @@ def main() -> int:
     checks: list[tuple[str, Callable[[], str]]] = [
         ("dps solve + dps figure", solve), ("dps demo (2 tasks)", demo), ("dps example", example),
         ("dps sample", sample), ("dps train + train-classifier", train), ("dps bench images", bench_images),
-        ("dps bench prior", bench_prior), ("dps bench speed, ffhq256, fp32 and bf16", speed),
+        ("dps bench prior", bench_prior), ("dps bench gmm, latent problems", bench_gmm),
+        ("dps bench speed, ffhq256, fp32 and bf16", speed),
         ("dps solve, latent (digits-latent, psld)", latent), ("dps bench speed, sd15 at 512 px, fp32 and fp16", speed_sd15)]
     lines = [f"GPU check on {dev}{' (quick)' if quick else ''}", "", "| step | seconds | result |", "|---|---|---|"]
     failed = 0

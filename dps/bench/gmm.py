@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -219,15 +219,18 @@ def latent_methods(form: str = "vp") -> list[str]:
 
 def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: int = 2000,
              methods: tuple[str, ...] = (), form: str = "vp", grid: Optional[dict] = None,
-             latent_dim: Optional[int] = None) -> CellResult:
+             latent_dim: Optional[int] = None, device: Union[str, torch.device, None] = None) -> CellResult:
     """DPS (and the comparison ``methods``), prior and floor distances to the exact posterior per problem seed,
     with the prior in ``form`` and the methods that take a grid on ``grid``. With ``latent_dim`` the problems are
-    :func:`gmm_latent_problem`'s: pixel methods see the exact prior of x, latent methods the latent model."""
+    :func:`gmm_latent_problem`'s: pixel methods see the exact prior of x, latent methods the latent model. The
+    problems, exact and prior samples and distances are computed on the CPU; the methods run on ``device`` (None:
+    the CPU; elsewhere their noise comes from that device's generators, so the samples differ from the CPU's)."""
     from ..diffusion.forms import in_form
     from ..operators import MatrixOperator
     from ..solvers.methods import METHODS, reconstruct
 
     config = _on_grid(METHODS["dps"], config, grid)
+    dev = torch.device("cpu" if device is None else device)
     out = CellResult([], [], [], {m: [] for m in methods})
     for seed in seeds:
         pb = gmm_problem(d, d_y, seed) if latent_dim is None else gmm_latent_problem(d, latent_dim, d_y, seed)
@@ -236,10 +239,11 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         exact = post.sample(n_samples, g)
         exact2 = post.sample(n_samples, g)
         prior_samples = pb.prior.sample(n_samples, g)
-        op = MatrixOperator(pb.A)
+        op = MatrixOperator(pb.A.to(dev))
         noise = GaussianNoise(min(pb.sigma_y, 1.0))
-        prior = in_form(pb.prior, form)
-        samples = reconstruct("dps", prior, op, pb.y[None], noise, config, g, n_samples).x[0]
+        prior, y = in_form(pb.prior, form).to(dev), pb.y[None].to(dev)
+        g_dps = g if dev.type == "cpu" else torch.Generator(dev).manual_seed(10_000 + seed)
+        samples = reconstruct("dps", prior, op, y, noise, config, g_dps, n_samples).x[0].cpu()
 
         def distance(a: torch.Tensor) -> float:
             return sliced_wasserstein(a, exact, generator=torch.Generator().manual_seed(20_000 + seed))
@@ -248,10 +252,10 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
         out.prior.append(distance(prior_samples))
         out.floor.append(distance(exact2))
         for m in methods:
-            gm = torch.Generator().manual_seed(30_000 + seed)
-            model = pb.latent_model(form) if METHODS[m].latent else prior
+            gm = torch.Generator(dev).manual_seed(30_000 + seed)
+            model = pb.latent_model(form).to(dev) if METHODS[m].latent else prior
             try:
-                xm = reconstruct(m, model, op, pb.y[None], noise, gmm_method_config(m, config, grid), gm, n_samples).x[0]
+                xm = reconstruct(m, model, op, y, noise, gmm_method_config(m, config, grid), gm, n_samples).x[0].cpu()
             except Diverged:  # a comparison method that diverges on a problem scores nan there, the rest still run
                 out.others[m].append(math.nan)
                 continue
@@ -261,10 +265,12 @@ def run_cell(d: int, d_y: int, config: DPSConfig, seeds: list[int], n_samples: i
 
 def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, zeta: Optional[float],
                   step_rule: str, methods: tuple[str, ...] = (), on_cell: Optional[Callable[[dict], None]] = None,
-                  form: str = "vp", grid: Optional[dict] = None, latent_dim: Optional[int] = None) -> dict:
+                  form: str = "vp", grid: Optional[dict] = None, latent_dim: Optional[int] = None,
+                  device: Union[str, torch.device, None] = None) -> dict:
     """Every (d, d_y, steps) cell: DPS at ``zeta`` (None: the rule's GMM default) and the comparison
     ``methods``, the prior in ``form``, on ``grid`` ({"grid", "rho", "sigma_min", "sigma_max"}, None values: the
-    method's own); ``on_cell(cell)`` is called as each cell finishes. Returns the report (JSON values)."""
+    method's own), the methods on ``device`` (:func:`run_cell`); ``on_cell(cell)`` is called as each cell finishes.
+    Returns the report (JSON values)."""
     from ..errors import DPSError
 
     if latent_dim is not None and (any(latent_dim >= d for d in dims) or latent_dim < 2 or latent_dim % 2):
@@ -302,11 +308,12 @@ def run_gmm_bench(dims, obs_dims, steps_list, seeds: list[int], n_samples: int, 
             for n in steps_list:
                 cfg = DPSConfig(steps=n, zeta=zeta, step_rule=step_rule, reference_steps=GMM_REFERENCE_STEPS)
                 res = run_cell(d, d_y, cfg, seeds, n_samples=n_samples, methods=methods, form=form, grid=grid,
-                               latent_dim=latent_dim).summary()
+                               latent_dim=latent_dim, device=device).summary()
                 cells.append({"dim": d, "obs_dim": d_y, "steps": n, **res})
                 if on_cell is not None:
                     on_cell(cells[-1])
     return {"problems": seeds, "samples": n_samples, "step_rule": step_rule, "zeta": zeta,
+            "device": str(torch.device("cpu" if device is None else device)),
             "parameterization": form, "grid": grid, "latent_dim": latent_dim, "methods": ["dps", *methods],
             "cells": cells}
 

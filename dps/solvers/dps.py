@@ -74,7 +74,7 @@ from .divergence import DivergenceGuard
 
 __all__ = ["DPSConfig", "DPSResult", "dps_sample", "StepRule", "PaperRule", "BetaRule", "VarianceRule", "STEP_RULES",
            "step_size", "guidance", "frozen_parameters", "check_measurement", "check_prior_operator", "in_prior_dtype", "DivergenceGuard",
-           "at_steps"]
+           "at_steps", "step_factor"]
 
 class StepRule:
     """A step-size rule: zeta_i (B,) that multiplies grad_{x_i} ||y - A(x0_hat)||^2 at step i.
@@ -214,9 +214,9 @@ class DPSConfig:
         """The zeta' that the rule applies at each of the ``steps`` steps: zeta' * sqrt(reference_steps / steps)
         for rules whose step does not scale with the step count (module docstring: measured against the
         linear factor), zeta' otherwise (or without reference_steps)."""
-        if self.rule.scales_with_steps or self.reference_steps is None:
+        if self.rule.scales_with_steps:
             return self.zeta
-        return self.zeta * math.sqrt(self.reference_steps / self.steps)
+        return self.zeta * step_factor(self.reference_steps, self.steps)
 
     def at_steps(self, steps: int) -> "DPSConfig":
         """This config at ``steps`` steps with zeta' keeping its meaning (:func:`at_steps`)."""
@@ -226,6 +226,17 @@ class DPSConfig:
         """Plain values (the rule by name) for run records."""
         return {**self.__dict__, "step_rule": self.rule.name, "grid": dict(self.grid.__dict__),
                 "clip_x0": None if self.clip_x0 is None else list(self.clip_x0)}
+
+
+def step_factor(reference_steps: Optional[int], steps: int, tuned_steps: Optional[int] = None) -> float:
+    """The factor of a per-step weight given for R = ``reference_steps`` steps at N = ``steps`` steps:
+    sqrt(R / N) (module docstring; 1 without R). With ``tuned_steps`` T (a weight tuned at T steps close to where
+    a step diverges, a limit that does not move with N) it is at most the factor at T: sqrt(R / max(N, min(T, R))).
+    The one home of the step-count scaling (DPS's zeta', latent DPS's, PSLD's omega and gamma)."""
+    if reference_steps is None:
+        return 1.0
+    floor = steps if tuned_steps is None else max(steps, min(tuned_steps, reference_steps))
+    return math.sqrt(reference_steps / floor)
 
 
 def at_steps(settings, steps: int):

@@ -11,8 +11,10 @@ step DPS's ancestral (or DDIM) step on the latents and zeta_i DPS's step rule (:
 (:class:`~dps.solvers.latent.DecodedOperator`). The result is the decoded last estimate.
 
 Defaults (:class:`LatentDPSSettings`): DPS's settings with 1000 steps, rule "paper" and zeta' = 0.15 (data units,
-given for 1000 steps and scaled by sqrt(1000 / N) at N steps as DPS's is), the best of 0.01-1 on four training
-digits and four tasks with the embedded latent model at 100 evaluations (``benchmarks/latent/``). PSLD's code
+given for 1000 steps and scaled by sqrt(1000 / N) at N steps as DPS's is, but never by more than at the 100 steps it
+was tuned at: sqrt(1000 / max(N, 100)), since below 100 steps the sqrt rule's larger steps diverge on training digits),
+the best of 0.01-1 on four training digits and four tasks with the embedded latent model at 100 evaluations
+(``benchmarks/latent/``). PSLD's code
 uses the equivalent of zeta' = 1 for Stable Diffusion (its measurement weight omega = 1 on the norm of a [-1, 1]
 residual: rule "paper"'s step zeta' grad ||r||^2 / ||r|| = 2 zeta' grad ||r||, and a data-unit residual is half a
 [-1, 1] one), which diverged on the digits.
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 
 from ..diffusion.latent import LatentPrior
 from ..noise import NoiseModel
-from .dps import DPSConfig, dps_sample, frozen_parameters
+from ..errors import check_int
+from .dps import DPSConfig, dps_sample, frozen_parameters, step_factor
 from .latent import DecodedOperator, decoded, decoding_callback
 
 __all__ = ["latent_dps", "LatentDPSSettings"]
@@ -34,6 +37,20 @@ class LatentDPSSettings(DPSConfig):
     ``dps`` block (tuned for pixel models) is not used."""
 
     zeta: float = 0.15
+    #: the step count zeta' was tuned at; below it the per-step weight stays that of ``tuned_steps`` steps
+    #: (:func:`~dps.solvers.dps.step_factor`: the tuned weight sits close to where a step diverges).
+    tuned_steps: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "tuned_steps", check_int(self.tuned_steps, "latent_dps tuned_steps", 1))
+
+    @property
+    def zeta_per_step(self) -> float:
+        """zeta' * sqrt(1000 / max(N, tuned_steps)) under rules "paper" and "beta" (module docstring)."""
+        if self.rule.scales_with_steps:
+            return self.zeta
+        return self.zeta * step_factor(self.reference_steps, self.steps, self.tuned_steps)
 
 
 def latent_dps(prior: LatentPrior, op, y, noise: NoiseModel, generators,

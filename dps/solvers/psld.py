@@ -22,8 +22,9 @@ Defaults (:class:`PSLDSettings`): 1000 DDIM steps as in the code; omega 0.3 (dat
 of omega 0.1-0.3 x gamma 0.03-0.3 on four training digits and four tasks with the embedded latent model at 100
 evaluations (``benchmarks/latent/``); the code's Stable Diffusion weights, omega 1 (2 in data units) and gamma 0.1
 (``scripts/inverse.py``; its LDM scripts use omega 0.1 to 0.9), diverged there. Both weights are per step of a
-1000-step run: at N steps (``--nfe N``) they are multiplied by sqrt(1000 / N), as DPS's zeta' is (ours; the code
-runs 1000 steps only).
+1000-step run: at N steps (``--nfe N``) they are multiplied by sqrt(1000 / N), as DPS's zeta' is, but never by more
+than at the 100 steps they were tuned at, sqrt(1000 / max(N, 100)): below 100 steps the larger weights of the sqrt rule
+diverge on training digits (``benchmarks/latent/tuning.md``; ours, the code runs 1000 steps only).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ..diffusion.steps import ddim_grid_step, randn
 from ..diffusion.schedule import check_spacing
 from ..errors import check_float, check_int
 from ..noise import NoiseModel
-from .dps import DivergenceGuard, frozen_parameters
+from .dps import DivergenceGuard, frozen_parameters, step_factor
 from .latent import decoded, decoding_callback
 
 __all__ = ["psld", "PSLDSettings"]
@@ -50,7 +51,8 @@ class PSLDSettings:
     units); :param gamma: the gluing weight (latent units); :param eta: DDIM's eta; :param spacing: the respacing;
     :param reference_steps: the step count omega and gamma are given for (None: ``steps``); at N steps both are
     multiplied by sqrt(reference_steps / N), DPS's rule for zeta' (:func:`~dps.solvers.dps.at_steps`), of which
-    PSLD's measurement term is an instance."""
+    PSLD's measurement term is an instance; :param tuned_steps: the step count the weights were tuned at, below
+    which they stay those of ``tuned_steps`` steps (:func:`~dps.solvers.dps.step_factor`)."""
 
     steps: int = 1000
     omega: float = 0.3
@@ -58,6 +60,7 @@ class PSLDSettings:
     eta: float = 0.0
     spacing: str = "even"
     reference_steps: Optional[int] = None
+    tuned_steps: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check_int(self.steps, "psld steps", 1, 100_000))
@@ -67,11 +70,12 @@ class PSLDSettings:
         check_spacing(self.spacing)
         if self.reference_steps is not None:
             object.__setattr__(self, "reference_steps", check_int(self.reference_steps, "psld reference_steps", 1))
+        object.__setattr__(self, "tuned_steps", check_int(self.tuned_steps, "psld tuned_steps", 1))
 
     @property
     def step_scale(self) -> float:
-        """sqrt(reference_steps / steps): the factor of omega and gamma at this step count."""
-        return 1.0 if self.reference_steps is None else (self.reference_steps / self.steps) ** 0.5
+        """sqrt(reference_steps / max(steps, tuned_steps)): the factor of omega and gamma at this step count."""
+        return step_factor(self.reference_steps, self.steps, self.tuned_steps)
 
 
 def psld(prior: LatentPrior, op, y: torch.Tensor, noise: NoiseModel, generators, settings: PSLDSettings = PSLDSettings(),
