@@ -370,3 +370,15 @@ def test_latent_weights_stop_growing_below_the_budget_they_were_tuned_at():
         assert at[10] == at[50] == at[100] == pytest.approx(base * 10 ** 0.5)
     assert step_factor(1000, 20) == pytest.approx(50 ** 0.5) and step_factor(None, 20, 100) == 1.0
     assert step_factor(50, 20, 100) == 1.0  # given for 50 steps, tuned at more: it never grows
+
+
+@pytest.mark.parametrize("name", ["daps", "latent_daps"])
+def test_a_budget_below_one_level_is_refused(name):
+    """A DAPS level costs its ODE steps in evaluations: a smaller --nfe is an error, never a silent overspend."""
+    from dps.solvers.methods import METHODS
+
+    m = METHODS[name]
+    settings = replace(m.settings(), ode_steps=3)
+    with pytest.raises(DPSError, match=f"--nfe 2 is less than one level of {name}, which takes 3"):
+        m.at_budget(2, settings)
+    assert m.at_budget(3, settings).levels == 1 and m.at_budget(7, settings).levels == 2

@@ -199,7 +199,11 @@ class Method:
         settings = self.check_settings(settings)
         if hasattr(settings, "steps_for"):  # a method whose levels cost unequal evaluations (ReSample)
             return replace(settings, **{self.counter: settings.steps_for(nfe)})
-        n = max(1, nfe // getattr(settings, "ode_steps", 1))
+        per = getattr(settings, "ode_steps", 1)  # evaluations per level (DAPS's ODE steps)
+        if nfe < per:
+            raise DPSError(f"--nfe {nfe} is less than one {self.counter[:-1]} of {self.name}, which takes {per} "
+                           f"network evaluations ({per} ODE steps): give --nfe {per} or more")
+        n = nfe // per
         if hasattr(settings, "reference_steps"):
             return at_steps(settings, n)
         return replace(settings, **{self.counter: n})
