@@ -138,6 +138,13 @@ def _execution(device, precision=None, checkpointing=None, compile_network=None)
     return Execution.on(device, **{k: v for k, v in network.items() if v is not None})
 
 
+def _png(path: Path) -> Path:
+    """An output image path: a PNG file (the images are written losslessly as PNG)."""
+    if path.suffix.lower() != ".png":
+        raise click.BadParameter(f"{path} is not a .png file: the grid is written as PNG; give a path ending in .png")
+    return path
+
+
 def _pairs(items, option: str) -> dict[str, str]:
     """NAME=VALUE items as a dict (one value per name), or a one-line usage error."""
     out: dict[str, str] = {}
@@ -241,7 +248,8 @@ def train(out, data, steps, batch_size, lr, ema_decay, grad_clip, seed, checkpoi
 @click.option("--seed", type=click.IntRange(0), default=0, metavar="S")
 @click.option("--batch-size", type=click.IntRange(1), default=64, metavar="B", help="samples per network call")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/samples.png"),
-              metavar="PNG", help="grid image (PNG); the samples also go to OUT with suffix .pt")
+              metavar="PNG", callback=lambda ctx, param, value: _png(value),
+              help="grid image (PNG); the samples also go to OUT with suffix .pt")
 @device_option
 def sample(model, config, n, steps, sampler, eta, seed, batch_size, out, device) -> None:
     """Unconditional samples from a prior, as a grid image."""
@@ -559,7 +567,8 @@ def _gmm_methods(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               help="DPS step-size rule; 'paper' is Appendix C.2's zeta'/||r||")
 @click.option("--methods", "extra", default=None, callback=_gmm_methods, metavar="NAMES",
               help="also run comparison methods (those of the method table that apply to a matrix operator with "
-                   "Gaussian noise, e.g. dps,ddrm,mcg)  [default: dps; with --latent-dim, dps and every latent method]")
+                   "Gaussian noise, e.g. dps,ddrm,mcg)  [default: dps; with --latent-dim, dps and every latent method "
+                   "that applies (with --grid, those that take a grid)]")
 @click.option("--latent-dim", type=click.IntRange(2), default=None, metavar="D",
               help="latent problems: z from the mixture in D dimensions (even, below --dim), x = W z + b with a known "
                    "linear decoder; latent methods sample z, pixel methods x, both against the exact posterior of x")
@@ -578,9 +587,12 @@ def bench_gmm(dims, obs_dims, steps_list, problems, first_seed, samples, zeta, s
     the distances are computed on the CPU.
     """
     from .bench.gmm import gmm_header, gmm_markdown, gmm_row, latent_methods, run_gmm_bench
+    from .solvers.methods import METHODS
 
-    if extra is None:
-        extra = tuple(latent_methods(parameterization)) if latent_dim is not None else ()
+    if extra is None:  # the default comparison: the latent methods that take this run's options
+        chosen_grid = (grid, rho, sigma_min, sigma_max) != (None, None, None, None)
+        extra = tuple(m for m in latent_methods(parameterization) if not chosen_grid or METHODS[m].takes_grid) \
+            if latent_dim is not None else ()
     seeds = list(range(first_seed, first_seed + problems))
     shown = []
 

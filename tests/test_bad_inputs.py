@@ -422,6 +422,12 @@ def test_missing_optional_package_is_named(tmp_path, monkeypatch):
         "'dps[diffusers]'" in r.output, r.output
 
 
+def test_sample_writes_png_only(tmp_path):
+    """The sample grid is a PNG: another suffix is refused before any work (never PNG bytes in a .jpg)."""
+    r = CliRunner().invoke(main, ["sample", "--n", "1", "--steps", "1", "--out", str(tmp_path / "s.jpg")])
+    assert r.exit_code == 2 and "is not a .png file" in r.output and not list(tmp_path.iterdir()), r.output
+
+
 def test_debug_flag_shows_the_traceback(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"")
     r = CliRunner().invoke(main, ["--debug", "sample", "--model", str(tmp_path / "m.pt")])

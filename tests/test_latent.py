@@ -382,3 +382,34 @@ def test_a_budget_below_one_level_is_refused(name):
     with pytest.raises(DPSError, match=f"--nfe 2 is less than one level of {name}, which takes 3"):
         m.at_budget(2, settings)
     assert m.at_budget(3, settings).levels == 1 and m.at_budget(7, settings).levels == 2
+
+
+def test_the_gmm_benchmark_runs_latent_dps_at_the_cells_dps_step():
+    """On the exact-posterior problems latent DPS takes the cell's DPS settings, its step-count rule included (the
+    digits-tuned cap does not apply to the benchmark's zeta')."""
+    from dps.bench.gmm import GMM_DEFAULT_ZETA, GMM_REFERENCE_STEPS, gmm_method_config
+
+    for rule in ("paper", "beta", "variance"):
+        for n in (20, 100, 1000):
+            cfg = DPSConfig(steps=n, zeta=GMM_DEFAULT_ZETA[rule], step_rule=rule, reference_steps=GMM_REFERENCE_STEPS)
+            latent = gmm_method_config("latent_dps", cfg)
+            assert (latent.steps, latent.zeta_per_step) == (cfg.steps, cfg.zeta_per_step), (rule, n)
+
+
+def test_bench_gmm_with_a_grid_compares_the_latent_methods_that_take_one():
+    """--grid with --latent-dim and no --methods: the default comparison keeps the latent methods that run on a grid
+    (PSLD and ReSample run on the VP steps only) instead of refusing a method the user never named."""
+    from click.testing import CliRunner
+
+    from dps.cli import main
+    from dps.solvers.methods import METHODS
+
+    args = ["bench", "gmm", "--dim", "4", "--latent-dim", "2", "--obs-dim", "1", "--steps", "4", "--problems", "1",
+            "--samples", "20", "--grid", "edm", "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["methods"] == ["dps", *[m for m in latent_methods() if METHODS[m].takes_grid]]
+    assert "psld" not in report["methods"] and report["device"] == "cpu"
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0 and "methods on cpu" in text.output

@@ -171,10 +171,11 @@ def gmm_method_config(method: str, config: DPSConfig, grid: Optional[dict] = Non
         config = DPSConfig(steps=config.steps, zeta=GMM_DEFAULT_ZETA["paper"], reference_steps=GMM_REFERENCE_STEPS)
     m = METHODS[method]
     base = m.default_settings(config)
-    if issubclass(m.settings, DPSConfig) and m.from_task is None:  # latent DPS: the cell's DPS settings
+    if issubclass(m.settings, DPSConfig) and m.from_task is None:  # latent DPS: the cell's DPS settings, DPS's rule
         from dataclasses import fields
 
         base = m.settings(**{f.name: getattr(config, f.name) for f in fields(DPSConfig)})
+        base = replace(base, tuned_steps=None) if hasattr(base, "tuned_steps") else base
     settings = m.at_budget(config.steps, base)
     settings = replace(settings, tau=None) if hasattr(settings, "tau") else settings  # DAPS's: the exact likelihood
     return _on_grid(m, settings, grid)
@@ -344,7 +345,8 @@ def gmm_markdown(report: dict) -> str:
     columns = gmm_columns(report)
     grid = ", ".join(f"{k} {v}" for k, v in report.get("grid", {}).items()) or "each method's own"
     lines = [f"GMM posterior benchmark: sliced W1 to exact posterior samples, mean over problems {report['problems']} "
-             f"(+-95% interval), {report['samples']} samples, step rule {report['step_rule']!r}, "
+             f"(+-95% interval), {report['samples']} samples, methods on {report.get('device', 'cpu')}, "
+             f"step rule {report['step_rule']!r}, "
              f"zeta'={report['zeta']}, prior in {report.get('parameterization', 'vp')} form, grid: {grid}"
              + (f", latents of dimension {report['latent_dim']} with a linear decoder" if report.get("latent_dim") else ""),
              gmm_header(columns), "|---|---|---|" + "---|" * len(columns)]

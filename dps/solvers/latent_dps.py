@@ -22,6 +22,7 @@ residual: rule "paper"'s step zeta' grad ||r||^2 / ||r|| = 2 zeta' grad ||r||, a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..diffusion.latent import LatentPrior
 from ..noise import NoiseModel
@@ -38,12 +39,14 @@ class LatentDPSSettings(DPSConfig):
 
     zeta: float = 0.15
     #: the step count zeta' was tuned at; below it the per-step weight stays that of ``tuned_steps`` steps
-    #: (:func:`~dps.solvers.dps.step_factor`: the tuned weight sits close to where a step diverges).
-    tuned_steps: int = 100
+    #: (:func:`~dps.solvers.dps.step_factor`: the tuned weight sits close to where a step diverges); None: DPS's
+    #: rule unchanged.
+    tuned_steps: Optional[int] = 100
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "tuned_steps", check_int(self.tuned_steps, "latent_dps tuned_steps", 1))
+        if self.tuned_steps is not None:
+            object.__setattr__(self, "tuned_steps", check_int(self.tuned_steps, "latent_dps tuned_steps", 1))
 
     @property
     def zeta_per_step(self) -> float:
