@@ -104,8 +104,8 @@ class LatentPrior(Prior):
     :param data_range: the range of the model's images, mapped to [0, 1] data (None: the images are data).
     :param event_shape: the image shape.
     :param text: for text-conditioned models, ``text(prompt) -> states (1, L, E)`` (the tokenizer and the text
-        encoder; an ``nn.Module`` moves with the prior to its device); :meth:`condition` then sets the prompt and guidance scale of ``latent.network`` (a
-        :class:`GuidedNetwork`).
+        encoder; an ``nn.Module`` moves with the prior to its device); :meth:`condition` then sets the prompt and
+        guidance scale of ``latent.network`` (a :class:`GuidedNetwork`).
     """
 
     form = "latent"
