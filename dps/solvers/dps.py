@@ -213,10 +213,11 @@ class DPSConfig:
     def zeta_per_step(self) -> float:
         """The zeta' that the rule applies at each of the ``steps`` steps: zeta' * sqrt(reference_steps / steps)
         for rules whose step does not scale with the step count (module docstring: measured against the
-        linear factor), zeta' otherwise (or without reference_steps)."""
+        linear factor; a settings subclass with ``tuned_steps`` caps it there, :func:`step_factor`), zeta'
+        otherwise (or without reference_steps)."""
         if self.rule.scales_with_steps:
             return self.zeta
-        return self.zeta * step_factor(self.reference_steps, self.steps)
+        return self.zeta * step_factor(self.reference_steps, self.steps, getattr(self, "tuned_steps", None))
 
     def at_steps(self, steps: int) -> "DPSConfig":
         """This config at ``steps`` steps with zeta' keeping its meaning (:func:`at_steps`)."""

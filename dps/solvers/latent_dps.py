@@ -27,7 +27,7 @@ from typing import Optional
 from ..diffusion.latent import LatentPrior
 from ..noise import NoiseModel
 from ..errors import check_int
-from .dps import DPSConfig, dps_sample, frozen_parameters, step_factor
+from .dps import DPSConfig, dps_sample, frozen_parameters
 from .latent import DecodedOperator, decoded, decoding_callback
 
 __all__ = ["latent_dps", "LatentDPSSettings"]
@@ -47,13 +47,6 @@ class LatentDPSSettings(DPSConfig):
         super().__post_init__()
         if self.tuned_steps is not None:
             object.__setattr__(self, "tuned_steps", check_int(self.tuned_steps, "latent_dps tuned_steps", 1))
-
-    @property
-    def zeta_per_step(self) -> float:
-        """zeta' * sqrt(1000 / max(N, tuned_steps)) under rules "paper" and "beta" (module docstring)."""
-        if self.rule.scales_with_steps:
-            return self.zeta
-        return self.zeta * step_factor(self.reference_steps, self.steps, self.tuned_steps)
 
 
 def latent_dps(prior: LatentPrior, op, y, noise: NoiseModel, generators,
