@@ -150,6 +150,20 @@ def test_saturated_blur_is_nonlinear_and_bounded() -> None:
     assert float(ones.max()) <= 1.0 / (1 - np.exp(-3.0)) + 1e-9 and float(ones.min()) > 0.9
 
 
+def test_saturated_blur_stays_finite_far_below_the_image_range() -> None:
+    """The response is (1 - exp(-alpha u)) / (1 - exp(-alpha)) on u >= 0 and its tangent below: an iterate far below
+    0 (a latent model's first decoded estimates) gets a finite value and gradient, images are unchanged."""
+    op = SaturatedMotionBlur(SHAPE, blur=Blur.motion(SHAPE, size=9, seed=1))
+    u = torch.tensor([-100.0, -1.0, 0.0, 0.5, 1.0], dtype=torch.float32, requires_grad=True)
+    f = op.response(u)
+    f.sum().backward()
+    scale = 1 - np.exp(-3.0)
+    assert torch.isfinite(f).all() and torch.isfinite(u.grad).all()
+    torch.testing.assert_close(f[:2], 3.0 * u[:2].detach() / scale)
+    torch.testing.assert_close(f[2:], (1 - torch.exp(-3.0 * u[2:].detach())) / scale)
+    torch.testing.assert_close(u.grad[1], u.grad[2])  # the tangent continues the slope at 0
+
+
 def test_imresize_interior_matches_pillow_bicubic() -> None:
     """Away from the borders MATLAB's and Pillow's antialiased bicubic (a = -0.5) agree exactly."""
     x = rand(1, 64, seed=9)[0].float().numpy()

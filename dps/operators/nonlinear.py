@@ -97,7 +97,9 @@ class PhaseRetrieval(Operator):
 
 
 class SaturatedMotionBlur(Operator):
-    """y = f(exposure * blur(x)), f(u) = (1 - exp(-alpha u)) / (1 - exp(-alpha)); ours, weight-free.
+    """y = f(exposure * blur(x)), f(u) = (1 - exp(-alpha u)) / (1 - exp(-alpha)); ours, weight-free. Below u = 0,
+    outside the image range, f continues along its tangent at 0, alpha u / (1 - exp(-alpha)): the exponential would
+    overflow on an iterate far below 0 (a latent model's early decoded estimates), the tangent keeps it finite.
 
     :param blur: the linear blur (default: the paper's motion blur for this size, seeded).
     :param exposure: gain before the response (> 1 pushes bright regions into saturation).
@@ -116,8 +118,9 @@ class SaturatedMotionBlur(Operator):
         self.config = {"in_shape": list(in_shape), "exposure": exposure, "alpha": alpha, "blur": self.blur.config}
 
     def response(self, u: torch.Tensor) -> torch.Tensor:
-        """The camera response f(u), monotone with f(0) = 0 and f(1) = 1."""
-        return (1 - torch.exp(-self.alpha * u)) / (1 - math.exp(-self.alpha))
+        """The camera response f(u), monotone with f(0) = 0 and f(1) = 1; linear below 0 (class docstring)."""
+        scale = 1 - math.exp(-self.alpha)
+        return torch.where(u >= 0, (1 - torch.exp(-self.alpha * u.clamp_min(0))) / scale, self.alpha * u / scale)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return self.response(self.exposure * self.blur.A(x))
