@@ -332,7 +332,8 @@ CASES = [
          "method ddrm runs on the VP model's own respaced steps only; leave out --grid", _one_image,
          after=_absent("out")),
     Case("steps-of-a-method-with-its-own-settings", SOLVE + " --method latent_dps --input {d}/in --out {d}/out", 1,
-         "method latent_dps keeps its own settings (`dps methods`), not the task's steps, step size and step rule",
+         "method latent_dps keeps its own settings (`dps methods`), not the task's steps and step rule: leave out "
+         "--steps and --step-rule; --nfe sets its budget and --step-size its own zeta'",
          _one_image, after=_absent("out")),
     Case("pixel-method-on-a-latent-model", "solve --task inpainting_box --model digits-latent --nfe 2 --input {d}/in "
          "--out {d}/out", 1, "dps does not apply: it samples pixels and this model is a latent model; use latent_dps",

@@ -285,14 +285,32 @@ def test_steps_and_step_size_reach_only_the_methods_that_read_them():
     from dps.runs.spec import Overrides, resolve
 
     with pytest.raises(DPSError, match="keeps its own settings"):
-        resolve("inpainting_box", Overrides(method="latent_dps", step_size=0.5))
-    with pytest.raises(DPSError, match="keeps its own settings"):
         resolve("inpainting_box", Overrides(method="ddrm", steps=50))
+    with pytest.raises(DPSError, match="keeps its own settings"):
+        resolve("inpainting_box", Overrides(method="psld", step_size=0.5))
     with pytest.raises(DPSError, match="keeps its own settings"):
         resolve("inpainting_box", Overrides(method="latent_dps", step_rule="beta"))
     with pytest.raises(DPSError, match="takes no step size"):
         resolve("inpainting_box", Overrides(method="score_sde", step_size=0.5))
     assert resolve("inpainting_box", Overrides(method="dps", steps=50, step_size=0.5)).method_settings().zeta == 0.5
+
+
+def test_step_size_sets_latent_dps_own_zeta_and_a_rerun_keeps_it():
+    """Latent DPS's zeta' is its own, not the task's: --step-size sets it (the task stays as it is), a rerun from the
+    run's record keeps it, another method does not inherit it, and the default stays where none is given."""
+    from dps.runs.spec import Overrides, resolve
+    from dps.solvers.latent_dps import LatentDPSSettings
+
+    spec = resolve("inpainting_box", Overrides(method="latent_dps", nfe=50, step_size=0.03))
+    assert spec.method_settings().zeta == 0.03
+    assert spec.task == resolve("inpainting_box", Overrides(method="latent_dps", nfe=50)).task
+    record = json.loads(json.dumps(spec.key()))
+    assert resolve("inpainting_box", Overrides(), previous=record).method_settings().zeta == 0.03
+    assert resolve("inpainting_box", Overrides(nfe=100), previous=record).method_settings().zeta == 0.03
+    assert resolve("inpainting_box", Overrides(method="latent_dps", nfe=50)).method_settings().zeta == \
+        LatentDPSSettings().zeta
+    with pytest.raises(DPSError, match="step-size"):
+        resolve("inpainting_box", Overrides(method="latent_dps", step_size=-1.0))
 
 
 def test_resample_spends_the_budget_it_is_given():

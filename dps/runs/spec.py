@@ -84,6 +84,7 @@ class RunSpec:
     grid: GridSpec = GridSpec()
     prompt: str = ""
     guidance_scale: float = 1.0
+    own_step_size: Optional[float] = None
     steps_from: str = field(default="", compare=False)
 
     @property
@@ -94,6 +95,8 @@ class RunSpec:
         """The method's settings for this run (module docstring)."""
         m = self.method_entry
         base = m.default_settings(self.task.dps_config(m.step_size) if m.from_task is not None else None)
+        if self.own_step_size is not None:  # --step-size of a method with its own zeta' (latent DPS)
+            base = dataclasses.replace(base, zeta=self.own_step_size)
         g = self.grid
         return m.with_grid(m.run_settings(base, self.nfe, self.method_preset), g.kind, rho=g.rho,
                            sigma_min=g.sigma_min, sigma_max=g.sigma_max)
@@ -218,7 +221,12 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     prev = previous_settings(source) if previous is None else previous
     method = _first(o.method, prev.get("method"), "dps")
     entry = get_method(method)  # an unknown name is an error before anything else
-    if entry.from_task is None and (o.steps is not None or o.step_size is not None or o.step_rule is not None):
+    own_zeta = entry.from_task is None and "zeta" in {f.name for f in dataclasses.fields(entry.settings)}
+    if entry.from_task is None and (o.steps is not None or o.step_rule is not None or
+                                    (o.step_size is not None and not own_zeta)):
+        if own_zeta:
+            raise DPSError(f"method {method} keeps its own settings (`dps methods`), not the task's steps and step "
+                           "rule: leave out --steps and --step-rule; --nfe sets its budget and --step-size its own zeta'")
         raise DPSError(f"method {method} keeps its own settings (`dps methods`), not the task's steps, step size and "
                        "step rule: leave out --steps, --step-size and --step-rule; --nfe sets its budget")
     if entry.from_task is not None and not entry.step_size and o.step_size is not None:
@@ -243,7 +251,14 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
             GridSpec().override(o.grid, o.rho, o.sigma_min, o.sigma_max)
     elif not same_method:
         grid = GridSpec()
-    return RunSpec(task=_task(source, o), method=method, method_preset=method_preset, nfe=nfe, grid=grid,
+    own_step_size = None
+    if own_zeta:  # its zeta' is its own (not the task's): the command line's, else a previous run's of this method
+        recorded = (prev.get("method_settings") or {}).get("zeta") if same_method and \
+            isinstance(prev.get("method_settings"), dict) else None
+        own_step_size = _first(o.step_size, recorded)
+        own_step_size = None if own_step_size is None else check_float(own_step_size, "--step-size (zeta')", 0.0)
+        o = dataclasses.replace(o, step_size=None)
+    return RunSpec(task=_task(source, o), method=method, own_step_size=own_step_size, method_preset=method_preset, nfe=nfe, grid=grid,
                    steps_from=_steps_from(source, o, method, method_preset, nfe),
                    model=str(_first(o.model, prev.get("model"), "default")),
                    model_config=_first(o.model_config, prev.get("model_config")),

@@ -53,8 +53,8 @@ def latent_dps(prior: LatentPrior, op, y, noise: NoiseModel, generators,
                settings: LatentDPSSettings = LatentDPSSettings(), callback=None):
     """Latent DPS (module docstring): x (B, *event_shape) in data space."""
     A_z = DecodedOperator(op, prior)
-    advice = (f"latent DPS's step size zeta'={settings.zeta} is too large for this problem: lower it "
-              "(DPSConfig(zeta=...) in Python)")
+    advice = (f"latent DPS's step size zeta'={settings.zeta} is too large for this problem: lower it with --step-size "
+              "(LatentDPSSettings(zeta=...) in Python)")
     with frozen_parameters(prior):
         res = dps_sample(prior.latent, A_z, y, noise, settings, generator=generators,
                          callback=decoding_callback(prior, callback), advice=advice)
