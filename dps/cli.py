@@ -385,7 +385,8 @@ def figure(run_dir, out, max_images) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), metavar="DIR",
               help="run folder: figure.png, metrics.json, metrics.md and per-image results (a rerun resumes)")
-@click.option("--model", default="default", metavar="MODEL", help="a 1 x 32 x 32 digits prior (default: the embedded model)")
+@click.option("--model", default="default", metavar="MODEL",
+              help="a 1 x 32 x 32 digits prior (default: the embedded model; digits-latent runs latent DPS)")
 @click.option("--n", "--num-images", "n", type=click.IntRange(1, 359), default=None, metavar="N",
               help="held-out images per task (spell it --num-images under torchrun, whose parser claims --n)  "
                    "[default: the demo's]")
@@ -398,7 +399,7 @@ def figure(run_dir, out, max_images) -> None:
 @network_options
 @device_option
 def demo(out, model, n, samples, steps, seed, tasks, precision, checkpointing, compile_network, device) -> None:
-    """DPS with the embedded model on every task of the paper, on held-out digits."""
+    """DPS with the embedded model on every task of the paper, on held-out digits (latent DPS with digits-latent)."""
     from .runs.demo import DEMO_DEFAULTS, run_demo
 
     chosen = {"n": n, "samples": samples, "steps": steps}

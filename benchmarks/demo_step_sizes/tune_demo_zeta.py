@@ -2,7 +2,9 @@
 
     python benchmarks/demo_step_sizes/tune_demo_zeta.py [--model default] [--steps 250] [--n 8] [--grid 0.3,1,3] [--rule paper]
 
-Prints, per task and zeta', the mean PSNR of one DPS sample over n training digits, and the best zeta'.
+Prints, per task and zeta', the mean PSNR of one DPS sample over n training digits, and the best zeta'. With a
+latent model (``--model digits-latent``) it tunes latent DPS's own zeta' (rule paper, given for 1000 steps), which
+the demo runs there.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from dps.errors import Diverged
 from dps.metrics import psnr
 from dps.models.loading import load_model
 from dps.solvers.dps import STEP_RULES
-from dps.solvers.methods import reconstruct
+from dps.solvers.latent_dps import LatentDPSSettings
+from dps.solvers.methods import METHODS, reconstruct
 from dps.tasks import build_operator
 
 
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     args = ap.parse_args()
     prior = load_model(args.model)
+    latent = getattr(prior, "form", None) == "latent"  # the demo runs latent DPS on a latent model
     x, _ = digits_split("train")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[: args.n]]
     best = {}
@@ -41,9 +45,12 @@ def main() -> None:
         scores = {}
         for z in [float(v) for v in args.grid.split(",")]:
             gens = [torch.Generator().manual_seed(100 + k) for k in range(args.n)]
-            cfg = variant.resolve(args.steps, zeta=z, step_rule=args.rule).dps_config()
+            if latent:  # latent DPS: its own zeta' (rule paper, for 1000 steps) at this many evaluations
+                method, cfg = "latent_dps", METHODS["latent_dps"].at_budget(args.steps, LatentDPSSettings(zeta=z))
+            else:
+                method, cfg = "dps", variant.resolve(args.steps, zeta=z, step_rule=args.rule).dps_config()
             try:
-                res = reconstruct("dps", prior, op, y, noise, cfg, gens)
+                res = reconstruct(method, prior, op, y, noise, cfg, gens)
                 scores[z] = float(psnr(res.x[:, 0], x).mean())
             except Diverged:
                 scores[z] = float("nan")
