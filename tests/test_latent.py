@@ -288,6 +288,8 @@ def test_steps_and_step_size_reach_only_the_methods_that_read_them():
         resolve("inpainting_box", Overrides(method="ddrm", steps=50))
     with pytest.raises(DPSError, match="keeps its own settings"):
         resolve("inpainting_box", Overrides(method="psld", step_size=0.5))
+    with pytest.raises(DPSError, match="keeps its own settings"):  # DiffPIR's zeta is no step size
+        resolve("inpainting_box", Overrides(method="diffpir", step_size=0.5))
     with pytest.raises(DPSError, match="keeps its own settings"):
         resolve("inpainting_box", Overrides(method="latent_dps", step_rule="beta"))
     with pytest.raises(DPSError, match="takes no step size"):

@@ -221,7 +221,7 @@ def resolve(source: Union[str, Path, Task], overrides: Overrides = Overrides(),
     prev = previous_settings(source) if previous is None else previous
     method = _first(o.method, prev.get("method"), "dps")
     entry = get_method(method)  # an unknown name is an error before anything else
-    own_zeta = entry.from_task is None and "zeta" in {f.name for f in dataclasses.fields(entry.settings)}
+    own_zeta = entry.from_task is None and entry.step_size  # its own zeta', set by --step-size (latent DPS)
     if entry.from_task is None and (o.steps is not None or o.step_rule is not None or
                                     (o.step_size is not None and not own_zeta)):
         if own_zeta:

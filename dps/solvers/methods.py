@@ -151,7 +151,8 @@ class Method:
     :param note: what the method table's settings column says beside the defaults.
     :param from_task: for methods that follow a task's ``dps`` block (DPS, MCG, Score-SDE): the settings that a
         task's :class:`~dps.solvers.dps.DPSConfig` gives; None: the method keeps its own defaults.
-    :param step_size: True when ``from_task`` reads DPS's step size zeta' (a task without one is then an error).
+    :param step_size: True when the method takes DPS's step size zeta': ``from_task`` reads the task's (a task without
+        one is then an error), a method with its own settings takes ``--step-size`` as its ``zeta`` (latent DPS).
     :param progress: the number of callback calls a run with the given settings makes (one per step, each with
         {i, t, x, x0}, i counting down to 0); None for methods that report no progress (they take no callback).
     :param sampler: True when it draws posterior samples, False for point estimates (K > 1 then repeats the
@@ -262,8 +263,10 @@ class Method:
         low = grid.sigma_min if grid is not None and grid.sigma_min is not None and grid.sigma_min >= 1 else None
         coarse = f"; or the grid stops at sigma {low:g}, whose noise the result keeps: lower --sigma-min" if low else ""
         if self.step_size:
+            where = "zeta in the dps block of a task file" if self.from_task is not None else \
+                f"{self.settings.__name__}(zeta=...) in Python"
             return (f"{self.title}'s step size zeta'={settings.zeta} is too large for this problem: lower it "
-                    f"(dps solve --step-size, or zeta in the dps block of a task file){coarse}")
+                    f"(dps solve --step-size, or {where}){coarse}")
         return f"{self.title} is unstable with these settings on this problem ({settings_line(settings)}){coarse}"
 
     def why_not(self, op, noise, prior=None) -> Optional[str]:
@@ -312,7 +315,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            counter="levels", presets={k: {"levels": v[0], "ode_steps": v[1]} for k, v in DAPS_PRESETS.items()}),
     Method("latent_dps", latent_dps, "Latent DPS", "Chung et al., ICLR 2023, on latents (the baseline of Rout et al. "
            "2023)", LatentDPSSettings, "rule paper, zeta' for 1000 steps; tuned on training digits",
-           (), progress=_steps, counter="steps", vjp=True, latent=True),
+           (), step_size=True, progress=_steps, counter="steps", vjp=True, latent=True),
     Method("psld", psld, "PSLD", "Rout et al., NeurIPS 2023", PSLDSettings,
            "DDIM; omega and gamma for 1000 steps, tuned on training digits (the authors' Stable Diffusion weights: "
            "omega 2 here, gamma 0.1)",
